@@ -1,0 +1,33 @@
+# The README's commands. `make demo` and `make test` each create .venv and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU build of torch; override for a CUDA build, e.g. make demo TORCH_SPEC="torch==2.13.0 --index-url ..."
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: venv venv-dev demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+venv: $(PY)
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e ".[train]"
+
+venv-dev: $(PY)
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e ".[dev]"
+
+demo: venv
+	$(PY) -m tevia.demo --out out/demo
+
+test: venv-dev
+	$(PY) -m pytest -q Testing
+
+bench: venv-dev
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) out
