@@ -1,0 +1,5 @@
+import sys
+
+from tevia.cli import main
+
+sys.exit(main())
