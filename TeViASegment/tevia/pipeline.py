@@ -23,32 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from tevia.device import is_out_of_memory
+from tevia.prompts import prepare_prompt
 from tevia.volume.cache import FeatureCache, fingerprint
 from tevia.volume.errors import BadInputError
 from tevia.volume.geometry import SLICE_AXES, SliceLayout, as_3d, slice_layout
 from tevia.volume.postprocess import postprocess_mask
 from tevia.volume.preprocess import IntensityScaler, parse_window
-
-try:
-    from tevia.prompts import prepare_prompt
-except ImportError:  # shim until tevia.prompts lands on main; deleted at the merge
-    @dataclass(frozen=True)
-    class _Prepared:
-        original: str
-        text: str
-        convention: str
-        mirrored: bool = False
-        warnings: tuple[str, ...] = ()
-
-        def to_dict(self) -> dict[str, Any]:
-            return {**dataclasses.asdict(self), "warnings": list(self.warnings)}
-
-    def prepare_prompt(text, spec, convention="patient", column_direction_ras=None):  # noqa: D103
-        if not text.strip():
-            raise ValueError(f"prompt is empty or whitespace-only: {text!r}")
-        words = text.split()
-        warnings = (f"prompt cut to 64 words (was {len(words)})",) if len(words) > 64 else ()
-        return _Prepared(text, " ".join(words[:64]).lower(), convention, False, warnings)
 
 __all__ = ["SegmentOptions", "SegmentResult", "Cancelled", "FeatureCache", "segment_volume",
            "STEP_SECONDS"]

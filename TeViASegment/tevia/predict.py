@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tevia.device import DEVICE_CHOICES, resolve_device
+from tevia.device import DEVICE_CHOICES
 from tevia.pipeline import FeatureCache, SegmentOptions, segment_volume
 from tevia.volume.geometry import SLICE_AXES
 from tevia.volume.io import READ_EXTENSIONS, file_extension, read_input
@@ -103,21 +103,21 @@ def collect_cases(args: argparse.Namespace) -> list[Case]:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``tevia predict``; returns 0 when every case succeeded, 1 otherwise, 2 on bad arguments."""
-    from tevia.inference import Segmenter
+    from tevia.inference import Segmenter, select_device
 
     try:
         options = SegmentOptions(slice_axis=args.slice_axis, threshold=args.threshold, batch_size=args.batch_size,
                                  window=args.window, largest_component=args.largest_component,
                                  fill_holes=args.fill_holes, min_size=args.min_size, convention=args.convention)
         cases = collect_cases(args)
-        device = resolve_device(args.device)
+        device = select_device(args.device)
     except ValueError as error:
         print(f"tevia predict: error: {error}", file=sys.stderr)
         return 2
     cohort = args.input is None
     if cohort:
         args.out.mkdir(parents=True, exist_ok=True)
-    segmenter = Segmenter.load(args.model, device=device)
+    segmenter = Segmenter.load(args.model, device=str(device))
     log.info("model %s on %s; %d case(s)", args.model, segmenter.device, len(cases))
     cache = FeatureCache(1024**3)
     failures = 0

@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import torch
 
-from tevia.device import describe_device, is_out_of_memory, resolve_device
+from tevia.device import describe_device, is_out_of_memory
 from tevia.pipeline import Cancelled, FeatureCache, SegmentOptions, segment_volume
 from tevia.volume.errors import InputError
 from tevia.volume.io import read_input
@@ -170,15 +170,15 @@ class Worker:
         self.emit(request["id"], "result", **self._load(model, device))
 
     def _load(self, model: str, device: str) -> dict[str, Any]:
-        from tevia.inference import Segmenter
+        from tevia.inference import Segmenter, select_device
 
         try:
-            resolved = resolve_device(device)
+            resolved = select_device(device)
         except ValueError as error:
             raise RequestError("bad_request", str(error)) from error
         began = time.perf_counter()
         try:
-            segmenter = Segmenter.load(model, device=resolved)
+            segmenter = Segmenter.load(model, device=str(resolved))
         except (FileNotFoundError, ValueError) as error:
             raise RequestError("not_found", f"cannot load model {model!r}: {error}") from error
         except Exception as error:

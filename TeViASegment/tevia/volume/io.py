@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,22 @@ def check_memory(size: tuple[int, ...], bytes_per_voxel: int, budget_bytes: int 
             f"{needed / 1024**3:.1f} GiB but only {budget / 1024**3:.1f} GiB are available: crop or "
             "downsample it (e.g. Slicer's Crop Volume module) and try again"
         )
+
+
+def _check_gzip_complete(path: Path) -> None:
+    """Raise BadInputError when a gzip file is truncated or damaged (ITK zero-fills silently)."""
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                decompressor.decompress(chunk, 1 << 20)
+                while decompressor.unconsumed_tail:
+                    decompressor.decompress(decompressor.unconsumed_tail, 1 << 20)
+    except zlib.error as error:
+        raise BadInputError(f"cannot read {path}: the file is corrupt ({error})") from error
+    if not decompressor.eof:
+        raise BadInputError(f"cannot read {path}: the file is corrupt or truncated (its gzip stream "
+                            "ends early); copy or export it again")
 
 
 def _component_bytes(pixel_id: int) -> int:
@@ -177,6 +194,8 @@ def read_image(path: str | os.PathLike, budget_bytes: int | None = None) -> tupl
             f"cannot read {path.name}: the extension {extension or '(none)'!r} is not supported; "
             f"use one of {', '.join(READ_EXTENSIONS)}, a DICOM series folder, or .npy + geometry JSON"
         )
+    if path.name.lower().endswith(".gz"):
+        _check_gzip_complete(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
