@@ -50,12 +50,12 @@ def shared_input(request) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def ct_path() -> Path:
     return VOLUMES / "totalseg-ct.nii.gz"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def volumes_dir() -> Path:
     """Testing/data/volumes (the committed small volumes)."""
     return VOLUMES
