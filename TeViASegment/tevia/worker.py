@@ -198,8 +198,12 @@ class Worker:
         if source is None or not isinstance(output, str) or not output:
             raise RequestError("bad_request", "segment needs 'input' (a path or {\"npy\", \"geometry\"}), "
                                               "'prompts' (list of strings) and 'output' (a path)")
-        if isinstance(prompts, str):
-            prompts = [prompts]
+        paths = [output] + ([source] if isinstance(source, str) else
+                            list(source.values()) if isinstance(source, dict) else [])
+        relative = [p for p in paths if isinstance(p, str) and not os.path.isabs(p)]
+        if relative:
+            raise RequestError("bad_request", f"paths must be absolute (the worker's folder is not the "
+                                              f"client's), got {relative}")
         if not isinstance(prompts, list):
             raise RequestError("bad_request", f"'prompts' must be a list of strings, got {prompts!r}")
         try:
