@@ -262,3 +262,15 @@ def test_shutdown():
         assert process.process.wait(20) == 0
     finally:
         process.close()
+
+
+def test_corrupt_model_is_a_model_error(worker, tiny_model_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100] + b"\0" * 100)
+    final = worker.request({"id": "corrupt", "type": "load", "model": str(broken), "device": "cpu"})[-1]
+    assert final["event"] == "error" and final["code"] == "model_error", final
+    assert worker.request({"id": "still", "type": "ping"})[-1]["model"] == str(tiny_model_dir)
