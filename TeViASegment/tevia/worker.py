@@ -285,8 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     requests = open(sys.stdin.fileno(), encoding="utf-8", errors="replace", closefd=False)
-    return Worker(events, args.cache_mb * 1024**2).serve(requests)
+    status = Worker(events, args.cache_mb * 1024**2).serve(requests)
+    events.flush()
+    logging.shutdown()
+    sys.stderr.flush()
+    return status
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    os._exit(main())  # every output is written and flushed: skip the slow teardown of torch/transformers
