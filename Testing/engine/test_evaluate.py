@@ -140,3 +140,17 @@ def test_overlay_tints_only_the_mask_and_gallery_writes_png(tmp_path: Path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["gallery.png"]
     with pytest.raises(ValueError, match="at least one case"):
         save_gallery([], tmp_path / "none.png")
+
+
+def test_bundled_default_model_segments_the_samples_from_their_descriptions():
+    from tevia.checkpoint import available_models
+    from tevia.inference import Segmenter
+
+    if "default" not in available_models():
+        pytest.skip("no bundled default model under TeViASegment/Resources/Models/default yet")
+    segmenter = Segmenter.load("default", device="cpu")
+    spec = segmenter.spec
+    dataset = CSVSegmentationDataset(SAMPLES, "samples", image_size=spec.image_size, channels=spec.in_channels)
+    metrics, _ = evaluate_model(segmenter, dataset, batch_size=10, threshold=spec.threshold, with_hd95=False)
+    # floors under the val targets of the default model (dice_global >= 0.88, dice_mean >= 0.80)
+    assert metrics["dice_global"] >= 0.78 and metrics["dice_mean"] >= 0.68, metrics
