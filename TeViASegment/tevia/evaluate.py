@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tevia.data.dataset import TEXT_MODES, CSVSegmentationDataset
 from tevia.metrics import PER_CASE_FIELDS, SegmentationMetrics
 
+if TYPE_CHECKING:
+    from tevia.inference import Segmenter
+
 __all__ = [
     "configure_parser",
     "main",
@@ -31,6 +34,7 @@ __all__ = [
     "predict_masks",
     "select_gallery_cases",
     "write_results",
+    "write_gallery",
     "PER_CASE_COLUMNS",
 ]
 
@@ -64,7 +68,7 @@ def _check_arguments(batch_size: int, threshold: float) -> None:
         raise ValueError(f"threshold must be strictly between 0 and 1, got {threshold}")
 
 
-def _model_input(segmenter, images: torch.Tensor) -> torch.Tensor:
+def _model_input(segmenter: Segmenter, images: torch.Tensor) -> torch.Tensor:
     """Dataset images (B, C, H, W) in the layout Segmenter.encode_images takes."""
     height, width = segmenter.spec.image_size
     channels = segmenter.spec.in_channels
@@ -77,16 +81,7 @@ def _model_input(segmenter, images: torch.Tensor) -> torch.Tensor:
     return images[:, 0] if channels == 1 else images
 
 
-def _collate(items: list[dict]) -> dict:
-    return {
-        "image": torch.stack([i["image"] for i in items]),
-        "mask": torch.stack([i["mask"] for i in items]),
-        "text": [i["text"] for i in items],
-        "name": [i["name"] for i in items],
-    }
-
-
-def predict_masks(segmenter, images: torch.Tensor, texts: list[str], threshold: float) -> np.ndarray:
+def predict_masks(segmenter: Segmenter, images: torch.Tensor, texts: list[str], threshold: float) -> np.ndarray:
     """Binary masks for a batch, each image with its own text.
 
     The vision encoder runs once for the batch, each distinct text is embedded once (the
@@ -107,7 +102,7 @@ def predict_masks(segmenter, images: torch.Tensor, texts: list[str], threshold: 
 
 
 def evaluate_model(
-    segmenter,
+    segmenter: Segmenter,
     dataset: Dataset,
     batch_size: int = 16,
     threshold: float = 0.5,
@@ -134,7 +129,7 @@ def evaluate_model(
         raise ValueError("dataset must hold at least one item, got an empty data set")
     metrics = SegmentationMetrics(with_hd95=with_hd95)
     texts: list[str] = []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)  # texts and names collate to lists
     started = time.perf_counter()
     inference_seconds = 0.0
     report_every = max(1, len(loader) // 10)
@@ -213,7 +208,7 @@ def write_results(out_dir: str | Path, metrics: dict[str, Any], per_case: list[d
     return metrics_path, cases_path
 
 
-def write_gallery(segmenter, dataset: Dataset, per_case: list[dict[str, Any]], threshold: float,
+def write_gallery(segmenter: Segmenter, dataset: Dataset, per_case: list[dict[str, Any]], threshold: float,
                   out_png: str | Path, title: str = "") -> Path:
     """The best and worst 4 cases (by Dice) drawn with their ground truth and prediction."""
     from tevia.gallery import GalleryCase, save_gallery
