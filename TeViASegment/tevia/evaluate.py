@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "configure_parser",
     "main",
+    "run",
     "evaluate_model",
     "predict_masks",
     "select_gallery_cases",
@@ -225,23 +226,19 @@ def write_gallery(segmenter: Segmenter, dataset: Dataset, per_case: list[dict[st
     return save_gallery(cases, out_png, title)
 
 
-def main(args: argparse.Namespace) -> int:
-    from tevia.checkpoint import CheckpointError
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The `tevia evaluate` command without its error handling; returns metrics.json's content."""
     from tevia.inference import Segmenter
 
-    try:
-        if args.limit is not None and args.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {args.limit}")
-        segmenter = Segmenter.load(args.model, device=args.device)
-        threshold = segmenter.spec.threshold if args.threshold is None else args.threshold
-        _check_arguments(args.batch_size, threshold)
-        full = CSVSegmentationDataset(
-            args.data, args.split, image_size=segmenter.spec.image_size, channels=segmenter.spec.in_channels,
-            skip_bad=args.skip_bad, text_mode=args.text_mode, seed=args.seed,
-        )
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
-        log.error("%s", err)
-        return 2
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    segmenter = Segmenter.load(args.model, device=args.device)
+    threshold = segmenter.spec.threshold if args.threshold is None else args.threshold
+    _check_arguments(args.batch_size, threshold)
+    full = CSVSegmentationDataset(
+        args.data, args.split, image_size=segmenter.spec.image_size, channels=segmenter.spec.in_channels,
+        skip_bad=args.skip_bad, text_mode=args.text_mode, seed=args.seed,
+    )
     dataset = Subset(full, range(min(args.limit, len(full)))) if args.limit else full
     log.info("evaluating %s on %s/%s.csv: %d images, text mode %s, device %s",
              segmenter.spec.name, args.data, args.split, len(dataset), args.text_mode, segmenter.device)
@@ -267,4 +264,16 @@ def main(args: argparse.Namespace) -> int:
              metrics["n"], metrics["dice_global"], metrics["dice_mean"], metrics["miou"],
              f"{metrics['hd95_mean']:.2f}" if math.isfinite(metrics["hd95_mean"]) else "undefined", metrics["seconds"])
     log.info("wrote %s, %s, %s", metrics_path, cases_path, gallery)
+    return metrics
+
+
+def main(args: argparse.Namespace) -> int:
+    """`tevia evaluate`: 0 on success, 2 with a logged message on bad input (nothing written)."""
+    from tevia.checkpoint import CheckpointError
+
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError, CheckpointError) as err:
+        log.error("%s", err)
+        return 2
     return 0

@@ -108,6 +108,27 @@ def test_bad_inputs_give_clear_errors(tiny_model_dir: Path, tmp_path: Path, capl
     assert not (tmp_path / "x").exists()
 
 
+def test_unreadable_image_during_evaluation_names_the_row(tiny_model_dir: Path, tmp_path: Path, monkeypatch, caplog):
+    import tevia.data.dataset as dataset_module
+
+    original = dataset_module.load_image
+    broken = CSVSegmentationDataset(SAMPLES, "samples").names[6]
+
+    def failing(path, *args, **kwargs):
+        if Path(path).stem == broken:
+            raise OSError("image file is truncated")
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(dataset_module, "load_image", failing)
+    caplog.set_level(logging.ERROR)
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--model", str(tiny_model_dir), "--data", str(SAMPLES), "--split", "samples",
+            "--out", str(out), "--device", "cpu", "--no-hd95"]
+    assert cli_main(argv) == 2
+    assert "samples.csv row 8: cannot decode" in caplog.text and "--skip-bad" in caplog.text
+    assert not out.exists()
+
+
 def test_evaluate_model_checks_image_size(segmenter):
     wrong = CSVSegmentationDataset(SAMPLES, "samples", image_size=(96, 96))
     with pytest.raises(ValueError, match=r"model takes \(1, 64, 64\)"):
