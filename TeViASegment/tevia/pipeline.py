@@ -240,18 +240,28 @@ class _Run:
             self.sizer.update(stop - start, time.perf_counter() - began)
             return stop, (features if cached is None else None)
 
-    def run(self, cached: list[Any] | None) -> list[Any]:
-        """Run over all slices; returns the feature chunks computed (empty when ``cached``)."""
+    def run(self, cached: list[Any] | None, keep_bytes: int) -> list[Any] | None:
+        """Run over all slices.
+
+        Returns:
+            The feature chunks computed, for the cache; None when they came from ``cached`` or
+            outgrew ``keep_bytes`` (then they are dropped as the run goes, bounding memory).
+        """
         total = len(self.slices)
         offsets = np.cumsum([0] + [len(c) for c in cached]) if cached is not None else None
-        chunks: list[Any] = []
+        chunks: list[Any] | None = None if cached is not None else []
+        kept = 0
         done = 0
         self.progress("segment", 0, total)
         while done < total:
             self.check()
             done, features = self.step(done, cached, offsets)
-            if features is not None:
-                chunks.append(features)
+            if chunks is not None:
+                kept += int(features.nbytes)
+                if kept <= keep_bytes:
+                    chunks.append(features)
+                else:
+                    chunks = None
             self.progress("segment", done, total)
         return chunks
 
@@ -307,8 +317,8 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
         key = (id(segmenter), getattr(segmenter.spec, "name", ""), getattr(segmenter.spec, "version", ""),
                fingerprint(array), layout, scaler.low, scaler.high)
         cached = feature_cache.get(key) if feature_cache is not None else None
-        chunks = run.run(cached)
-        if feature_cache is not None and cached is None:
+        chunks = run.run(cached, feature_cache.max_bytes if feature_cache is not None else 0)
+        if feature_cache is not None and chunks is not None:
             feature_cache.put(key, chunks, sum(int(c.nbytes) for c in chunks))
         timings.update(run.timings, cache_hit=float(cached is not None))
     started = time.perf_counter()

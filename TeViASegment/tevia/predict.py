@@ -115,8 +115,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"tevia predict: error: {error}", file=sys.stderr)
         return 2
     cohort = args.input is None
-    if cohort:
-        args.out.mkdir(parents=True, exist_ok=True)
+    (args.out if cohort else args.out.parent).mkdir(parents=True, exist_ok=True)
     segmenter = Segmenter.load(args.model, device=str(device))
     log.info("model %s on %s; %d case(s)", args.model, segmenter.device, len(cases))
     cache = FeatureCache(1024**3)

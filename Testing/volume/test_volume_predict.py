@@ -14,8 +14,7 @@ torch.set_num_threads(1)
 
 
 def test_single_input_multi_prompt(tiny_model_dir, ct_path, tmp_path, capsys):
-    out = tmp_path / "masks" / "ct.nrrd"
-    (tmp_path / "masks").mkdir()
+    out = tmp_path / "masks" / "ct.nrrd"  # the folder is created
     long_prompt = "lower left lung " * 30
     code = tevia(["predict", "--model", str(tiny_model_dir), "--input", str(ct_path), "--text", "liver",
                   "--text", long_prompt, "--out", str(out), "--device", "cpu", "--threshold", "0.4649",
