@@ -28,7 +28,7 @@ from tevia.volume.cache import FeatureCache, fingerprint
 from tevia.volume.errors import BadInputError
 from tevia.volume.geometry import SLICE_AXES, SliceLayout, as_3d, slice_layout
 from tevia.volume.postprocess import postprocess_mask
-from tevia.volume.preprocess import IntensityScaler, parse_window
+from tevia.volume.preprocess import PERCENTILES, IntensityScaler, parse_window
 
 __all__ = ["SegmentOptions", "SegmentResult", "Cancelled", "FeatureCache", "segment_volume",
            "STEP_SECONDS"]
@@ -51,7 +51,8 @@ class SegmentOptions:
         threshold: Probability above which a voxel is foreground, in (0, 1).
         batch_size: Most slices per model call; smaller batches are used when a batch would take
             longer than :data:`STEP_SECONDS`, and on out-of-memory.
-        window: None for percentile scaling (8-bit images: /255), a CT window name (see
+        window: None for percentile scaling (8-bit images: /255, other 2D images: min-max, as in
+            training), a CT window name (see
             ``tevia.volume.preprocess.WINDOWS``) or (center, width).
         largest_component: Keep only the largest 3D connected component of each label.
         fill_holes: Fill in-plane holes of each label.
@@ -303,7 +304,8 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
     array = sitk.GetArrayViewFromImage(volume)
     layout = slice_layout(volume, options.slice_axis)
     prepared = _prepare_prompts(segmenter, prompts, options, layout)
-    scaler, warnings = IntensityScaler.from_volume(array, options.window)
+    percentiles = (0.0, 100.0) if len(layout.view(array)) == 1 else PERCENTILES
+    scaler, warnings = IntensityScaler.from_volume(array, options.window, percentiles)
     warnings += [w for p in prepared for w in p.warnings]
     labels = np.zeros(array.shape, dtype=np.uint8)
     timings = {"read": 0.0, "encode_text": 0.0, "encode_images": 0.0, "decode": 0.0,
