@@ -189,10 +189,12 @@ class _Run:
         self.timings = {"encode_images": 0.0, "decode": 0.0}
 
     def check(self) -> None:
+        """Raise :class:`Cancelled` when the caller asked to stop."""
         if self.cancelled():
             raise Cancelled("cancelled by the caller")
 
     def encode(self, start: int, stop: int) -> Any:
+        """Scale slices [start, stop) (B, rows, columns), resize to the model's (B, H, W), encode."""
         began = time.perf_counter()
         batch = torch.from_numpy(self.scaler(self.slices[start:stop]))
         features = self.segmenter.encode_images(_resize(batch, tuple(self.segmenter.spec.image_size)))
@@ -200,7 +202,11 @@ class _Run:
         return features
 
     def decode(self, features: Any, start: int, stop: int) -> None:
-        """Decode every prompt on a batch and write the winning labels into the labelmap."""
+        """Decode every prompt on a batch and write the winning labels into the labelmap.
+
+        Each prompt's (B, H, W) probabilities are resized back to (B, rows, columns) before the
+        threshold; a voxel takes the label of the most probable prompt above the threshold.
+        """
         began = time.perf_counter()
         rows, columns = self.slices.shape[1:]
         best = torch.zeros((stop - start, rows, columns), dtype=torch.float32)
