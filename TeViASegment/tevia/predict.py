@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tevia.checkpoint import CheckpointError
 from tevia.device import DEVICE_CHOICES
 from tevia.pipeline import FeatureCache, SegmentOptions, segment_volume
 from tevia.volume.geometry import SLICE_AXES
@@ -116,7 +117,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     cohort = args.input is None
     (args.out if cohort else args.out.parent).mkdir(parents=True, exist_ok=True)
-    segmenter = Segmenter.load(args.model, device=str(device))
+    try:
+        segmenter = Segmenter.load(args.model, device=str(device))
+    except (ValueError, FileNotFoundError, CheckpointError) as error:
+        print(f"tevia predict: error: cannot load model {args.model!r}: {error}", file=sys.stderr)
+        return 2
     log.info("model %s on %s; %d case(s)", args.model, segmenter.device, len(cases))
     cache = FeatureCache(1024**3)
     failures = 0

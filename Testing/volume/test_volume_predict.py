@@ -66,3 +66,10 @@ def test_csv_cohort_with_a_failing_row(tiny_model_dir, volumes_dir, tmp_path, ca
 def test_bad_arguments(args, match, capsys):
     assert tevia(["predict", *args]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_unknown_model(ct_path, tmp_path, capsys):
+    code = tevia(["predict", "--model", "no-such-model", "--input", str(ct_path), "--text", "liver",
+                  "--out", str(tmp_path / "m.nii.gz"), "--device", "cpu"])
+    assert code == 2 and "cannot load model 'no-such-model'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
