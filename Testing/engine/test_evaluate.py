@@ -175,8 +175,8 @@ def test_bundled_default_model_segments_the_samples_from_their_descriptions():
     spec = segmenter.spec
     dataset = CSVSegmentationDataset(SAMPLES, "samples", image_size=spec.image_size, channels=spec.in_channels)
     metrics, _ = evaluate_model(segmenter, dataset, batch_size=10, threshold=spec.threshold, with_hd95=False)
-    # floors under the val targets of the default model (dice_global >= 0.88, dice_mean >= 0.80)
-    assert metrics["dice_global"] >= 0.78 and metrics["dice_mean"] >= 0.68, metrics
+    # measured on these 20 samples: dice_global 0.825, dice_mean 0.784 (at 224; floors just under)
+    assert metrics["dice_global"] >= 0.80 and metrics["dice_mean"] >= 0.75, metrics
 
 
 def test_masks_are_measured_at_the_data_resolution(tiny_model_dir: Path, threshold: float, tmp_path: Path):
