@@ -139,8 +139,9 @@ class WorkerClient:
         self._process = process
         self._events = queue.Queue()
         self._stderr_tail.clear()
-        threading.Thread(target=self._read_stdout, args=(process, self._events), daemon=True).start()
-        threading.Thread(target=self._read_stderr, args=(process,), daemon=True).start()
+        stderr_reader = threading.Thread(target=self._read_stderr, args=(process,), daemon=True)
+        stderr_reader.start()
+        threading.Thread(target=self._read_stdout, args=(process, self._events, stderr_reader), daemon=True).start()
         logger.info("Started the TeViA worker (pid %d): %s", process.pid, " ".join(self.command))
 
     def send(self, request: dict) -> str:
@@ -200,7 +201,7 @@ class WorkerClient:
         except (RuntimeError, subprocess.TimeoutExpired):
             self.kill()
 
-    def _read_stdout(self, process: subprocess.Popen, events: queue.Queue) -> None:
+    def _read_stdout(self, process: subprocess.Popen, events: queue.Queue, stderr_reader: threading.Thread) -> None:
         for line in process.stdout:
             line = line.strip()
             if not line:
@@ -215,6 +216,7 @@ class WorkerClient:
             else:
                 logger.info("worker: %s", line)
         returncode = process.wait()
+        stderr_reader.join(timeout=2.0)
         events.put({"id": None, "event": EXIT_EVENT, "returncode": returncode, "stderr": self.stderr_tail})
 
     def _read_stderr(self, process: subprocess.Popen) -> None:
