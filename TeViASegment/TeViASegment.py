@@ -388,7 +388,7 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
         if segment is None:
             raise ValueError(f"segmentId {segmentId!r} is not in segmentation {segmentationNode.GetName()!r}")
-        text = prompt or segment.GetTag(scene.PROMPT_TAG) or segment.GetName()
+        text = prompt or scene.segment_prompt(segment) or segment.GetName()
         voxels, _ = scene.volume_arrays(volumeNode)
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
         return training_export.export_training_slices(voxels, mask, text, datasetDir, volumeNode.GetName(), split)

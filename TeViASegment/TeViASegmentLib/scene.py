@@ -27,6 +27,7 @@ __all__ = [
     "lookup_terminology",
     "import_labelmap",
     "segment_ids",
+    "segment_prompt",
     "PROMPT_TAG",
 ]
 
@@ -150,9 +151,7 @@ def lookup_terminology(prompt: str, terminology_logic=None) -> TerminologyMatch 
                 type_object = entry.GetTypeModifierObject()
                 if type_object is None or not type_object.GetCodeValue():
                     type_object = entry.GetTypeObject()
-                rgb = [0, 0, 0]
-                type_object.GetRecommendedDisplayRGBValue(rgb)
-                color = tuple(float(c) / 255.0 for c in rgb)
+                color = tuple(float(c) / 255.0 for c in type_object.GetRecommendedDisplayRGBValue())
                 return TerminologyMatch(terminology_logic.SerializeTerminologyEntry(entry), color, candidate)
     return None
 
@@ -168,6 +167,12 @@ def _oriented_mask(mask_kji: np.ndarray, volume_node):
     volume_node.GetIJKToRASMatrix(matrix)
     image.SetImageToWorldMatrix(matrix)
     return image
+
+
+def segment_prompt(segment) -> str | None:
+    """The prompt a segment was made from (its `PROMPT_TAG` tag), or None."""
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(PROMPT_TAG, value) else None
 
 
 def segment_ids(segmentation_node) -> list[str]:
@@ -235,6 +240,9 @@ def import_labelmap(labelmap_kji: np.ndarray, labels: dict[int, str], volume_nod
         for segment_id in added:
             segmentation.RemoveSegment(segment_id)
         if created:
-            scene.RemoveNode(segmentation_node)
+            display_nodes = [segmentation_node.GetNthDisplayNode(i)
+                             for i in range(segmentation_node.GetNumberOfDisplayNodes())]
+            for node in [*display_nodes, segmentation_node]:
+                scene.RemoveNode(node)
         raise
     return segmentation_node, added

@@ -102,3 +102,34 @@ def slicer_scene():
     scene.Clear(True)
     slicer.mrmlScene = previous_scene
     slicer.modules = previous_modules
+
+
+def load_volume(path, name: str = "volume"):
+    """Load a volume file into `slicer.mrmlScene` the way Slicer does (Volumes logic)."""
+    node = slicer.modules.volumes.logic().AddArchetypeVolume(str(path), name)
+    assert node is not None, f"could not load {path}"
+    return node
+
+
+def scene_snapshot(scene) -> dict:
+    """What a user could see change: every node's ID, class and name, and every segment's
+    name, colour, label value and binary labelmap (extent + voxels). Adds nothing to the scene."""
+    import vtk.util.numpy_support
+
+    labelmap_name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    snapshot = {}
+    for index in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(index)
+        snapshot[node.GetID()] = (node.GetClassName(), node.GetName())
+        if node.IsA("vtkMRMLSegmentationNode"):
+            segmentation = node.GetSegmentation()
+            for n in range(segmentation.GetNumberOfSegments()):
+                segment_id = segmentation.GetNthSegmentID(n)
+                segment = segmentation.GetSegment(segment_id)
+                image = segment.GetRepresentation(labelmap_name)
+                scalars = image.GetPointData().GetScalars() if image is not None else None
+                voxels = b"" if scalars is None else vtk.util.numpy_support.vtk_to_numpy(scalars).tobytes()
+                snapshot[(node.GetID(), segment_id)] = (
+                    segment.GetName(), segment.GetColor(), segment.GetLabelValue(),
+                    None if image is None else image.GetExtent(), voxels)
+    return snapshot
