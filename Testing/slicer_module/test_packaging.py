@@ -62,7 +62,7 @@ def test_cmake_lists_every_module_file_and_nothing_else():
                if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc" and p.name != "CMakeLists.txt"}
     listed = set(scripts) | set(resources)
     missing = sorted(on_disk - listed)
-    assert not missing, "add to TeViASegment/CMakeLists.txt:\n  " + "\n  ".join(missing)
+    assert not missing, "run python Utilities/update_cmake_lists.py; missing from TeViASegment/CMakeLists.txt:\n  " + "\n  ".join(missing)
     assert not sorted(listed - on_disk), f"listed in CMake but not on disk: {sorted(listed - on_disk)}"
     assert all(s.endswith(".py") for s in scripts) and not any(r.endswith(".py") for r in resources)
     assert "slicerMacroBuildScriptedModule" in text and "WITH_GENERIC_TESTS" in text
