@@ -266,6 +266,7 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         self.remoteToken: str | None = None
         self.workerInfo: dict = {}
         self.job: jobs.SegmentJob | None = None
+        self.cancelGraceSeconds = jobs.CANCEL_GRACE_S
         self._loaded: tuple[str, str] | None = None
 
     def segment(self, volumeNode, prompts, segmentationNode=None, model="default", device="auto",
@@ -338,7 +339,7 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
             self._loaded = (modelRef, device)
         requests.append({"type": "segment", "input": scene.write_worker_input(volumeNode, workDir),
                          "prompts": prompts, "output": str(workDir / "labelmap.npy"), "options": options})
-        return jobs.LocalSegmentJob(self.worker, requests, workDir, importer, **callbacks)
+        return jobs.LocalSegmentJob(self.worker, requests, workDir, importer, self.cancelGraceSeconds, **callbacks)
 
     def _remoteJob(self, volumeNode, prompts, options, importer, callbacks):
         if not self.settings.has_consent(self.remoteUrl):
