@@ -19,11 +19,9 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from TeViASegmentLib import jobs, models, scene, settings, training_export
+from TeViASegmentLib import arguments, jobs, models, scene, settings, training_export
+from TeViASegmentLib.arguments import CONVENTIONS, DEVICES
 from TeViASegmentLib.worker_client import WorkerClient
-
-DEVICES = ("auto", "cuda", "cpu", "mps")
-CONVENTIONS = ("patient", "image")
 
 
 class TeViASegment(ScriptedLoadableModule):
@@ -86,8 +84,9 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget):
         for folder in s.get("localModels", []):
             self.ui.modelComboBox.addItem(folder)
         self.ui.modelComboBox.setCurrentText(s.get("model", "default"))
-        self.ui.deviceComboBox.setCurrentIndex(max(0, DEVICES.index(s.get("device", "auto"))))
-        self.ui.conventionComboBox.setCurrentIndex(CONVENTIONS.index(s.get("convention", "patient")))
+        device, convention = s.get("device", "auto"), s.get("convention", "patient")
+        self.ui.deviceComboBox.setCurrentIndex(DEVICES.index(device) if device in DEVICES else 0)
+        self.ui.conventionComboBox.setCurrentIndex(CONVENTIONS.index(convention) if convention in CONVENTIONS else 0)
         self.ui.remoteUrlEdit.text = s.get("remoteUrl", "")
         self.ui.rememberTokenCheckBox.checked = bool(s.get("rememberToken", False))
         self.ui.useRemoteCheckBox.checked = bool(s.get("useRemote", False))
@@ -200,9 +199,9 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget):
         self.ui.segmentButton.text = "Segment"
         self.ui.progressBar.setRange(0, 1)
         self.ui.progressBar.setValue(1 if job.state == "done" else 0)
-        device = self.logic.workerInfo.get("device")
+        device = self.logic.workerInfo.get("device_name") or self.logic.workerInfo.get("device")
         if device:
-            self.ui.detectedDeviceLabel.text = str(device)
+            self.ui.detectedDeviceLabel.text = f"using {device}"
         if job.state == "done":
             self.ui.outputSegmentationSelector.setCurrentNode(job.result)
             self.log("Done.")
@@ -298,16 +297,8 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
             onProgress: called with (stage, done, total). onWarning: called with each warning.
             onDone: called with the job when it ends (job.state, job.error, job.result).
         """
-        promptList = _promptList(prompts)
-        if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode"):
-            raise ValueError(f"volumeNode must be a scalar volume node, got {volumeNode}")
-        if segmentationNode is not None and not segmentationNode.IsA("vtkMRMLSegmentationNode"):
-            raise ValueError(f"segmentationNode must be a segmentation node or None, got {segmentationNode.GetClassName()}")
-        if device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-        options = {"convention": "patient", **(options or {})}
-        if options["convention"] not in CONVENTIONS:
-            raise ValueError(f"options['convention'] must be one of {CONVENTIONS}, got {options['convention']!r}")
+        promptList = arguments.prompt_list(prompts)
+        options = arguments.checked_options(volumeNode, segmentationNode, device, options)
         if self.job is not None and self.job.running:
             raise RuntimeError("A segmentation is already running: wait for it or cancel it first")
 
@@ -402,14 +393,6 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         """Cancel a running job and stop the worker process."""
         self.cancel()
         self.worker.shutdown()
-
-
-def _promptList(prompts) -> list[str]:
-    lines = prompts.splitlines() if isinstance(prompts, str) else list(prompts or [])
-    cleaned = [" ".join(str(p).split()) for p in lines if str(p).strip()]
-    if not cleaned:
-        raise ValueError(f"prompts must hold at least one non-empty prompt, got {prompts!r}")
-    return cleaned
 
 
 class TeViASegmentTest(ScriptedLoadableModuleTest):
