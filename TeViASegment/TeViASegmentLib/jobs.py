@@ -198,6 +198,8 @@ class LocalSegmentJob(SegmentJob):
             self._warn(str(event.get("message", "")))
         elif kind == "error":
             message = f"{event.get('message', 'unknown error')} [{event.get('code', 'error')}]"
+            if event.get("id") != self.request_id and self.client.running:
+                self.client.cancel(self.request_id)
             self._finish("cancelled" if self._cancel_deadline is not None else "failed", message)
         elif kind == "cancelled":
             self._finish("cancelled")
