@@ -8,6 +8,7 @@ TeViASegmentLib; the model runs in a background worker process, never in Slicer'
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -327,10 +328,16 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         requests = []
         if not self.worker.running or self._loaded != (modelRef, device):
             requests.append({"type": "load", "model": modelRef, "device": device})
-            self._loaded = (modelRef, device)
-        requests.append({"type": "segment", "input": scene.write_worker_input(volumeNode, workDir),
-                         "prompts": prompts, "output": str(workDir / "labelmap.npy"), "options": options})
-        return jobs.LocalSegmentJob(self.worker, requests, workDir, importer, self.cancelGraceSeconds, **callbacks)
+        try:
+            requests.append({"type": "segment", "input": scene.write_worker_input(volumeNode, workDir),
+                             "prompts": prompts, "output": str(workDir / "labelmap.npy"), "options": options})
+            job = jobs.LocalSegmentJob(self.worker, requests, workDir, importer, self.cancelGraceSeconds, **callbacks)
+        except Exception:
+            shutil.rmtree(workDir, ignore_errors=True)
+            self._loaded = None
+            raise
+        self._loaded = (modelRef, device)
+        return job
 
     def _remoteJob(self, volumeNode, prompts, options, importer, callbacks):
         if not self.settings.has_consent(self.remoteUrl):

@@ -154,3 +154,13 @@ def test_add_to_training_set_writes_the_segment_slices_with_its_prompt(logic, vo
 def test_example_prompts_come_from_the_catalogue(logic):
     assert logic.examplePrompts("default") == list(models.load_catalogue()[0].example_prompts)
     assert logic.examplePrompts("/some/folder") == []
+
+
+def test_a_worker_that_cannot_start_fails_clearly_and_leaves_no_temporary_files(logic, volume, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    logic.worker = WorkerClient(python=str(tmp_path / "no-such-python"))
+    with pytest.raises(RuntimeError, match="Could not start the TeViA worker"):
+        logic.segmentAsync(volume, ["x"])
+    assert not list(tmp_path.glob("TeViA-*"))
