@@ -375,8 +375,8 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         return client.info()
 
     def examplePrompts(self, model="default") -> list[str]:
-        """The catalogue's example prompts of a model (empty for a local folder)."""
-        return list(self.models.entry(model).example_prompts) if model in self.models.catalogue else []
+        """The model's example prompts (catalogue, else the model folder's model.json)."""
+        return self.models.example_prompts(model)
 
     def addToTrainingSet(self, volumeNode, segmentationNode, segmentId, datasetDir, prompt=None, split="train"):
         """Append the slices holding a segment, its mask and prompt to a data set folder.

@@ -153,6 +153,16 @@ class ModelStore:
                              "or choose a local model folder")
         return str(folder)
 
+    def example_prompts(self, model: str) -> list[str]:
+        """Example prompts of a model: from the catalogue, else from its folder's model.json."""
+        if model in self.catalogue and self.catalogue[model].example_prompts:
+            return list(self.catalogue[model].example_prompts)
+        try:
+            card = json.loads((Path(self.resolve(model)) / "model.json").read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            return []
+        return [str(p) for p in card.get("example_prompts", [])]
+
     def download(self, name: str, progress: Callable[[int, int], None] | None = None,
                  cancelled: Callable[[], bool] | None = None) -> Path:
         """Download a catalogue model into the cache, check its sha256 and unpack it.

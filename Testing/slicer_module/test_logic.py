@@ -151,9 +151,14 @@ def test_add_to_training_set_writes_the_segment_slices_with_its_prompt(logic, vo
         logic.addToTrainingSet(volume, node, "nope", tmp_path / "dataset")
 
 
-def test_example_prompts_come_from_the_catalogue(logic):
+def test_example_prompts_come_from_the_catalogue_or_the_model_folder(logic, tmp_path):
     assert logic.examplePrompts("default") == list(models.load_catalogue()[0].example_prompts)
-    assert logic.examplePrompts("/some/folder") == []
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "model.json").write_text('{"example_prompts": ["left lower lobe nodule"]}')
+    (folder / "model.safetensors").write_bytes(b"")
+    assert logic.examplePrompts(str(folder)) == ["left lower lobe nodule"]
+    assert logic.examplePrompts(str(tmp_path / "missing")) == []
 
 
 def test_a_worker_that_cannot_start_fails_clearly_and_leaves_no_temporary_files(logic, volume, tmp_path, monkeypatch):
