@@ -384,13 +384,9 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         The prompt defaults to the one the segment was made from (or its name).
         Returns the mask file names added.
         """
-        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
-        if segment is None:
-            raise ValueError(f"segmentId {segmentId!r} is not in segmentation {segmentationNode.GetName()!r}")
-        text = prompt or scene.segment_prompt(segment) or segment.GetName()
-        voxels, _ = scene.volume_arrays(volumeNode)
-        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
-        return training_export.export_training_slices(voxels, mask, text, datasetDir, volumeNode.GetName(), split)
+        voxels, mask, segmentPrompt = scene.segment_arrays(volumeNode, segmentationNode, segmentId)
+        return training_export.export_training_slices(voxels, mask, prompt or segmentPrompt, datasetDir,
+                                                      volumeNode.GetName(), split)
 
     def cancel(self):
         if self.job is not None:
