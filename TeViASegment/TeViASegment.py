@@ -379,14 +379,14 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         return self.models.example_prompts(model)
 
     def addToTrainingSet(self, volumeNode, segmentationNode, segmentId, datasetDir, prompt=None, split="train"):
-        """Append the slices holding a segment, its mask and prompt to a data set folder.
-
-        The prompt defaults to the one the segment was made from (or its name).
+        """Append the slices holding a segment (axial, oriented as the worker slices them), its
+        mask and prompt to a data set folder. The prompt defaults to the segment's own prompt.
         Returns the mask file names added.
         """
-        voxels, mask, segmentPrompt = scene.segment_arrays(volumeNode, segmentationNode, segmentId)
+        voxels, ijkToRas, mask, segmentPrompt = scene.segment_arrays(volumeNode, segmentationNode, segmentId)
+        view = training_export.worker_slicing(ijkToRas, voxels.shape)
         return training_export.export_training_slices(voxels, mask, prompt or segmentPrompt, datasetDir,
-                                                      volumeNode.GetName(), split)
+                                                      volumeNode.GetName(), split, view)
 
     def cancel(self):
         if self.job is not None:
@@ -401,13 +401,13 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
 class TeViASegmentTest(ScriptedLoadableModuleTest):
     """Self-test: segment a real volume into a new and an existing segmentation.
 
-    volumePath / model / workerPython can be set before runTest (pytest does); inside Slicer
-    the MRHead sample and the bundled default model are used.
+    volumePath / model / worker (a running WorkerClient to reuse) can be set before runTest
+    (pytest does); inside Slicer the MRHead sample and the bundled default model are used.
     """
 
     volumePath = None
     model = "default"
-    workerPython = None
+    worker = None
 
     def runTest(self):
         slicer.mrmlScene.Clear(0)
@@ -423,8 +423,8 @@ class TeViASegmentTest(ScriptedLoadableModuleTest):
     def test_segment_new_and_existing(self):
         self.delayDisplay("Segmenting a volume from two prompts")
         volumeNode = self._volume()
-        logic = TeViASegmentLogic(settingsStore=settings.JsonFileSettings(Path(tempfile.mkdtemp()) / "s.json"),
-                                  workerPython=self.workerPython)
+        logic = TeViASegmentLogic(settingsStore=settings.JsonFileSettings(Path(tempfile.mkdtemp()) / "s.json"))
+        logic.worker = self.worker or logic.worker
         try:
             segmentationNode = logic.segment(volumeNode, "left lung\nright lung", model=self.model, device="cpu",
                                              timeoutSeconds=300)
@@ -440,5 +440,6 @@ class TeViASegmentTest(ScriptedLoadableModuleTest):
             self.assertEqual(segmentationNode.GetSegmentation().GetNumberOfSegments(), 3)
             self.assertEqual(segmentationNode.GetSegmentation().GetNthSegment(2).GetName(), "left lung (2)")
         finally:
-            logic.shutdown()
+            if self.worker is None:
+                logic.shutdown()
         self.delayDisplay("Test passed")

@@ -176,12 +176,12 @@ def segment_prompt(segment) -> str | None:
     return str(value) if segment.GetTag(PROMPT_TAG, value) else None
 
 
-def segment_arrays(volume_node, segmentation_node, segment_id: str) -> tuple[np.ndarray, np.ndarray, str]:
+def segment_arrays(volume_node, segmentation_node, segment_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """A segment as arrays on its volume's grid, with its prompt.
 
     Returns:
-        (voxels, mask, prompt): voxels and mask of shape (K, J, I); the prompt the segment was
-        made from, or its name.
+        (voxels, ijk_to_ras, mask, prompt): voxels and mask of shape (K, J, I), the volume's
+        4x4 IJK-to-RAS matrix, the prompt the segment was made from (or its name).
 
     Raises:
         ValueError: when the segment is not in the segmentation.
@@ -189,9 +189,9 @@ def segment_arrays(volume_node, segmentation_node, segment_id: str) -> tuple[np.
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
     if segment is None:
         raise ValueError(f"segmentId {segment_id!r} is not in segmentation {segmentation_node.GetName()!r}")
-    voxels, _ = volume_arrays(volume_node)
+    voxels, ijk_to_ras = volume_arrays(volume_node)
     mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node)
-    return voxels, mask, segment_prompt(segment) or segment.GetName()
+    return voxels, ijk_to_ras, mask, segment_prompt(segment) or segment.GetName()
 
 
 def segment_ids(segmentation_node) -> list[str]:

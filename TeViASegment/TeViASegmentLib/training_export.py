@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["export_training_slices", "scale_to_uint8", "CSV_COLUMNS"]
+__all__ = ["export_training_slices", "scale_to_uint8", "worker_slicing", "CSV_COLUMNS"]
 
 CSV_COLUMNS = ("Image", "Description")
 
@@ -37,6 +37,24 @@ def scale_to_uint8(voxels: np.ndarray, low_percentile: float = 0.5, high_percent
         return np.zeros(voxels.shape, np.uint8)
     scaled = (voxels.astype(np.float32) - low) / (high - low)
     return np.clip(np.round(scaled * 255.0), 0, 255).astype(np.uint8)
+
+
+def worker_slicing(ijk_to_ras: np.ndarray, shape_kji: tuple[int, int, int],
+                   slice_axis: str = "axial") -> Callable[[np.ndarray], np.ndarray]:
+    """The slicing the worker uses, so that training images look like what the model sees.
+
+    Args:
+        ijk_to_ras: the volume's 4x4 IJK-to-RAS matrix.
+        shape_kji: the volume's (K, J, I) shape.
+        slice_axis: "axial", "coronal" or "sagittal" in the patient's anatomy.
+
+    Returns:
+        A function from a (K, J, I) array to its (N, H, W) display-oriented slices
+        (`tevia.volume.geometry.SliceLayout.view`; that module needs only numpy and SimpleITK).
+    """
+    from tevia.volume.geometry import image_from_array, slice_layout
+
+    return slice_layout(image_from_array(np.zeros(shape_kji, np.uint8), ijk_to_ras), slice_axis).view
 
 
 def _safe_stem(name: str) -> str:

@@ -169,3 +169,21 @@ def test_a_worker_that_cannot_start_fails_clearly_and_leaves_no_temporary_files(
     with pytest.raises(RuntimeError, match="Could not start the TeViA worker"):
         logic.segmentAsync(volume, ["x"])
     assert not list(tmp_path.glob("TeViA-*"))
+
+
+def test_training_export_slices_axially_like_the_worker_on_a_permuted_volume(logic, tmp_path):
+    """The spinal-cord MRI is stored PSR: K is not the superior-inferior axis, so exporting raw
+    K slices would give sagittal images; the export must give one image per axial slice."""
+    from TeViASegmentLib import scene
+
+    volume = load_volume(shared_path("volumes", "spinalcord-t2-mri", "t2.nii.gz"), "t2")
+    mask_volume = load_volume(shared_path("volumes", "spinalcord-t2-mri", "spinalcord_manual.nii.gz"), "cord")
+    mask = slicer.util.arrayFromVolume(mask_volume) > 0
+    node, (segment_id,) = scene.import_labelmap(mask.astype(np.uint8), {1: "spinal cord"}, volume)
+    _, ijk_to_ras = scene.volume_arrays(volume)
+    superior_axis = int(np.argmax(np.abs(ijk_to_ras[2, :3])))  # index axis I=0, J=1, K=2 along S
+    numpy_axis = 2 - superior_axis
+    assert numpy_axis != 0, "the test volume must not be stored axially"
+    expected = int(np.count_nonzero(mask.any(axis=tuple(a for a in range(3) if a != numpy_axis))))
+    added = logic.addToTrainingSet(volume, node, segment_id, tmp_path / "ds")
+    assert len(added) == expected

@@ -86,13 +86,13 @@ def test_a_model_the_worker_cannot_load_gives_a_clear_error(logic, volume, slice
     assert node.GetSegmentation().GetNumberOfSegments() == 1, "the next request loads the good model again"
 
 
-def test_module_self_test_runs_under_pytest(slicer_scene, tiny_model_dir):
+def test_module_self_test_runs_under_pytest(slicer_scene, tiny_model_dir, worker):
     import TeViASegment
 
     test = TeViASegment.TeViASegmentTest()
     test.volumePath = shared_path("volumes", "spleen-ct", "ct.nii.gz")
     test.model = str(tiny_model_dir)
-    test.workerPython = sys.executable
+    test.worker = worker
     test.runTest()
     nodes = slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode")
     assert nodes.GetNumberOfItems() == 1 and nodes.GetItemAsObject(0).GetSegmentation().GetNumberOfSegments() == 3

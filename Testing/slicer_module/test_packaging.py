@@ -17,7 +17,8 @@ MODULE_FILE = MODULE_DIR / "TeViASegment.py"
 LIB_DIR = MODULE_DIR / "TeViASegmentLib"
 SLICER_SIDE = [MODULE_FILE, *sorted(LIB_DIR.glob("*.py"))]
 FILE_SCOPE_ALLOWED = {"slicer", "vtk", "numpy", "SimpleITK", "TeViASegmentLib"} | set(sys.stdlib_module_names)
-NEVER_ON_SLICER_SIDE = {"torch", "monai", "transformers", "lightning", "tevia"}
+NEVER_ON_SLICER_SIDE = {"torch", "monai", "transformers", "lightning"}
+ENGINE_MODULES_ALLOWED = {"tevia.volume.geometry"}  # numpy + SimpleITK only, imported inside functions
 
 
 def _cmake_list(text: str, variable: str) -> list[str]:
@@ -112,23 +113,34 @@ def test_extension_json_and_s4ext_agree_with_cmake():
 
 
 def _imports(tree: ast.AST) -> list[tuple[str, bool]]:
-    """(top-level module name, at file scope?) for every import in a module."""
+    """(full module name, at file scope?) for every absolute import in a module."""
     found = []
     file_scope = set(map(id, tree.body))
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found += [(alias.name.split(".")[0], id(node) in file_scope) for alias in node.names]
+            found += [(alias.name, id(node) in file_scope) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            found.append((node.module.split(".")[0], id(node) in file_scope))
+            found.append((node.module, id(node) in file_scope))
     return found
 
 
 @pytest.mark.parametrize("path", SLICER_SIDE, ids=lambda p: p.name)
 def test_slicer_side_imports_only_allowed_modules_at_file_scope_and_never_torch(path):
     imports = _imports(ast.parse(path.read_text()))
-    at_file_scope = {name for name, top in imports if top}
+    at_file_scope = {name.split(".")[0] for name, top in imports if top}
     assert at_file_scope <= FILE_SCOPE_ALLOWED, f"{path.name} imports {at_file_scope - FILE_SCOPE_ALLOWED} at file scope"
-    assert not {name for name, _ in imports} & NEVER_ON_SLICER_SIDE
+    assert not {name.split(".")[0] for name, _ in imports} & NEVER_ON_SLICER_SIDE
+    engine = {name for name, _ in imports if name.split(".")[0] == "tevia"}
+    assert engine <= ENGINE_MODULES_ALLOWED, f"{path.name} imports engine modules {engine - ENGINE_MODULES_ALLOWED}"
+
+
+def test_engine_modules_the_slicer_side_uses_do_not_import_torch():
+    import subprocess
+
+    for module in sorted(ENGINE_MODULES_ALLOWED):
+        code = f"import sys, {module}; sys.exit(1 if {{'torch', 'monai', 'transformers'}} & set(sys.modules) else 0)"
+        result = subprocess.run([sys.executable, "-c", code], cwd=MODULE_DIR, capture_output=True, text=True)
+        assert result.returncode == 0, f"importing {module} imports torch or another heavy package: {result.stderr}"
 
 
 def test_module_file_uses_no_slicer_util_copies_on_slicer():
