@@ -20,3 +20,37 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs the shared data at {path} (not present on this machine)")
     return path
+
+
+def build_tiny_model(folder: Path, image_size: int = 64, vocabulary: list[str] | None = None) -> Path:
+    """A small random-weight TeViA model (MobileNetV2 layout + the real MiniLM text encoder),
+    saved as a real model folder. Fast enough for worker, server and Slicer tests."""
+    import torch
+
+    from tevia.checkpoint import save_model
+    from tevia.config import ModelConfig, TextConfig, VisionConfig
+    from tevia.model.build import build_network
+    from tevia.model.text import TextEncoder, weight_files_sha256
+
+    torch.manual_seed(0)
+    config = ModelConfig(vision=VisionConfig("mobilenet_v2", "", False), text=TextConfig(max_tokens=16),
+                         image_size=(image_size, image_size), neck_channels=[16, 16, 32, 32], stage_tokens=[8, 4, 4])
+    text_folder = TextEncoder(config.text.source, max_tokens=16).folder
+    network = build_network(config, text_dim=384)
+    metadata = {
+        "name": "tiny-test",
+        "version": "0",
+        "text_encoder": {"source": config.text.source, "sha256": weight_files_sha256(text_folder)},
+        "modality": "chest x-ray",
+        "side_convention": "image",
+        "vocabulary": vocabulary or [],
+        "example_prompts": ["Unilateral pulmonary infection, one infected area, lower left lung."],
+        "licence": "test model, random weights",
+    }
+    return save_model(folder, network, config, metadata)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """Folder of a tiny random-weight model (see build_tiny_model)."""
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")

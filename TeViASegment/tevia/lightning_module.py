@@ -1,0 +1,127 @@
+"""The LightningModule: a thin shell (steps, optimiser, logged metrics) around TeViANet.
+
+Loss = DiceCE(logits, mask) + alignment_weight x alignment. The historic prototype collects
+during the last warm-up epoch, switches on at its end, then follows each training batch with
+momentum. Validation never touches it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+
+from tevia.config import TrainConfig
+from tevia.model.alignment import alignment_loss
+from tevia.model.network import TeViANet
+
+__all__ = ["LitTeViA", "augment_batch"]
+
+
+def augment_batch(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random small affine (rotation +-10 deg, scale 0.9-1.1, shift +-6%) and intensity jitter.
+
+    No flips: the descriptions name sides. image (B, C, H, W) in [0, 1], mask (B, 1, H, W).
+    """
+    b = image.shape[0]
+    dev = image.device
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(b, generator=generator).to(dev) * (hi - lo) + lo
+
+    angle = uniform(-math.pi / 18, math.pi / 18)
+    scale = uniform(0.9, 1.1)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, uniform(-0.06, 0.06)], 1),
+                         torch.stack([sin, cos, uniform(-0.06, 0.06)], 1)], 1)
+    grid = F.affine_grid(theta, list(image.shape), align_corners=False)
+    image = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    mask = (F.grid_sample(mask, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
+    gain = uniform(0.85, 1.15).view(b, 1, 1, 1)
+    bias = uniform(-0.08, 0.08).view(b, 1, 1, 1)
+    return (image * gain + bias).clamp(0, 1), mask
+
+
+class LitTeViA(L.LightningModule):
+    """Training shell. `embeddings` maps each description to its row in `table` (N, T, D)."""
+
+    def __init__(self, network: TeViANet, table: torch.Tensor, index: dict[str, int], config: TrainConfig) -> None:
+        super().__init__()
+        self.network = network
+        self.register_buffer("text_table", table, persistent=False)
+        self.text_index = index
+        self.config = config
+        self.loss_fn = DiceCELoss(sigmoid=True)
+        self._val: dict[str, float] = {}
+
+    def _text(self, texts: list[str]) -> torch.Tensor:
+        rows = torch.tensor([self.text_index[t] for t in texts], device=self.text_table.device)
+        return self.text_table[rows]
+
+    def _reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
+        if self.trainer is not None and self.trainer.world_size > 1:
+            return self.trainer.strategy.reduce(t, reduce_op="mean")
+        return t
+
+    def on_train_epoch_start(self) -> None:
+        if self.current_epoch == self.config.prototype_warmup_epochs - 1:
+            self.network.prototype.start_collecting()
+
+    def on_train_epoch_end(self) -> None:
+        proto = self.network.prototype
+        if self.current_epoch == self.config.prototype_warmup_epochs - 1 and proto.collecting:
+            for i in range(len(proto.widths)):
+                s = getattr(proto, f"sum{i}")
+                s.copy_(self._reduce_mean(s))
+            proto.finish_collecting()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        image, mask = batch["image"], batch["mask"]
+        if self.config.augment:
+            image, mask = augment_batch(image, mask)
+        out = self.network(image, self._text(batch["text"]))
+        seg_loss = self.loss_fn(out.logits, mask)
+        fg = self.network.foreground(out, mask)
+        align = alignment_loss(out.stage_text, fg, mask)
+        loss = seg_loss + self.config.alignment_weight * align
+        proto = self.network.prototype
+        if proto.collecting or proto.active:
+            proto.observe([self._reduce_mean(f.mean(0, keepdim=True)) for f in fg])
+        bs = image.shape[0]
+        self.log("train_loss", loss, prog_bar=True, batch_size=bs, sync_dist=False)
+        self.log("train_align", align, batch_size=bs)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = {"inter": 0.0, "total": 0.0, "dice_sum": 0.0, "n": 0.0}
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        image, mask = batch["image"], batch["mask"]
+        out = self.network(image, self._text(batch["text"]))
+        loss = self.loss_fn(out.logits, mask)
+        pred = (out.logits > 0).float()
+        inter = (pred * mask).flatten(1).sum(1)
+        total = pred.flatten(1).sum(1) + mask.flatten(1).sum(1)
+        dice = torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
+        self._val["inter"] += float(inter.sum())
+        self._val["total"] += float(total.sum())
+        self._val["dice_sum"] += float(dice.sum())
+        self._val["n"] += float(dice.numel())
+        self.log("val_loss", loss, prog_bar=True, batch_size=image.shape[0], sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        stats = self._reduce_mean(torch.tensor([self._val[k] for k in ("inter", "total", "dice_sum", "n")],
+                                               device=self.device, dtype=torch.float64))
+        inter, total, dice_sum, n = stats.tolist()
+        self.log("val_dice", 2 * inter / max(total, 1.0), prog_bar=True, sync_dist=False)
+        self.log("val_dice_mean", dice_sum / max(n, 1.0), sync_dist=False)
+
+    def configure_optimizers(self):
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.config.max_epochs, 1),
+                                                           eta_min=self.config.eta_min)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -1,0 +1,108 @@
+"""TeViANet: vision encoder + three text-guided decoder stages + segmentation head, with the
+historic visual prototype. The parts are passed in; `tevia.model.build` composes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from monai.networks.blocks import SubpixelUpsample
+from torch import nn
+
+from tevia.model.alignment import foreground_vectors
+from tevia.model.decoder import GuidedDecoderStage
+from tevia.model.prototype import HistoricPrototype
+from tevia.model.vision import VisionEncoder
+
+__all__ = ["TeViANet", "NetworkOutput"]
+
+
+@dataclass
+class NetworkOutput:
+    """logits (B, 1, H, W); head_features (B, head_channels, H, W); stage_text: per stage (B, tokens, width)."""
+
+    logits: torch.Tensor
+    head_features: torch.Tensor
+    stage_text: list[torch.Tensor]
+
+
+class TeViANet(nn.Module):
+    """The TeViA network on precomputed text hidden states.
+
+    Args:
+        encoder: yields 4 maps (strides 4..32) with widths `encoder.channels`.
+        text_tokens, text_dim: shape (T, D) of the text encoder's output.
+        neck_channels: optional widths to project the 4 maps to; empty keeps the encoder's.
+        stage_tokens: tokens per decoder stage (3 values).
+        in_channels: image channels the network takes (1 is repeated to 3).
+        pixel_mean, pixel_std: the encoder's per-channel normalisation (3 values each).
+    """
+
+    def __init__(self, encoder: VisionEncoder, text_tokens: int, text_dim: int, neck_channels: list[int],
+                 stage_tokens: list[int], in_channels: int = 1, head_channels: int = 24, self_heads: int = 1,
+                 cross_heads: int = 4, momentum: float = 0.99,
+                 pixel_mean: list[float] = (0.485, 0.456, 0.406), pixel_std: list[float] = (0.229, 0.224, 0.225)) -> None:
+        super().__init__()
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+        if len(stage_tokens) != 3:
+            raise ValueError(f"stage_tokens must have 3 values (one per decoder stage), got {stage_tokens}")
+        self.encoder = encoder
+        self.in_channels = in_channels
+        widths = list(encoder.channels)
+        if neck_channels:
+            if len(neck_channels) != 4:
+                raise ValueError(f"neck_channels must have 4 values, got {neck_channels}")
+            self.neck = nn.ModuleList(
+                nn.Sequential(nn.Conv2d(c, n, 1, bias=False), nn.BatchNorm2d(n), nn.GELU())
+                for c, n in zip(widths, neck_channels)
+            )
+            widths = list(neck_channels)
+        else:
+            self.neck = None
+        self.widths = widths
+        # Stages run from the coarsest map: width[3] -> width[2] -> width[1] -> width[0].
+        self.stage_widths = [widths[3], widths[2], widths[1]]
+        self.stages = nn.ModuleList(
+            GuidedDecoderStage(widths[3 - i], widths[2 - i], text_tokens, text_dim, stage_tokens[i], self_heads, cross_heads)
+            for i in range(3)
+        )
+        self.upsample = SubpixelUpsample(2, widths[0], head_channels, scale_factor=4)
+        self.head_act = nn.GELU()
+        self.out = nn.Conv2d(head_channels, 1, 1)
+        self.prototype = HistoricPrototype(self.stage_widths, momentum)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def encode_image(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """image (B, in_channels, H, W) in [0, 1], H and W divisible by 32 -> 4 feature maps."""
+        if image.ndim != 4 or image.shape[1] != self.in_channels:
+            raise ValueError(f"image must be (B, {self.in_channels}, H, W), got {tuple(image.shape)}")
+        if image.shape[-1] % 32 or image.shape[-2] % 32:
+            raise ValueError(f"image height and width must be divisible by 32, got {tuple(image.shape[-2:])}")
+        if self.in_channels == 1:
+            image = image.expand(-1, 3, -1, -1)
+        feats = self.encoder((image - self.pixel_mean) / self.pixel_std)
+        if self.neck is not None:
+            feats = [n(f) for n, f in zip(self.neck, feats)]
+        return feats
+
+    def decode(self, feats: list[torch.Tensor], text: torch.Tensor) -> NetworkOutput:
+        """feats from encode_image; text (B, T, D) or (1, T, D) broadcast over the batch."""
+        if text.shape[0] == 1 and feats[0].shape[0] > 1:
+            text = text.expand(feats[0].shape[0], -1, -1)
+        x = feats[3]
+        stage_text = []
+        for i, stage in enumerate(self.stages):
+            x, t = stage(x, feats[2 - i], text, self.prototype.modulation(i))
+            stage_text.append(t)
+        head = self.head_act(self.upsample(x))
+        return NetworkOutput(self.out(head), head, stage_text)
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> NetworkOutput:
+        return self.decode(self.encode_image(image), text)
+
+    def foreground(self, output: NetworkOutput, mask: torch.Tensor) -> list[torch.Tensor]:
+        """Per-stage foreground representations (B, width_i) of a batch with its ground truth."""
+        return foreground_vectors(output.head_features, mask, self.stage_widths)

@@ -1,0 +1,93 @@
+"""The historic visual prototype: target semantics aggregated over the training data.
+
+One vector per decoder stage (its width). During the last warm-up epoch the batch-mean
+foreground representations are summed; at the end of that epoch their average becomes the
+prototype; in later training steps it follows each batch with momentum (0.99). Everything
+lives in registered buffers, so it is saved and loaded with the weights, and the model uses
+it at inference exactly as after the warm-up. Only the training loop calls `observe`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["HistoricPrototype"]
+
+OFF, COLLECTING, ACTIVE = 0, 1, 2
+
+
+class HistoricPrototype(nn.Module):
+    """Per-stage prototype vectors with warm-up averaging and momentum updates.
+
+    Args:
+        widths: the width of each decoder stage (e.g. [768, 384, 192]).
+        momentum: weight of the old prototype in a momentum update.
+    """
+
+    def __init__(self, widths: list[int], momentum: float = 0.99) -> None:
+        super().__init__()
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.widths = list(widths)
+        self.momentum = momentum
+        self.register_buffer("state", torch.tensor(OFF, dtype=torch.long))
+        self.register_buffer("count", torch.tensor(0, dtype=torch.long))
+        for i, w in enumerate(self.widths):
+            self.register_buffer(f"vector{i}", torch.zeros(w))
+            self.register_buffer(f"sum{i}", torch.zeros(w))
+
+    @property
+    def active(self) -> bool:
+        return int(self.state) == ACTIVE
+
+    @property
+    def collecting(self) -> bool:
+        return int(self.state) == COLLECTING
+
+    def vector(self, stage: int) -> torch.Tensor:
+        return getattr(self, f"vector{stage}")
+
+    def start_collecting(self) -> None:
+        """Starts summing batch-mean foreground vectors (the last warm-up epoch)."""
+        if self.active:
+            return
+        self.state.fill_(COLLECTING)
+        self.count.zero_()
+        for i in range(len(self.widths)):
+            getattr(self, f"sum{i}").zero_()
+
+    def finish_collecting(self) -> None:
+        """Turns the collected sums into the prototype and switches it on."""
+        if not self.collecting or int(self.count) == 0:
+            return
+        for i in range(len(self.widths)):
+            self.vector(i).copy_(getattr(self, f"sum{i}") / self.count)
+        self.state.fill_(ACTIVE)
+
+    @torch.no_grad()
+    def observe(self, foreground: list[torch.Tensor]) -> None:
+        """Feeds one training batch's foreground vectors, each (B, width_i), already detached.
+
+        While collecting they are summed (batch means); once active, the prototype follows
+        them with momentum. Off: nothing happens.
+        """
+        if len(foreground) != len(self.widths):
+            raise ValueError(f"expected {len(self.widths)} foreground vectors, got {len(foreground)}")
+        if int(self.state) == OFF:
+            return
+        means = [f.float().mean(0) for f in foreground]
+        if self.collecting:
+            self.count += 1
+            for i, m in enumerate(means):
+                getattr(self, f"sum{i}").add_(m)
+        else:
+            for i, m in enumerate(means):
+                self.vector(i).mul_(self.momentum).add_(m, alpha=1.0 - self.momentum)
+
+    def modulation(self, stage: int) -> torch.Tensor | None:
+        """The min-max normalised prototype of a stage (width,), or None while it is off."""
+        if not self.active:
+            return None
+        v = self.vector(stage)
+        return (v - v.min()) / (v.max() - v.min()).clamp_min(1e-6)

@@ -1,0 +1,196 @@
+"""`tevia train --config FILE.yaml [key=value ...]`: train TeViA with PyTorch Lightning.
+
+CPU, one GPU, or many GPUs and nodes (DDP) through Lightning's own flags in the `train`
+section (accelerator, devices, num_nodes, strategy). Best checkpoint by validation Dice,
+early stopping, `--resume`, `--init MODEL` to fine-tune, CSV + TensorBoard logs, a PNG of
+the curves, and at the end the best weights exported as a model folder (tevia.checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tevia import __version__
+from tevia.config import Config, load_config, to_dict
+from tevia.model.build import build_network, build_text_encoder
+from tevia.model.text import weight_files_sha256
+
+__all__ = ["configure_parser", "main", "train", "export_model"]
+
+log = logging.getLogger(__name__)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_epochs=5")
+    parser.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/last.ckpt")
+    parser.add_argument("--init", help="model folder or bundled name whose weights start the training (fine-tuning)")
+
+
+def _datasets(config: Config):
+    from torch.utils.data import Subset
+
+    from tevia.data.dataset import CSVSegmentationDataset
+
+    d, m = config.data, config.model
+    out = []
+    for split, fraction in ((d.train_split, d.train_fraction), (d.val_split, d.val_fraction)):
+        ds = CSVSegmentationDataset(d.root, split, image_size=tuple(m.image_size), channels=m.in_channels,
+                                    skip_bad=d.skip_bad, cache=d.cache)
+        if ds.skipped:
+            log.warning("%s: skipped %d bad rows", split, len(ds.skipped))
+        if fraction < 1.0:
+            ds = Subset(ds, range(max(1, int(len(ds) * fraction))))
+        out.append(ds)
+    return out
+
+
+def _texts(ds) -> list[str]:
+    if hasattr(ds, "dataset"):
+        return [ds.dataset.texts[i] for i in ds.indices]
+    return list(ds.texts)
+
+
+def _collate(items: list[dict]) -> dict:
+    return {
+        "image": torch.stack([i["image"] for i in items]),
+        "mask": torch.stack([i["mask"] for i in items]),
+        "text": [i["text"] for i in items],
+        "name": [i["name"] for i in items],
+    }
+
+
+def model_metadata(config: Config, text_folder: str, train_texts: list[str], metrics: dict[str, Any]) -> dict[str, Any]:
+    """The descriptive part of model.json."""
+    from tevia.prompts import build_vocabulary
+
+    common = [t for t, _ in collections.Counter(train_texts).most_common(5)]
+    return {
+        "name": config.train.model_name,
+        "version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "text_encoder": {"source": config.model.text.source, "sha256": weight_files_sha256(text_folder)},
+        "vision_init": to_dict(config.model.vision),
+        "preprocessing": {"image_size": list(config.model.image_size), "channels": config.model.in_channels,
+                          "scale": "intensities to [0, 1] (8-bit images / 255), then the encoder's mean/std"},
+        "training_data": {"root": config.data.root, "train_split": config.data.train_split,
+                          "val_split": config.data.val_split, "train_fraction": config.data.train_fraction},
+        "metrics": metrics,
+        "licence": config.train.licence,
+        "side_convention": "image",
+        "vocabulary": build_vocabulary(train_texts),
+        "example_prompts": common,
+        "threshold": 0.5,
+    }
+
+
+def export_model(network, config: Config, folder: Path, metadata: dict[str, Any]) -> Path:
+    from tevia.checkpoint import save_model
+
+    return save_model(folder, network, config.model, metadata)
+
+
+def plot_curves(metrics_csv: Path, out_png: Path) -> None:
+    """Loss and Dice curves from Lightning's CSV log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.read_csv(metrics_csv)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for col, ax in (("train_loss_epoch", ax1), ("val_loss", ax1), ("val_dice", ax2), ("val_dice_mean", ax2)):
+        if col in df:
+            s = df[["epoch", col]].dropna()
+            ax.plot(s["epoch"], s[col], marker="o", label=col)
+    ax1.set_xlabel("epoch"), ax1.set_title("loss"), ax1.legend()
+    ax2.set_xlabel("epoch"), ax2.set_title("validation Dice"), ax2.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def train(config: Config, resume: bool = False, init: str | None = None) -> Path:
+    """Trains, then exports the best weights to <out_dir>/model; returns that folder."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from torch.utils.data import DataLoader
+
+    from tevia.lightning_module import LitTeViA
+
+    tc = config.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    L.seed_everything(tc.seed, workers=True)
+    out = Path(tc.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(__import__("yaml").safe_dump(to_dict(config), sort_keys=False))
+
+    train_ds, val_ds = _datasets(config)
+    text_encoder = build_text_encoder(config.model)
+    texts = sorted(set(_texts(train_ds)) | set(_texts(val_ds)))
+    with torch.no_grad():
+        table = torch.cat([text_encoder(texts[i : i + 64]) for i in range(0, len(texts), 64)])
+    log.info("embedded %d distinct descriptions once: table %s", len(texts), tuple(table.shape))
+    network = build_network(config.model, text_encoder.hidden_size)
+    if init:
+        from tevia.checkpoint import load_network_weights, read_model_json, resolve_model
+
+        folder = resolve_model(init)
+        _, info = read_model_json(folder)
+        load_network_weights(network, folder, info)
+        network.train()
+        log.info("initialised from %s", folder)
+    lit = LitTeViA(network, table, {t: i for i, t in enumerate(texts)}, tc)
+
+    loader_args = dict(batch_size=tc.batch_size, num_workers=config.data.num_workers, collate_fn=_collate,
+                       persistent_workers=config.data.num_workers > 0)
+    train_loader = DataLoader(train_ds, shuffle=True, drop_last=len(train_ds) > tc.batch_size, **loader_args)
+    val_loader = DataLoader(val_ds, shuffle=False, **loader_args)
+
+    on_gpu = torch.cuda.is_available() and tc.accelerator in ("auto", "gpu", "cuda")
+    precision = tc.precision if tc.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
+    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_dice", mode="max",
+                           save_last=True, save_top_k=1)
+    trainer = L.Trainer(
+        max_epochs=tc.max_epochs, accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes,
+        strategy=tc.strategy, precision=precision, default_root_dir=out, deterministic=False,
+        callbacks=[ckpt, EarlyStopping(monitor="val_dice", mode="max", patience=tc.early_stopping_patience)],
+        logger=[CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="tensorboard", version="")],
+        check_val_every_n_epoch=tc.val_every_n_epochs, limit_train_batches=tc.limit_train_batches,
+        log_every_n_steps=10, enable_progress_bar=True,
+    )
+    last = out / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"--resume: {last} does not exist; start without --resume")
+    trainer.fit(lit, train_loader, val_loader, ckpt_path=str(last) if resume else None)
+
+    if trainer.global_rank != 0:
+        return out / "model"
+    best = ckpt.best_model_path or str(last)
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    network.load_state_dict({k.removeprefix("network."): v for k, v in state.items() if k.startswith("network.")})
+    metrics = {"val_dice_global": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
+               "epochs": trainer.current_epoch, "best_checkpoint": Path(best).name}
+    folder = export_model(network, config, out / "model",
+                          model_metadata(config, text_encoder.folder, _texts(train_ds), metrics))
+    metrics_csv = out / "logs" / "metrics.csv"
+    if metrics_csv.is_file():
+        plot_curves(metrics_csv, out / "curves.png")
+    log.info("model exported to %s", folder)
+    return folder
+
+
+def main(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    train(config, resume=args.resume, init=args.init)
+    return 0
