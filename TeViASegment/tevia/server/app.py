@@ -20,6 +20,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tevia.pipeline import Cancelled
@@ -107,6 +108,7 @@ def _labels_header(result: Any) -> str:
         "prompts": result.prompts,
         "warnings": result.warnings,
         "voxels": result.voxels,
+        "timings": {name: round(float(value), 4) for name, value in result.timings.items()},
     }
     return json.dumps(payload, ensure_ascii=True, separators=(",", ":"), default=str)
 
@@ -174,6 +176,9 @@ def create_app(segmenter: Any, settings: ServerSettings | None = None) -> FastAP
                     max_prompts=settings.max_prompts), timeout=settings.request_timeout)
             except UploadError as error:
                 raise HTTPException(error.status, error.message) from None
+            except ClientDisconnect:
+                logger.info("client disconnected during the upload")
+                return Response(status_code=499)
             except asyncio.TimeoutError:
                 raise HTTPException(408, f"the upload did not finish within the server's request timeout "
                                          f"({settings.request_timeout:.0f} s)") from None
@@ -196,7 +201,7 @@ def create_app(segmenter: Any, settings: ServerSettings | None = None) -> FastAP
                 job = queue.submit(lambda cancelled: service.run(image, prompts, options, cancelled))
             except QueueFull as error:
                 raise HTTPException(503, str(error), headers={"Retry-After": str(error.retry_after)}) from None
-            result = await _wait(job, request, deadline, settings.request_timeout)
+            result = await _wait(queue, job, request, deadline, settings.request_timeout)
             if result is None:
                 return Response(status_code=499)
             output = folder / "labelmap.nii.gz"
@@ -213,19 +218,19 @@ def create_app(segmenter: Any, settings: ServerSettings | None = None) -> FastAP
     return app
 
 
-async def _wait(job: Any, request: Request, deadline: float, timeout: float) -> Any:
+async def _wait(queue: InferenceQueue, job: Any, request: Request, deadline: float, timeout: float) -> Any:
     """The job's result; None when the client went away; HTTPException on timeout or failure."""
     loop = asyncio.get_running_loop()
     waiter = asyncio.wrap_future(job.future)
     while not waiter.done():
         remaining = deadline - loop.time()
         if remaining <= 0:
-            job.cancel()
+            queue.cancel(job)
             raise HTTPException(504, f"the segmentation did not finish within the server's request timeout "
                                      f"({timeout:.0f} s); try fewer prompts or a smaller volume")
         await asyncio.wait({waiter}, timeout=min(_POLL_SECONDS, remaining))
         if not waiter.done() and await request.is_disconnected():
-            job.cancel()
+            queue.cancel(job)
             logger.info("client disconnected; its request was cancelled")
             return None
     if waiter.cancelled():
@@ -235,7 +240,12 @@ async def _wait(job: Any, request: Request, deadline: float, timeout: float) -> 
         return waiter.result()
     if isinstance(error, Cancelled):
         return None
+    if getattr(error, "code", None) == "out_of_memory":
+        raise HTTPException(413, f"the volume is too large for this server's memory: {error}")
     if isinstance(error, ValueError):
         raise HTTPException(422, f"the volume or prompts cannot be segmented: {error}")
+    if "OutOfMemoryError" in type(error).__name__:
+        raise HTTPException(503, "the server ran out of GPU memory on this volume; retry later or send a smaller "
+                                 "volume", headers={"Retry-After": str(queue.retry_after())})
     logger.error("segmentation failed", exc_info=error)
     raise HTTPException(500, f"the segmentation failed on the server ({type(error).__name__}: {error})")

@@ -103,6 +103,13 @@ class InferenceQueue:
                 return job
         raise QueueFull(waiting, self.retry_after())
 
+    def cancel(self, job: Job) -> None:
+        """Cancel `job`: a waiting job leaves the queue at once, a running one is asked to stop."""
+        with self._cond:
+            if job in self._waiting:
+                self._waiting.remove(job)
+        job.cancel()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Cancel waiting jobs, ask the running one to stop and wait for the thread."""
         with self._cond:

@@ -6,6 +6,7 @@ client's file name is never used); text fields are bounded; the whole body is bo
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +14,14 @@ from typing import BinaryIO
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 __all__ = ["UploadError", "SegmentForm", "read_segment_form", "VOLUME_FIELD", "TEXT_FIELD", "OPTIONS_FIELD"]
 
 VOLUME_FIELD, TEXT_FIELD, OPTIONS_FIELD = "volume", "text", "options"
 _MAX_OPTIONS_BYTES = 64 * 1024
 _MAX_PARTS = 256
+_DRAIN_SECONDS = 10.0
 _EXPECTED = "expected multipart/form-data with a `volume` file (NRRD or NIfTI), one or more `text` fields " \
             "and an optional `options` JSON field"
 
@@ -162,15 +165,18 @@ async def read_segment_form(
         max_prompts: most `text` fields.
 
     Raises:
-        UploadError: 413 for a body over the limit, 422 for a malformed form.
+        UploadError: 413 for a body over the limit, 422 for a malformed form (the rest of
+            the body is read and dropped first, within limits, so the client sees the answer).
+        starlette.requests.ClientDisconnect: the client went away.
     """
-    kind, params = parse_options_header(content_type or "")
-    if kind != b"multipart/form-data" or not params.get(b"boundary"):
-        raise UploadError(422, f"Content-Type is {content_type!r}; {_EXPECTED}")
-    reader = _Reader(folder, max_text_bytes=4 * max_prompt_chars, max_prompts=max_prompts)
-    parser = MultipartParser(params[b"boundary"], reader.callbacks())
+    reader: _Reader | None = None
     received = 0
     try:
+        kind, params = parse_options_header(content_type or "")
+        if kind != b"multipart/form-data" or not params.get(b"boundary"):
+            raise UploadError(422, f"Content-Type is {content_type!r}; {_EXPECTED}")
+        reader = _Reader(folder, max_text_bytes=4 * max_prompt_chars, max_prompts=max_prompts)
+        parser = MultipartParser(params[b"boundary"], reader.callbacks())
         async for chunk in chunks:
             received += len(chunk)
             if received > max_body_bytes:
@@ -179,7 +185,29 @@ async def read_segment_form(
             parser.write(chunk)
         parser.finalize()
     except FormParserError as error:
+        await _drain(chunks, max_body_bytes)
         raise UploadError(422, f"malformed multipart body ({error}); {_EXPECTED}") from None
+    except UploadError:
+        await _drain(chunks, max_body_bytes)
+        raise
     finally:
-        reader.close()
+        if reader is not None:
+            reader.close()
     return reader.form
+
+
+async def _drain(chunks: AsyncIterator[bytes], max_bytes: int) -> None:
+    """Read and drop the rest of a refused body (at most `max_bytes`, `_DRAIN_SECONDS`), so that
+    the client, still sending, reads the error answer instead of a reset connection."""
+
+    async def drop() -> None:
+        dropped = 0
+        async for chunk in chunks:
+            dropped += len(chunk)
+            if dropped > max_bytes:
+                return
+
+    try:
+        await asyncio.wait_for(drop(), timeout=_DRAIN_SECONDS)
+    except (asyncio.TimeoutError, ClientDisconnect):
+        pass
