@@ -21,6 +21,7 @@ from tevia import __version__
 from tevia.config import Config, load_config, to_dict
 from tevia.model.build import build_network, build_text_encoder
 from tevia.model.text import weight_files_sha256
+from tevia.prompts import build_vocabulary, normalise_prompt
 
 __all__ = ["configure_parser", "main", "train", "export_model"]
 
@@ -69,8 +70,6 @@ def _collate(items: list[dict]) -> dict:
 
 def model_metadata(config: Config, text_folder: str, train_texts: list[str], metrics: dict[str, Any]) -> dict[str, Any]:
     """The descriptive part of model.json."""
-    from tevia.prompts import build_vocabulary
-
     common = [t for t, _ in collections.Counter(train_texts).most_common(5)]
     return {
         "name": config.train.model_name,
@@ -138,8 +137,9 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
     train_ds, val_ds = _datasets(config)
     text_encoder = build_text_encoder(config.model)
     texts = sorted(set(_texts(train_ds)) | set(_texts(val_ds)))
+    encoded = [normalise_prompt(t) if t.strip() else "" for t in texts]  # what inference will encode
     with torch.no_grad():
-        table = torch.cat([text_encoder(texts[i : i + 64]) for i in range(0, len(texts), 64)])
+        table = torch.cat([text_encoder(encoded[i : i + 64]) for i in range(0, len(encoded), 64)])
     log.info("embedded %d distinct descriptions once: table %s", len(texts), tuple(table.shape))
     network = build_network(config.model, text_encoder.hidden_size)
     if init:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import FrozenInstanceError, dataclass, field
+from dataclasses import FrozenInstanceError, replace
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import REPO, shared_path
 
+from tevia.inference import ModelSpec
 from tevia.prompts import (
     ABBREVIATIONS,
     PreparedPrompt,
@@ -32,12 +33,9 @@ QATA_EXAMPLE = (
 BOTH_LOWER = "lower right lung and lower left lung"
 
 
-@dataclass(frozen=True)
-class Spec:
-    """The two model-card fields prepare_prompt reads."""
-
-    side_convention: str
-    vocabulary: list[str] = field(default_factory=list)
+def make_spec(side_convention: str, vocabulary: list[str] | None = None) -> ModelSpec:
+    """A model spec as Segmenter.load builds it from a model card, for a chest X-ray model."""
+    return ModelSpec("qata", "0", (224, 224), 1, "chest x-ray", side_convention, vocabulary or [])
 
 
 def _descriptions(split: str) -> list[str]:
@@ -57,8 +55,8 @@ def train_descriptions() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def qata_spec(train_descriptions: list[str]) -> Spec:
-    return Spec("image", build_vocabulary(train_descriptions))
+def qata_spec(train_descriptions: list[str]) -> ModelSpec:
+    return make_spec("image", build_vocabulary(train_descriptions))
 
 
 # --- normalisation -----------------------------------------------------------------------
@@ -123,7 +121,7 @@ def test_empty_text_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="text is empty.*type what to segment"):
         normalise_prompt(text)
     with pytest.raises(ValueError, match="text is empty"):
-        prepare_prompt(text, Spec("image"))
+        prepare_prompt(text, make_spec("image"))
 
 
 def test_non_text_is_refused() -> None:
@@ -131,7 +129,7 @@ def test_non_text_is_refused() -> None:
         normalise_prompt(None)  # type: ignore[arg-type]
 
 
-def test_non_ascii_text_is_accepted(qata_spec: Spec) -> None:
+def test_non_ascii_text_is_accepted(qata_spec: ModelSpec) -> None:
     assert normalise_prompt("ＲＬＬ\u3000infection") == "lower right lung infection"
     assert normalise_prompt("lower\u00a0left lung") == "lower left lung"
     prepared = prepare_prompt("lower left lung — près du cœur", qata_spec, convention="image")
@@ -143,7 +141,7 @@ def test_non_ascii_text_is_accepted(qata_spec: Spec) -> None:
 
 # --- vocabulary and the out-of-domain warning -------------------------------------------
 
-def test_vocabulary_is_sorted_content_words(qata_spec: Spec) -> None:
+def test_vocabulary_is_sorted_content_words(qata_spec: ModelSpec) -> None:
     vocabulary = qata_spec.vocabulary
     assert vocabulary == sorted(set(vocabulary))
     anatomy = {"bilateral", "unilateral", "left", "right", "upper", "middle", "lower", "lung"}
@@ -159,7 +157,7 @@ def test_vocabulary_refuses_an_empty_description() -> None:
 
 @pytest.mark.parametrize("convention", ["image", "patient"])
 def test_no_training_description_warns(
-    qata_spec: Spec, train_descriptions: list[str], convention: str
+    qata_spec: ModelSpec, train_descriptions: list[str], convention: str
 ) -> None:
     distinct = sorted(set(train_descriptions))
     assert len(distinct) == 278
@@ -167,7 +165,7 @@ def test_no_training_description_warns(
     assert warned == []
 
 
-def test_few_val_descriptions_warn(qata_spec: Spec) -> None:
+def test_few_val_descriptions_warn(qata_spec: ModelSpec) -> None:
     distinct = sorted(set(_descriptions("val")))
     warned = {t: prepare_prompt(t, qata_spec).warnings for t in distinct}
     warned = {t: w for t, w in warned.items() if w}
@@ -176,7 +174,7 @@ def test_few_val_descriptions_warn(qata_spec: Spec) -> None:
     assert all("not trained for" in w[0] for w in warned.values())
 
 
-def test_organ_names_warn_and_name_the_words(qata_spec: Spec) -> None:
+def test_organ_names_warn_and_name_the_words(qata_spec: ModelSpec) -> None:
     assert {"liver", "spleen"} <= set(_organ_labels())
     for organ in ("liver", "spleen"):
         prepared = prepare_prompt(f"{organ} infection", qata_spec)
@@ -187,12 +185,12 @@ def test_organ_names_warn_and_name_the_words(qata_spec: Spec) -> None:
     assert prepare_prompt("RLL infection", qata_spec).warnings == ()
 
 
-def test_stop_words_and_numbers_do_not_warn(qata_spec: Spec) -> None:
+def test_stop_words_and_numbers_do_not_warn(qata_spec: ModelSpec) -> None:
     assert prepare_prompt("infection in the lower left lung, 7 areas", qata_spec).warnings == ()
 
 
 def test_empty_vocabulary_disables_the_check() -> None:
-    assert prepare_prompt("liver", Spec("image", [])).warnings == ()
+    assert prepare_prompt("liver", make_spec("image", [])).warnings == ()
 
 
 # --- sides --------------------------------------------------------------------------------
@@ -213,7 +211,7 @@ LEFT, RIGHT, ALONG_AP = (-1.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, -1.0, 0.0)
     ],
 )
 def test_sides_under_each_convention_and_orientation(
-    qata_spec: Spec, convention: str, direction, expected_text: str, mirrored: bool
+    qata_spec: ModelSpec, convention: str, direction, expected_text: str, mirrored: bool
 ) -> None:
     prepared = prepare_prompt("RLL and left upper lobe", qata_spec, convention, direction)
     assert prepared.text == expected_text
@@ -222,11 +220,11 @@ def test_sides_under_each_convention_and_orientation(
 
 
 def test_patient_convention_model_mirrors_image_prompts() -> None:
-    prepared = prepare_prompt("left lung", Spec("patient"), "image", column_direction_ras=LEFT)
+    prepared = prepare_prompt("left lung", make_spec("patient"), "image", column_direction_ras=LEFT)
     assert (prepared.text, prepared.mirrored) == ("right lung", True)
 
 
-def test_side_note_says_what_was_assumed(qata_spec: Spec) -> None:
+def test_side_note_says_what_was_assumed(qata_spec: ModelSpec) -> None:
     unknown = prepare_prompt("left lung", qata_spec).side_note
     assert "assumed the standard chest X-ray display" in unknown
     known = prepare_prompt("left lung", qata_spec, column_direction_ras=LEFT).side_note
@@ -261,9 +259,9 @@ def test_bad_column_direction_is_refused(bad) -> None:
 
 def test_bad_convention_is_refused() -> None:
     with pytest.raises(ValueError, match="user_convention must be one of .* got 'radiological'"):
-        prepare_prompt("left lung", Spec("image"), convention="radiological")
+        prepare_prompt("left lung", make_spec("image"), convention="radiological")
     with pytest.raises(ValueError, match="model_convention must be one of .* got 'neurological'"):
-        prepare_prompt("left lung", Spec("neurological"))
+        prepare_prompt("left lung", make_spec("neurological"))
 
 
 def test_swap_sides_on_all_descriptions(train_descriptions: list[str]) -> None:
@@ -278,7 +276,7 @@ def test_swap_sides_on_all_descriptions(train_descriptions: list[str]) -> None:
 
 # --- truncation and the result ------------------------------------------------------------
 
-def test_long_text_is_truncated_with_a_warning(qata_spec: Spec) -> None:
+def test_long_text_is_truncated_with_a_warning(qata_spec: ModelSpec) -> None:
     long_text = " ".join(["lower left lung infection"] * 25)
     prepared = prepare_prompt(long_text, qata_spec, convention="image")
     assert len(prepared.text.split()) == 64
@@ -291,7 +289,7 @@ def test_long_text_is_truncated_with_a_warning(qata_spec: Spec) -> None:
         prepare_prompt(long_text, qata_spec, max_words=0)
 
 
-def test_to_dict_is_json_ready(qata_spec: Spec) -> None:
+def test_to_dict_is_json_ready(qata_spec: ModelSpec) -> None:
     prepared = prepare_prompt("LLL liver", qata_spec)
     data = json.loads(json.dumps(prepared.to_dict()))
     assert data == {
@@ -311,3 +309,71 @@ def test_to_dict_is_json_ready(qata_spec: Spec) -> None:
 def test_committed_example_is_a_real_description(train_descriptions: list[str]) -> None:
     assert QATA_EXAMPLE in set(train_descriptions)
 
+
+
+# --- with a real model (tiny random weights) on the committed QaTa samples ----------------
+
+SAMPLES = REPO / "Testing" / "data" / "qata_samples"
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_model_dir):
+    import torch
+
+    from tevia.inference import Segmenter
+
+    torch.set_num_threads(1)
+    return Segmenter.load(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def sample_images(segmenter) -> np.ndarray:
+    """(4, H, W) float32 in [0, 1]: committed chest X-rays resized to the model's image size."""
+    from PIL import Image
+
+    height, width = segmenter.spec.image_size
+    names = sorted((SAMPLES / "Images").glob("*.png"))[:4]
+    images = [Image.open(p).convert("L").resize((width, height), Image.BILINEAR) for p in names]
+    return np.stack([np.asarray(i, dtype=np.float32) / 255.0 for i in images])
+
+
+@pytest.mark.parametrize(
+    "abbreviated, spelled_out",
+    [
+        ("RLL infection", "right lower lobe infection"),
+        ("Bilat. LUL & RUL", "bilateral upper left lung and upper right lung"),
+    ],
+)
+def test_model_gives_the_same_mask_for_abbreviations(
+    segmenter, sample_images, abbreviated: str, spelled_out: str
+) -> None:
+    short = prepare_prompt(abbreviated, segmenter.spec, convention="image")
+    long = prepare_prompt(spelled_out, segmenter.spec, convention="image")
+    assert short.text == long.text
+    probs = segmenter.predict(sample_images, short.text)
+    np.testing.assert_array_equal(probs, segmenter.predict(sample_images, long.text))
+    # The model does read the text: the raw abbreviation would give another output.
+    assert np.abs(probs - segmenter.predict(sample_images, abbreviated)).max() > 0
+
+
+def test_model_reads_patient_sides_mirrored(segmenter, sample_images) -> None:
+    assert segmenter.spec.side_convention == "image"
+    patient = prepare_prompt("RLL infection", segmenter.spec, convention="patient")
+    assert (patient.text, patient.mirrored) == ("lower left lung infection", True)
+    probs = segmenter.predict(sample_images, patient.text)
+    image_left = prepare_prompt("lower left lung infection", segmenter.spec, "image").text
+    image_right = prepare_prompt("RLL infection", segmenter.spec, "image").text
+    assert image_right == "lower right lung infection"
+    np.testing.assert_array_equal(probs, segmenter.predict(sample_images, image_left))
+    assert np.abs(probs - segmenter.predict(sample_images, image_right)).max() > 0
+
+
+def test_model_spec_vocabulary_warns_out_of_domain(segmenter, train_descriptions) -> None:
+    assert segmenter.spec.vocabulary == []  # the tiny model lists none: no check
+    assert prepare_prompt("liver", segmenter.spec).warnings == ()
+    spec = replace(segmenter.spec, vocabulary=build_vocabulary(train_descriptions))
+    with open(SAMPLES / "samples.csv", newline="", encoding="utf-8") as f:
+        committed = [row["Description"] for row in csv.DictReader(f)]
+    assert len(committed) == 20
+    assert [t for t in committed if prepare_prompt(t, spec).warnings] == []
+    assert "liver" in prepare_prompt("liver lesion", spec).warnings[0]

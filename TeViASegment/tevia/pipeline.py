@@ -1,0 +1,338 @@
+"""Segment a 2D image or a 3D volume slice by slice with a 2D text-guided model.
+
+Flow per volume: pick display-oriented slices along an anatomical axis (from the direction
+matrix), scale intensities to [0, 1], resample each batch of slices to the model's input size,
+encode them (or reuse cached features), decode every prompt, interpolate the probabilities back
+to the slice size, threshold, and write labels into a uint8 labelmap with the input's geometry.
+Slices stream through in batches, so only the input voxels, the labelmap and one batch live in
+memory (plus the bounded :class:`FeatureCache`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from tevia.device import is_out_of_memory
+from tevia.prompts import prepare_prompt
+from tevia.volume.cache import FeatureCache, fingerprint
+from tevia.volume.errors import BadInputError
+from tevia.volume.geometry import SLICE_AXES, SliceLayout, as_3d, slice_layout
+from tevia.volume.postprocess import postprocess_mask
+from tevia.volume.preprocess import IntensityScaler, parse_window
+
+__all__ = ["SegmentOptions", "SegmentResult", "Cancelled", "FeatureCache", "segment_volume",
+           "STEP_SECONDS"]
+
+log = logging.getLogger(__name__)
+
+STEP_SECONDS = 0.4
+"""Target duration of one model step, so a cancel is seen within about a second."""
+_CONVENTIONS = ("patient", "image")
+_MAX_PROMPTS = 255
+
+
+@dataclass
+class SegmentOptions:
+    """Options of :func:`segment_volume` (validated on construction).
+
+    Attributes:
+        slice_axis: "axial", "coronal" or "sagittal", in the image's own anatomy (its direction
+            matrix). A 2D image (or a volume with one slice) is always its own single slice.
+        threshold: Probability above which a voxel is foreground, in (0, 1).
+        batch_size: Most slices per model call; smaller batches are used when a batch would take
+            longer than :data:`STEP_SECONDS`, and on out-of-memory.
+        window: None for percentile scaling (8-bit images: /255), a CT window name (see
+            ``tevia.volume.preprocess.WINDOWS``) or (center, width).
+        largest_component: Keep only the largest 3D connected component of each label.
+        fill_holes: Fill in-plane holes of each label.
+        min_size: Drop connected components smaller than this many voxels.
+        convention: Side convention of the prompts, "patient" or "image" (see tevia.prompts).
+    """
+
+    slice_axis: str = "axial"
+    threshold: float = 0.5
+    batch_size: int = 16
+    window: str | tuple[float, float] | None = None
+    largest_component: bool = False
+    fill_holes: bool = False
+    min_size: int = 0
+    convention: str = "patient"
+
+    def __post_init__(self) -> None:
+        if self.slice_axis not in SLICE_AXES:
+            raise ValueError(f"slice_axis must be one of {', '.join(SLICE_AXES)}, got {self.slice_axis!r}")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not 0.0 < float(self.threshold) < 1.0:
+            raise ValueError(f"threshold must be a number between 0 and 1 (exclusive), got {self.threshold!r}")
+        for name in ("batch_size", "min_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "batch_size" else 0):
+                raise ValueError(f"{name} must be an integer >= {1 if name == 'batch_size' else 0}, got {value!r}")
+        for name in ("largest_component", "fill_holes"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.window, list):
+            self.window = tuple(self.window)
+        parse_window(self.window)
+        if self.convention not in _CONVENTIONS:
+            raise ValueError(f"convention must be 'patient' or 'image', got {self.convention!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "SegmentOptions":
+        """Options from a JSON-like dict; unknown keys or bad values raise ``ValueError`` naming them."""
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)}; known options: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+class Cancelled(Exception):
+    """The caller's ``cancelled()`` returned True; the work stopped and nothing was written."""
+
+
+@dataclass
+class SegmentResult:
+    """What :func:`segment_volume` returns.
+
+    Attributes:
+        labelmap: uint8 image with exactly the input's size, spacing, origin and direction;
+            label i is ``prompts[i - 1]`` (where prompts overlap, the most probable wins).
+        labels: Label value -> the prompt as typed.
+        voxels: Prompt as typed -> its foreground voxel count in ``labelmap``.
+        prompts: ``PreparedPrompt.to_dict()`` per prompt (text encoded, convention, mirrored, warnings).
+        warnings: Every warning (input, intensity, prompts), human readable.
+        timings: Seconds per stage: read, encode_text, encode_images, decode, postprocess, total;
+            plus ``cache_hit`` (1.0 when the image features came from the feature cache).
+    """
+
+    labelmap: sitk.Image
+    labels: dict[int, str]
+    voxels: dict[str, int]
+    prompts: list[dict]
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _BatchSizer:
+    """Batch sizes that keep a model step near :data:`STEP_SECONDS`, halved on out-of-memory."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.size = min(cap, 2)
+
+    def update(self, count: int, seconds: float) -> None:
+        per_slice = max(seconds / max(count, 1), 1e-4)
+        self.size = int(min(self.cap, max(1, STEP_SECONDS // per_slice)))
+
+    def halve(self) -> None:
+        if self.size <= 1:
+            raise torch.OutOfMemoryError("out of memory with a batch of one slice")
+        self.cap = self.size = max(1, self.size // 2)
+
+
+def _resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (B, H, W) to (B, *size), antialiased when shrinking."""
+    if tuple(batch.shape[-2:]) == tuple(size):
+        return batch
+    shrink = batch.shape[-2] > size[0] or batch.shape[-1] > size[1]
+    return F.interpolate(batch[:, None], size=size, mode="bilinear", align_corners=False,
+                         antialias=shrink)[:, 0]
+
+
+def _prepare_prompts(segmenter: Any, prompts: list[str], options: SegmentOptions,
+                     layout: SliceLayout) -> list[Any]:
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise BadInputError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+    if len(prompts) > _MAX_PROMPTS:
+        raise BadInputError(f"at most {_MAX_PROMPTS} prompts fit one uint8 labelmap, got {len(prompts)}")
+    prepared = []
+    for index, text in enumerate(prompts):
+        if not isinstance(text, str):
+            raise BadInputError(f"prompt {index + 1} must be a string, got {text!r}")
+        if text in prompts[:index]:
+            raise BadInputError(f"prompt {index + 1} repeats an earlier prompt: {text!r}")
+        try:
+            prepared.append(prepare_prompt(text, segmenter.spec, options.convention,
+                                           layout.column_direction_ras))
+        except ValueError as error:
+            raise BadInputError(f"prompt {index + 1}: {error}") from error
+    return prepared
+
+
+class _Run:
+    """State of one :func:`segment_volume` call: the slice loop with cache, cancel and OOM back-off."""
+
+    def __init__(self, segmenter: Any, slices: np.ndarray, labels: np.ndarray, scaler: IntensityScaler,
+                 text: torch.Tensor, options: SegmentOptions,
+                 progress: Callable[[str, int, int], None], cancelled: Callable[[], bool]) -> None:
+        self.segmenter, self.slices, self.labels = segmenter, slices, labels
+        self.scaler, self.text, self.options = scaler, text, options
+        self.progress, self.cancelled = progress, cancelled
+        self.sizer = _BatchSizer(options.batch_size)
+        self.timings = {"encode_images": 0.0, "decode": 0.0}
+
+    def check(self) -> None:
+        if self.cancelled():
+            raise Cancelled("cancelled by the caller")
+
+    def encode(self, start: int, stop: int) -> Any:
+        began = time.perf_counter()
+        batch = torch.from_numpy(self.scaler(self.slices[start:stop]))
+        features = self.segmenter.encode_images(_resize(batch, tuple(self.segmenter.spec.image_size)))
+        self.timings["encode_images"] += time.perf_counter() - began
+        return features
+
+    def decode(self, features: Any, start: int, stop: int) -> None:
+        """Decode every prompt on a batch and write the winning labels into the labelmap."""
+        began = time.perf_counter()
+        rows, columns = self.slices.shape[1:]
+        best = torch.zeros((stop - start, rows, columns), dtype=torch.float32)
+        label = torch.zeros((stop - start, rows, columns), dtype=torch.uint8)
+        for index in range(self.text.shape[0]):
+            self.check()
+            probs = self.segmenter.decode(features, self.text[index:index + 1]).float().cpu()
+            probs = _resize(probs, (rows, columns))
+            wins = (probs > self.options.threshold) & (probs > best)
+            best = torch.where(wins, probs, best)
+            label[wins] = index + 1
+        self.labels[start:stop] = label.numpy()
+        self.timings["decode"] += time.perf_counter() - began
+
+    def step(self, start: int, cached: list[Any] | None, offsets: np.ndarray | None) -> tuple[int, Any]:
+        """Segment the next batch from ``start``; returns (stop, features computed or None)."""
+        while True:
+            began = time.perf_counter()
+            try:
+                if cached is None:
+                    stop = min(start + self.sizer.size, len(self.slices))
+                    features = self.encode(start, stop)
+                    self.check()
+                else:
+                    index = int(np.searchsorted(offsets, start, side="right")) - 1
+                    local = start - int(offsets[index])
+                    stop = start + min(self.sizer.size, len(cached[index]) - local)
+                    features = cached[index][local:local + stop - start]
+                self.decode(features, start, stop)
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                log.warning("out of memory with %d slices per batch: halving", self.sizer.size)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.sizer.halve()
+                continue
+            self.sizer.update(stop - start, time.perf_counter() - began)
+            return stop, (features if cached is None else None)
+
+    def run(self, cached: list[Any] | None) -> list[Any]:
+        """Run over all slices; returns the feature chunks computed (empty when ``cached``)."""
+        total = len(self.slices)
+        offsets = np.cumsum([0] + [len(c) for c in cached]) if cached is not None else None
+        chunks: list[Any] = []
+        done = 0
+        self.progress("segment", 0, total)
+        while done < total:
+            self.check()
+            done, features = self.step(done, cached, offsets)
+            if features is not None:
+                chunks.append(features)
+            self.progress("segment", done, total)
+        return chunks
+
+
+def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
+                   options: SegmentOptions | None = None,
+                   progress: Callable[[str, int, int], None] | None = None,
+                   cancelled: Callable[[], bool] | None = None,
+                   feature_cache: FeatureCache | None = None) -> SegmentResult:
+    """Segment an image with one label per prompt.
+
+    Args:
+        segmenter: A loaded ``tevia.inference.Segmenter``.
+        image: 2D or 3D scalar ITK image (LPS frame, e.g. from ``tevia.volume.io.read_input``).
+        prompts: Free-text prompts; label i is ``prompts[i - 1]``.
+        options: :class:`SegmentOptions` (defaults when None).
+        progress: Called as ``progress(stage, done, total)``; stages "segment" (slices) and
+            "postprocess" (labels).
+        cancelled: Polled between model steps (each about :data:`STEP_SECONDS`); True stops the
+            work with :class:`Cancelled`.
+        feature_cache: Reuse image features of a volume seen before (same voxels, slice axis,
+            intensity scaling and model).
+
+    Returns:
+        The :class:`SegmentResult`.
+
+    Raises:
+        BadInputError: empty, repeated or too many prompts; an all-NaN volume.
+        Cancelled: ``cancelled()`` returned True.
+        torch.OutOfMemoryError: even one slice per batch does not fit the device.
+    """
+    began = time.perf_counter()
+    options = options or SegmentOptions()
+    progress = progress or (lambda stage, done, total: None)
+    cancelled = cancelled or (lambda: False)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise BadInputError(f"image must have scalar voxels, got {image.GetNumberOfComponentsPerPixel()} components")
+    volume = as_3d(image)
+    array = sitk.GetArrayViewFromImage(volume)
+    layout = slice_layout(volume, options.slice_axis)
+    prepared = _prepare_prompts(segmenter, prompts, options, layout)
+    scaler, warnings = IntensityScaler.from_volume(array, options.window)
+    warnings += [w for p in prepared for w in p.warnings]
+    labels = np.zeros(array.shape, dtype=np.uint8)
+    timings = {"read": 0.0, "encode_text": 0.0, "encode_images": 0.0, "decode": 0.0,
+               "postprocess": 0.0, "cache_hit": 0.0}
+    if not scaler.constant:
+        started = time.perf_counter()
+        text = segmenter.encode_text([p.text for p in prepared])
+        timings["encode_text"] = time.perf_counter() - started
+        run = _Run(segmenter, layout.view(array), layout.view(labels), scaler, text, options,
+                   progress, cancelled)
+        key = (id(segmenter), getattr(segmenter.spec, "name", ""), getattr(segmenter.spec, "version", ""),
+               fingerprint(array), layout, scaler.low, scaler.high)
+        cached = feature_cache.get(key) if feature_cache is not None else None
+        chunks = run.run(cached)
+        if feature_cache is not None and cached is None:
+            feature_cache.put(key, chunks, sum(int(c.nbytes) for c in chunks))
+        timings.update(run.timings, cache_hit=float(cached is not None))
+    started = time.perf_counter()
+    label_values = {index + 1: text for index, text in enumerate(prompts)}
+    if options.fill_holes or options.largest_component or options.min_size:
+        view = layout.view(labels)
+        for value in label_values:
+            progress("postprocess", value - 1, len(label_values))
+            if cancelled():
+                raise Cancelled("cancelled by the caller")
+            kept = postprocess_mask(view == value, options.largest_component, options.fill_holes, options.min_size)
+            view[(view == value) & ~kept] = 0
+            view[kept & (view == 0)] = value
+        progress("postprocess", len(label_values), len(label_values))
+    timings["postprocess"] = time.perf_counter() - started
+    counts = np.bincount(labels.reshape(-1), minlength=len(prompts) + 1)
+    labelmap = sitk.GetImageFromArray(labels if image.GetDimension() == 3 else labels[0])
+    labelmap.CopyInformation(image)
+    timings["total"] = time.perf_counter() - began
+    return SegmentResult(
+        labelmap=labelmap,
+        labels=label_values,
+        voxels={text: int(counts[value]) for value, text in label_values.items()},
+        prompts=[p.to_dict() for p in prepared],
+        warnings=warnings,
+        timings=timings,
+    )

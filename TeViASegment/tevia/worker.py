@@ -1,0 +1,288 @@
+"""The warm background worker: ``python -m tevia.worker``, JSON lines on stdin/stdout.
+
+One request per line in, one event per line out (the protocol is in PROTOCOL.md next to this
+file). stdout carries only protocol lines: everything else (logging, stray prints, C-level
+output) goes to stderr. A reader thread takes requests while a segment runs, so a ``cancel``
+stops the work between model steps (well within a second). Any error becomes an ``error`` event
+with a code, and the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from tevia.device import describe_device, is_out_of_memory
+from tevia.pipeline import Cancelled, FeatureCache, SegmentOptions, segment_volume
+from tevia.volume.errors import InputError
+from tevia.volume.io import read_input
+from tevia.volume.writers import check_output_path, write_labelmap
+
+__all__ = ["PROTOCOL_VERSION", "ERROR_CODES", "RequestError", "Worker", "main"]
+
+log = logging.getLogger("tevia.worker")
+
+PROTOCOL_VERSION = 1
+ERROR_CODES = ("bad_request", "not_found", "unsupported_format", "bad_input", "model_error",
+               "out_of_memory", "cancelled", "internal")
+_REQUEST_TYPES = ("load", "segment", "cancel", "ping", "shutdown")
+
+
+class RequestError(Exception):
+    """An error answered with an ``error`` event of the given protocol code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_request(line: str) -> dict[str, Any]:
+    """Parse and check one request line (id and type); raises RequestError("bad_request")."""
+    try:
+        request = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise RequestError("bad_request", f"malformed JSON request line ({error}): send one JSON object per line") from error
+    if not isinstance(request, dict):
+        raise RequestError("bad_request", f"a request must be a JSON object, got {type(request).__name__}")
+    if not isinstance(request.get("id"), str) or not request["id"]:
+        raise RequestError("bad_request", f"a request needs a non-empty string 'id', got {request.get('id')!r}")
+    if request.get("type") not in _REQUEST_TYPES:
+        raise RequestError("bad_request", f"request type must be one of {', '.join(_REQUEST_TYPES)}, "
+                                          f"got {request.get('type')!r}")
+    return request
+
+
+class Worker:
+    """Serves requests from a text stream and writes events to another (see PROTOCOL.md).
+
+    Args:
+        events: Where event lines go (the real stdout).
+        cache_bytes: Bound of the image-feature cache.
+    """
+
+    def __init__(self, events: IO[str], cache_bytes: int = 2 * 1024**3) -> None:
+        self._events = events
+        self._write_lock = threading.Lock()
+        self._requests: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._cancelled: set[str] = set()
+        self._pending: set[str] = set()
+        self._state_lock = threading.Lock()
+        self.cache = FeatureCache(cache_bytes)
+        self.segmenter: Any = None
+        self.model: str | None = None
+
+    def emit(self, request_id: str | None, event: str, **fields: Any) -> None:
+        """Write one event line (thread-safe, flushed)."""
+        line = json.dumps({"id": request_id, "event": event, **fields}, ensure_ascii=True, default=str)
+        with self._write_lock:
+            self._events.write(line + "\n")
+            self._events.flush()
+
+    def read_requests(self, stream: IO[str]) -> None:
+        """Reader thread: parse lines, handle cancels at once, queue the rest; EOF means shutdown."""
+        for line in stream:
+            if not line.strip():
+                continue
+            try:
+                request = parse_request(line)
+            except RequestError as error:
+                self.emit(None, "error", code=error.code, message=str(error))
+                continue
+            if request["type"] == "cancel":
+                self._cancel(request)
+                continue
+            with self._state_lock:
+                self._pending.add(request["id"])
+                if request["type"] == "shutdown":
+                    self._cancelled.update(self._pending - {request["id"]})
+            self._requests.put(request)
+        with self._state_lock:
+            self._cancelled.update(self._pending)
+        self._requests.put(None)
+
+    def _cancel(self, request: dict[str, Any]) -> None:
+        target = request.get("target")
+        with self._state_lock:
+            known = target in self._pending
+            if known:
+                self._cancelled.add(target)
+        if not known:
+            self.emit(request["id"], "error", code="not_found",
+                      message=f"cancel: no running or queued request with id {target!r}")
+
+    def serve(self, stream: IO[str]) -> int:
+        """Serve until a shutdown request or the end of input; returns the exit status."""
+        threading.Thread(target=self.read_requests, args=(stream,), daemon=True, name="requests").start()
+        self.emit(None, "ready", protocol=PROTOCOL_VERSION, pid=os.getpid(), torch=torch.__version__,
+                  cuda=torch.cuda.is_available())
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return 0
+            request_id = request["id"]
+            try:
+                if request_id in self._cancelled:
+                    raise Cancelled("cancelled before it started")
+                if request["type"] == "shutdown":
+                    self.emit(request_id, "result", shutdown=True)
+                    return 0
+                getattr(self, f"_handle_{request['type']}")(request)
+            except Cancelled:
+                self.emit(request_id, "cancelled")
+            except RequestError as error:
+                self.emit(request_id, "error", code=error.code, message=str(error))
+            except FileNotFoundError as error:
+                self.emit(request_id, "error", code="not_found", message=str(error))
+            except InputError as error:
+                self.emit(request_id, "error", code=error.code, message=str(error))
+            except MemoryError as error:
+                self.emit(request_id, "error", code="out_of_memory",
+                          message=f"out of memory: {error}; try a smaller volume or batch_size")
+            except Exception as error:  # the worker must survive any failure of one request
+                log.error("request %s failed:\n%s", request_id, traceback.format_exc())
+                self.emit(request_id, "error", code="internal", message=f"{type(error).__name__}: {error}")
+            finally:
+                with self._state_lock:
+                    self._pending.discard(request_id)
+                    self._cancelled.discard(request_id)
+
+    def _handle_ping(self, request: dict[str, Any]) -> None:
+        self.emit(request["id"], "result", model=self.model,
+                  device=str(self.segmenter.device) if self.segmenter is not None else None,
+                  cache={"entries": len(self.cache), "bytes": self.cache.nbytes, "hits": self.cache.hits})
+
+    def _handle_load(self, request: dict[str, Any]) -> None:
+        model, device = request.get("model", "default"), request.get("device", "auto")
+        if not isinstance(model, str) or not model or not isinstance(device, str):
+            raise RequestError("bad_request", f"load needs 'model' (name or folder) and 'device' strings, "
+                                              f"got model={model!r}, device={device!r}")
+        self.emit(request["id"], "result", **self._load(model, device))
+
+    def _load(self, model: str, device: str) -> dict[str, Any]:
+        from tevia.inference import Segmenter, select_device
+
+        try:
+            resolved = select_device(device)
+        except ValueError as error:
+            raise RequestError("bad_request", str(error)) from error
+        began = time.perf_counter()
+        try:
+            segmenter = Segmenter.load(model, device=str(resolved))
+        except (FileNotFoundError, ValueError) as error:
+            raise RequestError("not_found", f"cannot load model {model!r}: {error}") from error
+        except Exception as error:
+            log.error("loading %s failed:\n%s", model, traceback.format_exc())
+            raise RequestError("model_error", f"cannot load model {model!r}: {type(error).__name__}: {error}") from error
+        self.segmenter, self.model = segmenter, model
+        self.cache.clear()
+        spec = segmenter.spec
+        return {"model": model, "name": getattr(spec, "name", model), "version": getattr(spec, "version", ""),
+                "device": str(segmenter.device), "device_name": describe_device(segmenter.device),
+                "image_size": list(spec.image_size), "side_convention": spec.side_convention,
+                "example_prompts": list(getattr(spec, "example_prompts", [])),
+                "load_seconds": round(time.perf_counter() - began, 3)}
+
+    def _segment_request(self, request: dict[str, Any]) -> tuple[Any, list[str], Path, SegmentOptions]:
+        source, prompts, output = request.get("input"), request.get("prompts"), request.get("output")
+        if source is None or not isinstance(output, str) or not output:
+            raise RequestError("bad_request", "segment needs 'input' (a path or {\"npy\", \"geometry\"}), "
+                                              "'prompts' (list of strings) and 'output' (a path)")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not isinstance(prompts, list):
+            raise RequestError("bad_request", f"'prompts' must be a list of strings, got {prompts!r}")
+        try:
+            options = SegmentOptions.from_dict(request.get("options"))
+        except (TypeError, ValueError) as error:
+            raise RequestError("bad_request", f"bad options: {error}") from error
+        inputs = (source,) if isinstance(source, str) else tuple(v for v in source.values() if isinstance(v, str)) \
+            if isinstance(source, dict) else ()
+        return source, prompts, check_output_path(output, inputs=inputs), options
+
+    def _handle_segment(self, request: dict[str, Any]) -> None:
+        request_id = request["id"]
+        source, prompts, output, options = self._segment_request(request)
+        model = request.get("model")
+        if model is not None and model != self.model or self.segmenter is None:
+            self._load(model or "default", request.get("device", "auto"))
+        began = time.perf_counter()
+        self.emit(request_id, "progress", stage="read", done=0, total=1)
+        image, warnings = read_input(source)
+        check_output_path(output, image)
+        read_seconds = time.perf_counter() - began
+        for message in warnings:
+            self.emit(request_id, "warning", message=message)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            self.emit(request_id, "progress", stage=stage, done=done, total=total)
+
+        def cancelled() -> bool:
+            return request_id in self._cancelled
+
+        result = self._run_with_fallback(request_id, image, prompts, options, progress, cancelled)
+        if cancelled():
+            raise Cancelled("cancelled before writing")
+        for message in result.warnings:
+            self.emit(request_id, "warning", message=message)
+        result.timings["read"] = read_seconds
+        result.timings["total"] += read_seconds
+        all_warnings = warnings + result.warnings
+        self.emit(request_id, "progress", stage="write", done=0, total=1)
+        write_labelmap(result.labelmap, output, result.labels, {
+            "model": self.model, "convention": options.convention, "prompts": result.prompts,
+            "voxels": result.voxels, "options": options.to_dict(), "warnings": all_warnings})
+        self.emit(request_id, "result", output=str(output), labels={str(k): v for k, v in result.labels.items()},
+                  voxels=result.voxels, prompts=result.prompts, warnings=all_warnings,
+                  cache_hit=bool(result.timings.get("cache_hit")),
+                  timings={k: round(v, 4) for k, v in result.timings.items()})
+
+    def _run_with_fallback(self, request_id: str, image: Any, prompts: list[str], options: SegmentOptions,
+                           progress: Any, cancelled: Any) -> Any:
+        """segment_volume; on device out-of-memory (even one slice), reload on the CPU and retry."""
+        try:
+            return segment_volume(self.segmenter, image, prompts, options, progress, cancelled, self.cache)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            if self.segmenter.device.type == "cpu":
+                raise MemoryError(str(error)) from error
+            self.emit(request_id, "warning", message=f"out of memory on {self.segmenter.device} even with one "
+                                                     "slice per batch: falling back to the CPU (slower)")
+        self.segmenter = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self._load(self.model or "default", "cpu")
+        return segment_volume(self.segmenter, image, prompts, options, progress, cancelled, self.cache)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m tevia.worker``."""
+    parser = argparse.ArgumentParser(prog="python -m tevia.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--cache-mb", type=int, default=2048, help="image-feature cache bound (MiB)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
+    parser.add_argument("--log-level", default="INFO", help="logging level (logs go to stderr)")
+    args = parser.parse_args(argv)
+    events = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    requests = open(sys.stdin.fileno(), encoding="utf-8", errors="replace", closefd=False)
+    return Worker(events, args.cache_mb * 1024**2).serve(requests)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""segment_volume with a real (tiny, random-weight) model on real volumes."""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from tevia.pipeline import Cancelled, FeatureCache, SegmentOptions, segment_volume
+from tevia.volume.errors import BadInputError
+from tevia.volume.geometry import as_3d, same_geometry, slice_layout
+from tevia.volume.io import read_image
+from tevia.volume.preprocess import IntensityScaler
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_model_dir):
+    from tevia.inference import Segmenter
+
+    return Segmenter.load(tiny_model_dir, device="cpu")
+
+
+def _threshold(segmenter, image, prompt="liver"):
+    """A threshold near the median probability of a middle slice, so masks are neither empty nor full."""
+    volume = as_3d(image)
+    view = slice_layout(volume, "axial").view(sitk.GetArrayViewFromImage(volume))
+    scaler, _ = IntensityScaler.from_volume(sitk.GetArrayViewFromImage(volume))
+    plane = torch.from_numpy(scaler(view[len(view) // 2: len(view) // 2 + 1]))[:, None]
+    plane = torch.nn.functional.interpolate(plane, size=segmenter.spec.image_size, mode="bilinear")[:, 0]
+    return float(np.median(segmenter.predict(plane.numpy(), prompt)))
+
+
+def _check_geometry(segmenter, path):
+    image, _ = read_image(path)
+    result = segment_volume(segmenter, image, ["liver", "left kidney"],
+                            SegmentOptions(threshold=_threshold(segmenter, image)))
+    assert same_geometry(result.labelmap, image) and result.labelmap.GetPixelID() == sitk.sitkUInt8
+    values = sitk.GetArrayViewFromImage(result.labelmap)
+    assert set(np.unique(values)) <= {0, 1, 2}
+    assert sum(result.voxels.values()) == np.count_nonzero(values) > 0
+    return result
+
+
+def test_geometry_committed(segmenter, committed_input):
+    _check_geometry(segmenter, committed_input)
+
+
+def test_geometry_shared(segmenter, shared_input):
+    _check_geometry(segmenter, shared_input)
+
+
+@pytest.fixture(scope="module")
+def ct(ct_path):
+    return read_image(ct_path)[0]
+
+
+def test_multi_prompt_labels_partition_the_single_prompt_masks(segmenter, ct):
+    threshold = _threshold(segmenter, ct)
+    options = SegmentOptions(threshold=threshold)
+    both = segment_volume(segmenter, ct, ["liver", "spleen"], options)
+    liver = sitk.GetArrayFromImage(segment_volume(segmenter, ct, ["liver"], options).labelmap) == 1
+    spleen = sitk.GetArrayFromImage(segment_volume(segmenter, ct, ["spleen"], options).labelmap) == 1
+    labels = sitk.GetArrayFromImage(both.labelmap)
+    assert both.labels == {1: "liver", 2: "spleen"}
+    assert not ((labels == 1) & ~liver).any() and not ((labels == 2) & ~spleen).any()
+    np.testing.assert_array_equal(labels > 0, liver | spleen)
+    assert both.voxels == {"liver": int((labels == 1).sum()), "spleen": int((labels == 2).sum())}
+    assert set(both.timings) >= {"read", "encode_images", "decode", "postprocess", "total"}
+    lower = segment_volume(segmenter, ct, ["liver"], SegmentOptions(threshold=threshold - 1e-4))
+    assert lower.voxels["liver"] >= liver.sum()
+
+
+def test_feature_cache_skips_the_encoder_and_gives_the_same_masks(segmenter, ct):
+    cache = FeatureCache()
+    options = SegmentOptions(threshold=_threshold(segmenter, ct))
+    first = segment_volume(segmenter, ct, ["liver"], options, feature_cache=cache)
+    second = segment_volume(segmenter, ct, ["liver"], options, feature_cache=cache)
+    assert first.timings["cache_hit"] == 0.0 and second.timings["cache_hit"] == 1.0
+    assert second.timings["encode_images"] == 0.0 < first.timings["encode_images"]
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(first.labelmap), sitk.GetArrayViewFromImage(second.labelmap))
+    other_axis = segment_volume(segmenter, ct, ["liver"], SegmentOptions(slice_axis="coronal"), feature_cache=cache)
+    assert other_axis.timings["cache_hit"] == 0.0 and len(cache) == 2 and cache.nbytes > 0
+    small = FeatureCache(max_bytes=1000)
+    segment_volume(segmenter, ct, ["liver"], options, feature_cache=small)
+    assert len(small) == 0
+
+
+def test_cancel_stops_between_steps(segmenter, ct):
+    seen = []
+    with pytest.raises(Cancelled):
+        segment_volume(segmenter, ct, ["liver"], progress=lambda stage, done, total: seen.append(done),
+                       cancelled=lambda: len(seen) >= 2)
+    assert seen[-1] < ct.GetSize()[2]
+
+
+class _OutOfMemoryAbove:
+    """The real segmenter, except that batches above ``limit`` slices raise a device OOM (no GPU here)."""
+
+    def __init__(self, segmenter, limit):
+        self.segmenter, self.limit, self.spec, self.sizes = segmenter, limit, segmenter.spec, []
+
+    def encode_text(self, prompts):
+        return self.segmenter.encode_text(prompts)
+
+    def encode_images(self, images):
+        self.sizes.append(len(images))
+        if len(images) > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.segmenter.encode_images(images)
+
+    def decode(self, features, text):
+        return self.segmenter.decode(features, text)
+
+
+def test_out_of_memory_halves_the_batch(segmenter, ct):
+    options = SegmentOptions(threshold=_threshold(segmenter, ct), batch_size=8)
+    expected = segment_volume(segmenter, ct, ["liver"], options)
+    limited = _OutOfMemoryAbove(segmenter, limit=1)
+    result = segment_volume(limited, ct, ["liver"], options)
+    assert max(limited.sizes) > 1 and limited.sizes[-1] == 1
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(result.labelmap), sitk.GetArrayViewFromImage(expected.labelmap))
+    with pytest.raises(torch.OutOfMemoryError):
+        segment_volume(_OutOfMemoryAbove(segmenter, limit=0), ct, ["liver"], options)
+
+
+def test_two_d_image(segmenter, volumes_dir):
+    image, _ = read_image(volumes_dir / "totalseg-ct-slice15.png")
+    result = segment_volume(segmenter, image, ["Bilateral pulmonary infection, lower left lung"],
+                            SegmentOptions(slice_axis="sagittal"))
+    assert result.labelmap.GetDimension() == 2 and same_geometry(result.labelmap, image)
+    assert result.prompts[0]["mirrored"] is True
+
+
+@pytest.mark.parametrize("array", [np.full((4, 20, 20), 100, np.int16), np.zeros((1, 1, 1), np.float32)],
+                         ids=["constant", "one-voxel"])
+def test_constant_and_one_voxel_volumes(segmenter, array):
+    image = sitk.GetImageFromArray(array)
+    result = segment_volume(segmenter, image, ["liver"])
+    assert "constant" in result.warnings[0] and result.voxels == {"liver": 0}
+    assert same_geometry(result.labelmap, image)
+
+
+def test_prompt_errors_and_warnings(segmenter, ct):
+    for prompts, match in [(["  "], "empty"), ([], "non-empty"), (["liver", "liver"], "repeats"), ([3], "string")]:
+        with pytest.raises(BadInputError, match=match):
+            segment_volume(segmenter, ct, prompts)
+    long = segment_volume(segmenter, ct, [" ".join(["liver"] * 100), "Leber, linke Niere – ✓ 肝臓"])
+    assert any("64" in w or "word" in w for w in long.warnings)
+    assert long.labels[2] == "Leber, linke Niere – ✓ 肝臓"
+
+
+def test_postprocessing_options(segmenter, ct):
+    options = SegmentOptions(threshold=_threshold(segmenter, ct), largest_component=True, fill_holes=True)
+    labels = sitk.GetArrayFromImage(segment_volume(segmenter, ct, ["liver"], options).labelmap)
+    components = sitk.ConnectedComponent(sitk.GetImageFromArray((labels == 1).astype(np.uint8)))
+    assert sitk.GetArrayViewFromImage(components).max() == 1
