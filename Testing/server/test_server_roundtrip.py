@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from server_helpers import (TOKEN, auth, labels_header, module_server, read_labelmap,  # noqa: F401 (fixtures)
+from server_helpers import (TOKEN, auth, cropped_volume, labels_header, module_server, read_labelmap,  # noqa: F401 (fixtures)
                             real_volume, same_geometry, segmenter)
 
 from tevia.pipeline import SegmentOptions, segment_volume
@@ -27,10 +27,10 @@ def _segment(server, path, prompts, options=None, filename="volume.bin") -> http
 
 @pytest.mark.parametrize("name, suffix", [("totalseg-ct.nii.gz", ".nii.gz"), ("spinalcord-t2.nii.gz", ".nrrd")])
 def test_round_trip_keeps_geometry_and_matches_the_local_pipeline(module_server, segmenter, tmp_path, name, suffix):
-    source = sitk.ReadImage(str(real_volume(name)))
+    source = cropped_volume(name)
     upload = tmp_path / f"upload{suffix}"
     sitk.WriteImage(source, str(upload), useCompression=True)
-    options = {"threshold": 0.3, "slice_axis": "axial"}
+    options = {"threshold": 0.3, "slice_axis": "axial", "batch_size": 1}  # batch_size: see test_remote_client
     answer = _segment(module_server, upload, ["liver", "spleen"], options)
     assert answer.status_code == 200, answer.text
     labelmap = read_labelmap(answer.content, tmp_path)
