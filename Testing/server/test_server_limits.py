@@ -160,3 +160,17 @@ def test_uploads_stay_inside_the_server_temp_folder_and_are_removed(serve, small
     assert (ok.status_code, bad.status_code) == (200, 422)
     assert not list(tmp_path.rglob("escaped*")) and not list(Path("/tmp").glob("escaped*"))
     assert list(temp_root.iterdir()) == []
+
+
+def test_a_repeated_prompt_is_refused_by_the_pipeline_with_422(module_server, small_nrrd):
+    answer = _post(module_server, [("volume", small_nrrd, "v.nrrd"), ("text", b"liver", None), ("text", b"liver", None)])
+    assert answer.status_code == 422
+    assert "repeats an earlier prompt" in answer.json()["detail"]
+
+
+def test_a_volume_beyond_the_free_memory_gets_413_before_its_voxels_are_read(serve):
+    server = serve(max_voxels=10**15)
+    header = b"NRRD0004\ntype: short\ndimension: 3\nsizes: 100000 100000 1000\nencoding: raw\nendian: little\n\n"
+    answer = _post(server, [("volume", header, "v.nrrd"), ("text", b"liver", None)])
+    assert answer.status_code == 413
+    assert "crop or downsample" in answer.json()["detail"]

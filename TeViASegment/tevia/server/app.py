@@ -23,13 +23,14 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tevia.device import is_out_of_memory
 from tevia.pipeline import Cancelled
 from tevia.server.auth import bearer_matches
 from tevia.server.engine import SegmentationService
 from tevia.server.jobs import InferenceQueue, QueueFull
 from tevia.server.settings import ServerSettings
 from tevia.server.upload import UploadError, read_segment_form
-from tevia.server.volume_io import VolumeError, read_uploaded_volume, write_labelmap
+from tevia.server.volume_io import VolumeError, VolumeTooLargeError, read_uploaded_volume, write_labelmap
 
 __all__ = ["create_app", "LABELS_HEADER", "OPEN_PATHS"]
 
@@ -192,6 +193,8 @@ def create_app(segmenter: Any, settings: ServerSettings | None = None) -> FastAP
                 raise HTTPException(422, f"bad `options`: {error}") from None
             try:
                 image = await run_in_threadpool(read_uploaded_volume, form.volume, settings.max_voxels)
+            except VolumeTooLargeError as error:
+                raise HTTPException(413, str(error)) from None
             except VolumeError as error:
                 raise HTTPException(422, str(error)) from None
             for upload in folder.iterdir():
@@ -240,11 +243,9 @@ async def _wait(queue: InferenceQueue, job: Any, request: Request, deadline: flo
         return waiter.result()
     if isinstance(error, Cancelled):
         return None
-    if getattr(error, "code", None) == "out_of_memory":
-        raise HTTPException(413, f"the volume is too large for this server's memory: {error}")
     if isinstance(error, ValueError):
         raise HTTPException(422, f"the volume or prompts cannot be segmented: {error}")
-    if "OutOfMemoryError" in type(error).__name__:
+    if is_out_of_memory(error):
         raise HTTPException(503, "the server ran out of GPU memory on this volume; retry later or send a smaller "
                                  "volume", headers={"Retry-After": str(queue.retry_after())})
     logger.error("segmentation failed", exc_info=error)

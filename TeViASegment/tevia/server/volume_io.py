@@ -7,7 +7,10 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-__all__ = ["VolumeError", "read_uploaded_volume", "write_labelmap"]
+from tevia.volume.errors import VolumeTooLargeError
+from tevia.volume.io import check_memory
+
+__all__ = ["VolumeError", "VolumeTooLargeError", "read_uploaded_volume", "write_labelmap"]
 
 _NRRD_MAGIC = b"NRRD000"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -77,6 +80,8 @@ def read_uploaded_volume(upload: Path, max_voxels: int) -> sitk.Image:
 
     Raises:
         VolumeError: not NRRD/NIfTI, a NRRD with detached data, too many voxels, or unreadable.
+        VolumeTooLargeError: the volume would not fit the server's free memory
+            (tevia.volume.io.check_memory, as in the worker).
     """
     suffix, image_io = _format_of(upload)
     path = upload.rename(upload.with_name("volume" + suffix))
@@ -94,6 +99,7 @@ def read_uploaded_volume(upload: Path, max_voxels: int) -> sitk.Image:
                               f"{max_voxels}")
         if reader.GetDimension() not in (2, 3):
             raise VolumeError(f"the volume has {reader.GetDimension()} dimensions; send a 2D or 3D image")
+        check_memory(size, 4 * reader.GetNumberOfComponents())
         return reader.Execute()
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[-1][:300] if str(error).strip() else "unknown error"
