@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -11,9 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server_helpers import TOKEN, auth, module_server, raw_request, segmenter  # noqa: F401 (fixtures)
+from server_helpers import TOKEN, auth, module_server, raw_request, segmenter, serve  # noqa: F401 (fixtures)
 
 from tevia.server.auth import bearer_matches, check_bind, load_token
+from tevia.server.command import settings_from_args, configure_parser
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -109,7 +111,7 @@ def test_serve_refuses_unsafe_options_before_loading_a_model(args, message):
 
 
 def _wait_healthy(url: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read()
         try:
@@ -128,22 +130,29 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("secure", [True, False], ids=["token-file", "insecure-no-token"])
-def test_tevia_serve_runs_with_a_token_file_or_insecurely_on_loopback(tiny_model_dir, tmp_path, secure):
-    port = _free_port()
+def test_tevia_serve_runs_with_a_token_file(tiny_model_dir, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     token_file.chmod(0o600)
-    flags = ["--token-file", str(token_file)] if secure else ["--insecure-no-token"]
-    process = _serve(["--model", str(tiny_model_dir), "--device", "cpu", "--port", str(port),
-                      "--temp-dir", str(tmp_path / "tmp"), *flags])
+    port = _free_port()
     url = f"http://127.0.0.1:{port}"
+    process = _serve(["--model", str(tiny_model_dir), "--device", "cpu", "--port", str(port),
+                      "--temp-dir", str(tmp_path / "tmp"), "--token-file", str(token_file)])
     try:
         _wait_healthy(url, process)
-        assert httpx.get(f"{url}/v1/info").status_code == (401 if secure else 200)
-        if secure:
-            assert httpx.get(f"{url}/v1/info", headers=auth()).status_code == 200
+        assert httpx.get(f"{url}/v1/info").status_code == 401
+        assert httpx.get(f"{url}/v1/info", headers=auth()).json()["model"] == "tiny-test"
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=30)
-    assert TOKEN not in output
+    assert "token required" in output and TOKEN not in output
+
+
+def test_insecure_no_token_settings_serve_loopback_without_a_token(serve, tmp_path):
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    args = parser.parse_args(["--insecure-no-token", "--temp-dir", str(tmp_path / "tmp")])
+    settings = settings_from_args(args)
+    assert settings.token is None and args.host == "127.0.0.1"
+    server = serve(token=None)
+    assert httpx.get(f"{server.url}/v1/info").json()["model"] == "tiny-test"

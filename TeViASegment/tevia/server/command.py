@@ -10,7 +10,7 @@ from pathlib import Path
 from tevia.server.auth import LOOPBACK_HOST, TOKEN_ENV, check_bind, load_token
 from tevia.server.settings import ServerSettings
 
-__all__ = ["configure_parser", "main", "DEFAULT_PORT"]
+__all__ = ["configure_parser", "main", "settings_from_args", "DEFAULT_PORT"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="the server's own temporary folder (default: a fresh folder in the system's)")
 
 
-def _settings(args: argparse.Namespace) -> ServerSettings:
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """ServerSettings from parsed `tevia serve` options.
+
+    Raises:
+        ValueError: a refused combination (no token without --insecure-no-token, the flag off
+            127.0.0.1, half a TLS pair, missing files, bad numbers), saying what to do.
+    """
     token = load_token(args.token_file)
     check_bind(args.host, token, args.insecure_no_token)
     if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
@@ -71,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
         0 after a clean shutdown, 2 for refused options (the message says which and why).
     """
     try:
-        settings = _settings(args)
+        settings = settings_from_args(args)
     except ValueError as error:
         logger.error("tevia serve: %s", error)
         return 2
