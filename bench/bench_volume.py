@@ -4,8 +4,8 @@ A CT-sized volume (default 512x512x300, the TotalSegmentator example CT resample
 interpolation) goes to ``python -m tevia.worker`` as a NRRD file; the benchmark times, end to end
 (request sent -> result read), a first prompt and a second prompt on the same volume (which reuses
 the cached image features), and reads the worker's peak resident memory (VmHWM) at the end.
-The model is the bundled "default" one, or the tiny random-weight test model when "default" is
-absent (the JSON says which). Targets: second prompt >= 3x faster, peak RSS <= 2.5 GB.
+The model is ``--model``, else the bundled "default" one, else the tiny random-weight test model
+(the JSON says which). Targets: second prompt >= 3x faster, peak RSS <= 2.5 GB.
 
     python bench/bench_volume.py                      # 512x512x300, 2 threads
     python bench/bench_volume.py --size 128 128 40    # a quick check
@@ -42,10 +42,12 @@ def make_volume(source: Path, size: tuple[int, int, int], out: Path) -> Path:
     return out
 
 
-def pick_model(folder: Path) -> tuple[str, str]:
-    """("default", "default") when the bundled default exists, else a freshly built tiny model."""
+def pick_model(folder: Path, requested: str | None) -> tuple[str, str]:
+    """The requested model; else the bundled default when it exists; else a freshly built tiny model."""
     from tevia.checkpoint import resolve_model
 
+    if requested:
+        return str(resolve_model(requested)), requested
     try:
         return str(resolve_model("default")), "default"
     except (ValueError, FileNotFoundError):
@@ -86,11 +88,11 @@ class Worker:
         self.process.wait(30)
 
 
-def run(size: tuple[int, int, int], threads: int, device: str, out: Path) -> dict:
+def run(size: tuple[int, int, int], threads: int, device: str, model: str | None) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         volume = make_volume(SOURCE, size, scratch / "ct.nrrd")
-        model, model_note = pick_model(scratch)
+        model, model_note = pick_model(scratch, model)
         worker = Worker(threads)
         try:
             loaded, load_seconds = worker.request({"id": "load", "type": "load", "model": model, "device": device})
@@ -129,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, nargs=3, default=[512, 512, 300], metavar=("I", "J", "K"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", help="model name or folder (default: the bundled default, else the tiny test model)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "volume.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = run(tuple(args.size), args.threads, args.device, args.out)
+    result = run(tuple(args.size), args.threads, args.device, args.model)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     log.info("%s", json.dumps({k: result[k] for k in ("model", "first_prompt_seconds", "second_prompt_seconds",
                                                       "second_prompt_speedup", "slices_per_second_first",

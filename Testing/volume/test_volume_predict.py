@@ -14,8 +14,7 @@ torch.set_num_threads(1)
 
 
 def test_single_input_multi_prompt(tiny_model_dir, ct_path, tmp_path, capsys):
-    out = tmp_path / "masks" / "ct.nrrd"
-    (tmp_path / "masks").mkdir()
+    out = tmp_path / "masks" / "ct.nrrd"  # the folder is created
     long_prompt = "lower left lung " * 30
     code = tevia(["predict", "--model", str(tiny_model_dir), "--input", str(ct_path), "--text", "liver",
                   "--text", long_prompt, "--out", str(out), "--device", "cpu", "--threshold", "0.4649",
@@ -67,3 +66,10 @@ def test_csv_cohort_with_a_failing_row(tiny_model_dir, volumes_dir, tmp_path, ca
 def test_bad_arguments(args, match, capsys):
     assert tevia(["predict", *args]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_unknown_model(ct_path, tmp_path, capsys):
+    code = tevia(["predict", "--model", "no-such-model", "--input", str(ct_path), "--text", "liver",
+                  "--out", str(tmp_path / "m.nii.gz"), "--device", "cpu"])
+    assert code == 2 and "cannot load model 'no-such-model'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
