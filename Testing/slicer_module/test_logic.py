@@ -7,6 +7,7 @@ worker with a real model.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -152,7 +153,8 @@ def test_add_to_training_set_writes_the_segment_slices_with_its_prompt(logic, vo
 
 
 def test_example_prompts_come_from_the_catalogue_or_the_model_folder(logic, tmp_path):
-    assert logic.examplePrompts("default") == list(models.load_catalogue()[0].example_prompts)
+    card = json.loads((models.BUNDLED_MODELS_DIR / "default" / "model.json").read_text())
+    assert logic.examplePrompts("default") == card["example_prompts"] and card["example_prompts"]
     folder = tmp_path / "my-model"
     folder.mkdir()
     (folder / "model.json").write_text('{"example_prompts": ["left lower lobe nodule"]}')

@@ -8,7 +8,9 @@ import importlib.util
 import os
 import sys
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import slicer
 import slicer.util
 from conftest import shared_path
@@ -16,6 +18,9 @@ from slicer_fixtures import load_volume, scene_snapshot, slicer_scene  # noqa: F
 
 from TeViASegmentLib import jobs, settings
 from TeViASegmentLib.worker_client import WorkerClient
+
+SAMPLES = 4
+MIN_MEAN_DICE = 0.5  # measured 0.69 (0.365, 0.842, 0.863, 0.691) with the bundled model of aa63a9d
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tevia.worker") is None,
                                 reason="the engine's worker (tevia.worker) is not on this branch yet")
@@ -96,3 +101,30 @@ def test_module_self_test_runs_under_pytest(slicer_scene, tiny_model_dir, worker
     test.runTest()
     nodes = slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode")
     assert nodes.GetNumberOfItems() == 1 and nodes.GetItemAsObject(0).GetSegmentation().GetNumberOfSegments() == 3
+
+
+def test_bundled_default_model_segments_chest_xrays_loaded_in_slicer(worker, slicer_scene, tmp_path):
+    """The shipped model through the whole Slicer path (PNG volume node -> worker -> segment) on
+    the committed QaTa-COV19 samples: the segments overlap the ground-truth infection masks."""
+    import csv
+
+    from conftest import TESTDATA
+
+    import TeViASegment
+
+    logic = TeViASegment.TeViASegmentLogic(settingsStore=settings.JsonFileSettings(tmp_path / "settings.json"))
+    logic.worker = worker
+    samples = TESTDATA / "qata_samples"
+    rows = list(csv.DictReader(open(samples / "samples.csv", encoding="utf-8")))[:SAMPLES]
+    dices = []
+    lps_identity = np.diag([-1.0, -1.0, 1.0, 1.0])  # a PNG's geometry, as Slicer gives it in RAS
+    for row in rows:
+        image = sitk.GetArrayFromImage(sitk.ReadImage(str(samples / "Images" / row["Image"].removeprefix("mask_"))))
+        volume = slicer.util.addVolumeFromArray(image[np.newaxis], lps_identity, "xray")
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(samples / "GTs" / row["Image"])))[np.newaxis] > 127
+        node = logic.segment(volume, [row["Description"]], model="default", device="cpu",
+                             options={"convention": "image"}, timeoutSeconds=300)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(node, node.GetSegmentation().GetNthSegmentID(0), volume) > 0
+        dices.append(2 * (mask & truth).sum() / max(mask.sum() + truth.sum(), 1))
+    print("Dice per sample:", [round(float(d), 3) for d in dices])
+    assert np.mean(dices) > MIN_MEAN_DICE

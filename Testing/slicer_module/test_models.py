@@ -46,7 +46,8 @@ def _catalogue(tmp_path: Path, url: str, sha256: str) -> list[models.ModelEntry]
 
 def test_shipped_catalogue_loads_and_its_default_is_bundled():
     entries = {e.name: e for e in models.load_catalogue()}
-    assert entries["default"].bundled and entries["default"].example_prompts
+    assert entries["default"].bundled
+    assert models.ModelStore(models.load_catalogue()).available("default"), "the bundled model ships in Resources/Models"
 
 
 def test_download_checks_sha256_reports_progress_and_unpacks_into_the_cache(served, tmp_path):
