@@ -1,0 +1,242 @@
+"""The model catalogue and the user's model cache.
+
+`Resources/Models/catalogue.json` lists the models the module offers:
+```
+{"models": [{"name", "version", "url", "sha256", "size", "licence", "modality",
+             "example_prompts": [...], "bundled": bool, "description"}]}
+```
+A bundled model ships in `Resources/Models/<name>/` and needs no network. Any other model is
+downloaded on request from its URL (a .zip of the model folder: model.json +
+model.safetensors), checked against its sha256, and unpacked into
+`<cache>/<name>-<version>/`; `ModelStore.clear()` removes the whole cache. A local checkpoint
+folder can be used directly. Nothing is downloaded without a user action.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["ModelEntry", "ModelStore", "load_catalogue", "is_model_folder", "default_cache_dir",
+           "CATALOGUE_PATH", "BUNDLED_MODELS_DIR"]
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+CATALOGUE_PATH = BUNDLED_MODELS_DIR / "catalogue.json"
+MODEL_FILES = ("model.json", "model.safetensors")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One catalogue entry."""
+
+    name: str
+    version: str
+    url: str = ""
+    sha256: str = ""
+    size: int = 0
+    licence: str = ""
+    modality: str = ""
+    example_prompts: tuple[str, ...] = field(default_factory=tuple)
+    bundled: bool = False
+    description: str = ""
+
+    @property
+    def folder_name(self) -> str:
+        return f"{self.name}-{self.version}"
+
+
+def load_catalogue(path: str | Path = CATALOGUE_PATH) -> list[ModelEntry]:
+    """Read a catalogue file.
+
+    Raises:
+        ValueError: when an entry lacks a name or version, or a downloadable entry lacks its
+            url or a 64-hex-digit sha256 (names the entry).
+    """
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    entries = []
+    for raw in data.get("models", []):
+        entry = ModelEntry(**{**raw, "example_prompts": tuple(raw.get("example_prompts", []))})
+        if not entry.name or not entry.version:
+            raise ValueError(f"catalogue entry needs a name and a version, got {raw}")
+        if not entry.bundled and (not entry.url or len(entry.sha256) != 64):
+            raise ValueError(f"catalogue entry {entry.name!r} needs a url and a sha256 of 64 hex digits")
+        entries.append(entry)
+    return entries
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """Whether a folder holds a model (model.json and model.safetensors)."""
+    return all((Path(path) / name).is_file() for name in MODEL_FILES)
+
+
+def default_cache_dir() -> Path:
+    """The user's model cache: $TEVIA_MODEL_CACHE, else the platform's user cache folder."""
+    if os.environ.get("TEVIA_MODEL_CACHE"):
+        return Path(os.environ["TEVIA_MODEL_CACHE"])
+    if os.name == "nt":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    elif os.uname().sysname == "Darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "TeViA" / "models"
+
+
+class ModelStore:
+    """Where models are found: bundled, downloaded into the cache, or a local folder.
+
+    Args:
+        catalogue: the catalogue's entries.
+        cache_dir: the download cache (`default_cache_dir()` when None).
+        bundled_dir: the folder of bundled models.
+    """
+
+    def __init__(self, catalogue: list[ModelEntry], cache_dir: str | Path | None = None,
+                 bundled_dir: str | Path = BUNDLED_MODELS_DIR) -> None:
+        self.catalogue = {entry.name: entry for entry in catalogue}
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.bundled_dir = Path(bundled_dir)
+
+    def entry(self, name: str) -> ModelEntry:
+        """The catalogue entry of a model name.
+
+        Raises:
+            ValueError: unknown name (lists the known ones).
+        """
+        if name not in self.catalogue:
+            raise ValueError(f"model {name!r} is not in the catalogue; known models: {sorted(self.catalogue)}")
+        return self.catalogue[name]
+
+    def folder(self, name: str) -> Path:
+        """Where a catalogue model lives (bundled folder or cache folder), present or not."""
+        entry = self.entry(name)
+        return self.bundled_dir / name if entry.bundled else self.cache_dir / entry.folder_name
+
+    def available(self, name: str) -> bool:
+        """Whether a catalogue model can be used now without a download."""
+        return is_model_folder(self.folder(name))
+
+    def resolve(self, model: str) -> str:
+        """The value to send to the worker for a model choice.
+
+        Args:
+            model: a catalogue name, or a folder path holding a model.
+
+        Returns:
+            The model folder path.
+
+        Raises:
+            ValueError: an unknown name, a catalogue model not downloaded yet, or a folder
+                without model.json + model.safetensors.
+        """
+        path = Path(model).expanduser()
+        if model not in self.catalogue and (path.is_absolute() or path.exists()):
+            if not is_model_folder(path):
+                raise ValueError(f"model folder {model!r} must hold {' and '.join(MODEL_FILES)}")
+            return str(path)
+        folder = self.folder(model)
+        if not is_model_folder(folder):
+            what = "is missing from this installation" if self.entry(model).bundled else "is not downloaded yet"
+            raise ValueError(f"model {model!r} {what}: download it with the Download button, "
+                             "or choose a local model folder")
+        return str(folder)
+
+    def example_prompts(self, model: str) -> list[str]:
+        """Example prompts of a model: from the catalogue, else from its folder's model.json."""
+        if model in self.catalogue and self.catalogue[model].example_prompts:
+            return list(self.catalogue[model].example_prompts)
+        try:
+            card = json.loads((Path(self.resolve(model)) / "model.json").read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            return []
+        return [str(p) for p in card.get("example_prompts", [])]
+
+    def download(self, name: str, progress: Callable[[int, int], None] | None = None,
+                 cancelled: Callable[[], bool] | None = None) -> Path:
+        """Download a catalogue model into the cache, check its sha256 and unpack it.
+
+        Args:
+            name: catalogue name.
+            progress: called with (bytes received, total bytes).
+            cancelled: polled between chunks; when it returns True the download stops.
+
+        Returns:
+            The model folder.
+
+        Raises:
+            ValueError: a bundled model, a checksum mismatch (nothing is kept), or an archive
+                without a model.
+            InterruptedError: the download was cancelled (nothing is kept).
+            OSError: network or disk errors, with the URL.
+        """
+        entry = self.entry(name)
+        if entry.bundled:
+            raise ValueError(f"model {name!r} is bundled with the extension and needs no download")
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{entry.folder_name}-", dir=self.cache_dir))
+        try:
+            archive = work / "model.zip"
+            digest = self._fetch(entry, archive, progress, cancelled)
+            if digest != entry.sha256.lower():
+                raise ValueError(f"download of model {name!r} from {entry.url} is corrupt: sha256 {digest}, "
+                                 f"expected {entry.sha256}. Nothing was kept; try again.")
+            unpacked = work / "unpacked"
+            with zipfile.ZipFile(archive) as zip_file:
+                zip_file.extractall(unpacked)
+            found = [p.parent for p in unpacked.rglob("model.json") if is_model_folder(p.parent)]
+            if len(found) != 1:
+                raise ValueError(f"archive of model {name!r} must hold one model folder, found {len(found)}")
+            target = self.cache_dir / entry.folder_name
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(found[0], target)
+            logger.info("Model %s %s downloaded into %s", name, entry.version, target)
+            return target
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    @staticmethod
+    def _fetch(entry: ModelEntry, path: Path, progress, cancelled) -> str:
+        sha = hashlib.sha256()
+        try:
+            with urllib.request.urlopen(entry.url, timeout=60) as response, open(path, "wb") as file:
+                total = int(response.headers.get("Content-Length") or entry.size or 0)
+                received = 0
+                while chunk := response.read(_CHUNK):
+                    if cancelled and cancelled():
+                        raise InterruptedError(f"download of model {entry.name!r} was cancelled")
+                    file.write(chunk)
+                    sha.update(chunk)
+                    received += len(chunk)
+                    if progress:
+                        progress(received, total)
+        except InterruptedError:
+            raise
+        except OSError as error:
+            raise OSError(f"could not download model {entry.name!r} from {entry.url}: {error}") from error
+        return sha.hexdigest()
+
+    def clear(self) -> int:
+        """Remove every downloaded model; returns the bytes freed. Bundled models stay."""
+        freed = self.cache_size()
+        if self.cache_dir.exists():
+            shutil.rmtree(self.cache_dir)
+        return freed
+
+    def cache_size(self) -> int:
+        """Bytes used by downloaded models."""
+        if not self.cache_dir.exists():
+            return 0
+        return sum(p.stat().st_size for p in self.cache_dir.rglob("*") if p.is_file())

@@ -1,0 +1,181 @@
+"""Helpers and fixtures of the server tests: a real uvicorn server on 127.0.0.1, the tiny model.
+
+No conftest.py here: Testing/conftest.py is imported as `conftest` by other suites, and a second
+one would shadow it. Test modules import the fixtures they use from this module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+_VOLUMES = {  # committed sample (Testing/data/volumes) -> the same file in the shared data
+    "totalseg-ct.nii.gz": ("totalseg-example-ct", "ct.nii.gz"),
+    "spinalcord-t2.nii.gz": ("spinalcord-t2-mri", "t2.nii.gz"),
+}
+
+__all__ = ["real_volume", "cropped_volume", "TOKEN", "LiveServer", "auth", "multipart_body", "raw_request", "read_labelmap", "labels_header",
+           "occupy_worker", "same_geometry",
+           "segmenter", "serve", "module_server"]
+
+TOKEN = "test-token-0123456789abcdef"
+
+
+class LiveServer:
+    """A uvicorn server running `app` on a free loopback port, in a daemon thread."""
+
+    def __init__(self, app, ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None) -> None:
+        import uvicorn
+
+        self.app = app
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        scheme = "https" if ssl_certfile else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", ssl_certfile=ssl_certfile and str(ssl_certfile),
+                                ssl_keyfile=ssl_keyfile and str(ssl_keyfile))
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]}, daemon=True)
+
+    def __enter__(self) -> "LiveServer":
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self._thread.join(20)
+        self._socket.close()
+
+
+def real_volume(name: str) -> Path:
+    """A small real volume: the committed sample when present, else the shared data's copy."""
+    from conftest import TESTDATA, shared_path
+
+    committed = TESTDATA / "volumes" / name
+    return committed if committed.exists() else shared_path("volumes", *_VOLUMES[name])
+
+
+def cropped_volume(name: str) -> sitk.Image:
+    """A crop of a real volume (about 1/4 of its voxels, geometry kept) for quick round trips."""
+    image = sitk.ReadImage(str(real_volume(name)))
+    size = image.GetSize()
+    return image[size[0] // 5: size[0] - size[0] // 5, size[1] // 5: size[1] - size[1] // 5,
+                 size[2] // 4: size[2] - size[2] // 4]
+
+
+def auth(token: str = TOKEN) -> dict[str, str]:
+    """The Authorization header for `token`."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+def multipart_body(fields: list[tuple[str, bytes, str | None]]) -> tuple[bytes, str]:
+    """A multipart/form-data body from (name, value, filename-or-None) triples, and its Content-Type."""
+    boundary = "testboundary1234567890"
+    body = b""
+    for name, value, filename in fields:
+        extra = f'; filename="{filename}"' if filename is not None else ""
+        body += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n\r\n'.encode()
+        body += value + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def raw_request(port: int, head: str, body: bytes = b"", timeout: float = 20) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes to 127.0.0.1:port and read the whole answer: (status, headers, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head.encode() + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    header_block, _, payload = answer.partition(b"\r\n\r\n")
+    lines = header_block.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, payload
+
+
+def read_labelmap(content: bytes, folder: Path) -> sitk.Image:
+    """The NIfTI answer of /v1/segment as an ITK image."""
+    path = folder / "answer.nii.gz"
+    path.write_bytes(content)
+    return sitk.ReadImage(str(path))
+
+
+def labels_header(headers) -> dict:
+    """The decoded X-TeViA-Labels header."""
+    return json.loads(headers["x-tevia-labels"])
+
+
+def occupy_worker(app) -> threading.Event:
+    """Keep the app's inference thread busy until the returned event is set."""
+    release = threading.Event()
+    started = threading.Event()
+
+    def block(cancelled):
+        started.set()
+        release.wait(30)
+
+    app.state.queue.submit(block)
+    assert started.wait(10), "the inference thread did not start the blocking job"
+    return release
+
+
+def same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
+    """Whether two images share size, spacing, origin and direction (to 1e-5)."""
+    return a.GetSize() == b.GetSize() and all(
+        np.allclose(getattr(a, f"Get{n}")(), getattr(b, f"Get{n}")(), atol=1e-5) for n in ("Spacing", "Origin", "Direction"))
+
+
+@pytest.fixture(scope="session")
+def segmenter(tiny_model_dir):
+    """The tiny random-weight model loaded on the CPU (one thread)."""
+    import torch
+
+    from tevia.inference import Segmenter
+
+    torch.set_num_threads(1)
+    return Segmenter.load(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture
+def serve(segmenter, tmp_path) -> Iterator[Callable[..., LiveServer]]:
+    """serve(**settings) -> a started LiveServer whose temp folder is tmp_path/server-tmp."""
+    from tevia.server import ServerSettings, create_app
+
+    servers: list[LiveServer] = []
+
+    def start(ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None, **settings) -> LiveServer:
+        settings.setdefault("token", TOKEN)
+        settings.setdefault("temp_dir", tmp_path / "server-tmp")
+        app = create_app(segmenter, ServerSettings(**settings))
+        server = LiveServer(app, ssl_certfile, ssl_keyfile).__enter__()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__()
+
+
+@pytest.fixture(scope="module")
+def module_server(segmenter, tmp_path_factory) -> Iterator[LiveServer]:
+    """One server with the default limits and the test token, shared by a module's tests."""
+    from tevia.server import ServerSettings, create_app
+
+    settings = ServerSettings(token=TOKEN, temp_dir=tmp_path_factory.mktemp("server-tmp"),
+                              max_upload_bytes=8 * 2**20)
+    with LiveServer(create_app(segmenter, settings)) as server:
+        yield server

@@ -1,0 +1,74 @@
+"""POST /v1/segment round trips on real volumes: geometry, labels header, feature cache, logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import httpx
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from server_helpers import (TOKEN, auth, cropped_volume, labels_header, module_server, read_labelmap,  # noqa: F401 (fixtures)
+                            real_volume, same_geometry, segmenter)
+
+from tevia.pipeline import SegmentOptions, segment_volume
+
+
+def _segment(server, path, prompts, options=None, filename="volume.bin") -> httpx.Response:
+    data = {"text": prompts}
+    if options is not None:
+        data["options"] = json.dumps(options)
+    with open(path, "rb") as file:
+        return httpx.post(f"{server.url}/v1/segment", headers=auth(), data=data,
+                          files={"volume": (filename, file)}, timeout=120)
+
+
+@pytest.mark.parametrize("name, suffix", [("totalseg-ct.nii.gz", ".nii.gz"), ("spinalcord-t2.nii.gz", ".nrrd")])
+def test_round_trip_keeps_geometry_and_matches_the_local_pipeline(module_server, segmenter, tmp_path, name, suffix):
+    source = cropped_volume(name)
+    upload = tmp_path / f"upload{suffix}"
+    sitk.WriteImage(source, str(upload), useCompression=True)
+    options = {"threshold": 0.3, "slice_axis": "axial", "batch_size": 1}  # batch_size: see test_remote_client
+    answer = _segment(module_server, upload, ["liver", "spleen"], options)
+    assert answer.status_code == 200, answer.text
+    labelmap = read_labelmap(answer.content, tmp_path)
+    assert same_geometry(labelmap, source)
+    assert labelmap.GetPixelID() == sitk.sitkUInt8
+    header = labels_header(answer.headers)
+    assert header["labels"] == {"1": "liver", "2": "spleen"}
+    assert [p["original"] for p in header["prompts"]] == ["liver", "spleen"]
+    voxels = np.bincount(sitk.GetArrayViewFromImage(labelmap).ravel(), minlength=3)
+    assert header["voxels"] == {"liver": int(voxels[1]), "spleen": int(voxels[2])}
+    assert len(voxels) == 3 and voxels[1] > 0 and voxels[2] > 0
+    local = segment_volume(segmenter, source, ["liver", "spleen"], SegmentOptions.from_dict(options))
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(labelmap), sitk.GetArrayViewFromImage(local.labelmap))
+
+
+def test_a_second_prompt_on_the_same_volume_reuses_the_cached_features(module_server):
+    path = real_volume("totalseg-ct.nii.gz")
+    first = _segment(module_server, path, ["kidney"], {"slice_axis": "coronal"})
+    second = _segment(module_server, path, ["left kidney"], {"slice_axis": "coronal"})
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert labels_header(first.headers)["timings"]["cache_hit"] == 0.0
+    assert labels_header(second.headers)["timings"]["cache_hit"] == 1.0
+
+
+def test_labels_header_is_ascii_json_for_non_ascii_prompts(module_server):
+    answer = _segment(module_server, real_volume("totalseg-ct.nii.gz"), ["rein gauche élargi"])
+    assert answer.status_code == 200
+    raw = answer.headers["x-tevia-labels"]
+    assert raw.isascii() and "\\u00e9" in raw
+    assert json.loads(raw)["labels"] == {"1": "rein gauche élargi"}
+
+
+def test_logs_hold_no_token_no_prompt_and_no_voxels(module_server, caplog):
+    caplog.set_level(logging.DEBUG)
+    answer = _segment(module_server, real_volume("totalseg-ct.nii.gz"), ["secret-prompt-words"])
+    assert answer.status_code == 200
+    server_records = [r for r in caplog.records if r.name.startswith(("tevia", "uvicorn", "fastapi"))]
+    text = "\n".join(f"{r.name}: {r.getMessage()}" for r in server_records)
+    assert "segmented a 122x101x30 volume" in text
+    assert TOKEN not in text and "secret-prompt-words" not in text
+    assert len(text) < 2000

@@ -1,0 +1,162 @@
+"""Scene <-> arrays on real MRML scenes (slicer-core) with real volumes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+import slicer.util
+import vtk
+from conftest import shared_path
+from slicer_fixtures import load_volume, scene_snapshot, slicer_scene  # noqa: F401 (fixture)
+
+from TeViASegmentLib import scene
+
+VOLUMES = [("spleen-ct", "ct.nii.gz"), ("spinalcord-t2-mri", "t2.nii.gz")]
+
+
+@pytest.mark.parametrize("folder,name", VOLUMES)
+def test_volume_arrays_match_simpleitk(slicer_scene, folder, name):
+    """Each voxel (K, J, I) sits at ijk_to_ras @ (I, J, K, 1), where SimpleITK finds the same value."""
+    path = shared_path("volumes", folder, name)
+    voxels, ijk_to_ras = scene.volume_arrays(load_volume(path))
+    image = sitk.ReadImage(str(path))
+    reference = sitk.GetArrayFromImage(image)
+    assert voxels.shape == (image.GetSize()[2], image.GetSize()[1], image.GetSize()[0]) or voxels.size == reference.size
+    rng = np.random.default_rng(0)
+    for k, j, i in zip(*(rng.integers(0, n, 200) for n in voxels.shape)):
+        ras = ijk_to_ras @ np.array([i, j, k, 1.0])
+        lps = (-ras[0], -ras[1], ras[2])
+        index = image.TransformPhysicalPointToIndex(lps)
+        assert voxels[k, j, i] == reference[index[2], index[1], index[0]]
+
+
+def test_write_worker_input_round_trips(slicer_scene, tmp_path):
+    volume = load_volume(shared_path("volumes", "spinalcord-t2-mri", "t2.nii.gz"))
+    paths = scene.write_worker_input(volume, tmp_path)
+    geometry = json.loads(open(paths["geometry"]).read())
+    voxels, ijk_to_ras = scene.volume_arrays(volume)
+    np.testing.assert_array_equal(np.load(paths["npy"]), voxels)
+    assert geometry["shape_kji"] == list(voxels.shape)
+    np.testing.assert_allclose(geometry["ijk_to_ras"], ijk_to_ras)
+
+
+@pytest.mark.parametrize("folder,name", VOLUMES)
+def test_import_creates_named_segments_with_the_volume_geometry(slicer_scene, folder, name):
+    volume = load_volume(shared_path("volumes", folder, name))
+    voxels, _ = scene.volume_arrays(volume)
+    labelmap = np.zeros(voxels.shape, np.uint8)
+    labelmap[2:5, 10:20, 5:15] = 1
+    labelmap[6:8, 1:4, 1:3] = 2
+    node, ids = scene.import_labelmap(labelmap, {1: "lower left lung infection", 2: "spleen"}, volume)
+    assert [node.GetSegmentation().GetSegment(i).GetName() for i in ids] == ["lower left lung infection", "spleen"]
+    assert scene.segment_prompt(node.GetSegmentation().GetSegment(ids[0])) == "lower left lung infection"
+    for value, segment_id in zip((1, 2), ids):
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(node, segment_id, volume)
+        np.testing.assert_array_equal(mask.astype(bool), labelmap == value)
+    reference = slicer.vtkOrientedImageData()
+    segmentation_geometry = node.GetSegmentation().GetConversionParameter("Reference image geometry")
+    slicer.vtkSegmentationConverter.DeserializeImageGeometry(segmentation_geometry, reference, False)
+    expected, got = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(expected)
+    reference.GetImageToWorldMatrix(got)
+    np.testing.assert_allclose([[got.GetElement(r, c) for c in range(4)] for r in range(4)],
+                               [[expected.GetElement(r, c) for c in range(4)] for r in range(4)], atol=1e-5)
+    assert reference.GetDimensions() == volume.GetImageData().GetDimensions()
+
+
+def test_existing_segments_are_never_changed(slicer_scene):
+    volume = load_volume(shared_path("volumes", "spleen-ct", "ct.nii.gz"))
+    voxels, _ = scene.volume_arrays(volume)
+    mine = np.zeros(voxels.shape, np.uint8)
+    mine[5:10, 20:60, 20:60] = 1
+    node, (mine_id,) = scene.import_labelmap(mine, {1: "my edit"}, volume)
+    color_before = node.GetSegmentation().GetSegment(mine_id).GetColor()
+    overlapping = np.zeros(voxels.shape, np.uint8)
+    overlapping[7:12, 40:80, 40:80] = 1
+    same_node, ids = scene.import_labelmap(overlapping, {1: "my edit"}, volume, node)
+    assert same_node is node and len(ids) == 1 and ids[0] != mine_id
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(node, mine_id, volume), mine)
+    assert node.GetSegmentation().GetSegment(mine_id).GetName() == "my edit"
+    assert node.GetSegmentation().GetSegment(mine_id).GetColor() == color_before
+    assert node.GetSegmentation().GetSegment(ids[0]).GetName() == "my edit (2)"
+
+
+def test_bad_labelmap_leaves_the_scene_unchanged(slicer_scene):
+    volume = load_volume(shared_path("volumes", "spinalcord-t2-mri", "t2.nii.gz"))
+    before = scene_snapshot(slicer_scene)
+    with pytest.raises(ValueError, match="labelmap_kji has shape"):
+        scene.import_labelmap(np.zeros((2, 2, 2), np.uint8), {1: "x"}, volume)
+    with pytest.raises(ValueError, match="labels must map"):
+        scene.import_labelmap(np.zeros(scene.volume_arrays(volume)[0].shape, np.uint8), {}, volume)
+    assert scene_snapshot(slicer_scene) == before
+
+
+def test_failure_midway_removes_what_was_added(slicer_scene, monkeypatch):
+    volume = load_volume(shared_path("volumes", "spinalcord-t2-mri", "t2.nii.gz"))
+    labelmap = np.ones(scene.volume_arrays(volume)[0].shape, np.uint8)
+    existing, _ = scene.import_labelmap(labelmap, {1: "kept"}, volume)
+    before = scene_snapshot(slicer_scene)
+    calls = []
+
+    def failing_lookup(prompt, logic=None):
+        calls.append(prompt)
+        if len(calls) == 2:
+            raise RuntimeError("terminology failure")
+        return None
+
+    monkeypatch.setattr(scene, "lookup_terminology", failing_lookup)
+    labelmap[0] = 2
+    for target in (existing, None):
+        calls.clear()
+        with pytest.raises(RuntimeError, match="terminology failure"):
+            scene.import_labelmap(labelmap, {1: "a", 2: "b"}, volume, target)
+        assert scene_snapshot(slicer_scene) == before
+
+
+def test_segment_names_are_shortened_at_word_boundaries():
+    assert scene.segment_name("  liver  ") == "liver"
+    long = "Bilateral pulmonary infection, two infected areas, lower left lung and lower right lung."
+    name = scene.segment_name(long)
+    assert len(name) <= scene.MAX_SEGMENT_NAME_CHARS and name.endswith("…")
+    assert long.startswith(name[:-1]) and not name[:-1].endswith(" ")
+    with pytest.raises(ValueError, match="prompt must contain text"):
+        scene.segment_name("   ")
+
+
+TERMINOLOGY = {
+    "SegmentationCategoryTypeContextName": "TeViA test anatomy",
+    "@schema": "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/schemas/segment-context-schema.json#",
+    "SegmentationCodes": {"Category": [{
+        "CodeMeaning": "Anatomical Structure", "CodingSchemeDesignator": "SCT", "CodeValue": "123037004",
+        "Type": [
+            {"CodeMeaning": "Liver", "CodingSchemeDesignator": "SCT", "CodeValue": "10200004",
+             "3dSlicerLabel": "liver", "recommendedDisplayRGBValue": [221, 130, 101]},
+            {"CodeMeaning": "Kidney", "CodingSchemeDesignator": "SCT", "CodeValue": "64033007",
+             "recommendedDisplayRGBValue": [185, 102, 83],
+             "Modifier": [{"CodeMeaning": "Left", "CodingSchemeDesignator": "SCT", "CodeValue": "7771000",
+                           "3dSlicerLabel": "left kidney", "recommendedDisplayRGBValue": [185, 102, 83]}]},
+        ]}]},
+}
+
+
+def test_known_structures_get_terminology_and_colour(slicer_scene, tmp_path):
+    path = tmp_path / "test.term.json"
+    path.write_text(json.dumps(TERMINOLOGY))
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    assert logic.LoadTerminologyFromFile(str(path)) == "TeViA test anatomy"
+    match = scene.lookup_terminology("Segment the LIVER please", logic)
+    assert match.label == "liver" and match.color == pytest.approx((221 / 255, 130 / 255, 101 / 255))
+    assert "Liver" in match.entry
+    assert scene.lookup_terminology("left kidney", logic).label == "left kidney"
+    assert scene.lookup_terminology("lower left lung infection", logic) is None
+    volume = load_volume(shared_path("volumes", "spinalcord-t2-mri", "t2.nii.gz"))
+    labelmap = np.zeros(scene.volume_arrays(volume)[0].shape, np.uint8)
+    labelmap[1, 1, 1] = 1
+    node, (segment_id,) = scene.import_labelmap(labelmap, {1: "liver"}, volume, terminology_logic=logic)
+    segment = node.GetSegmentation().GetSegment(segment_id)
+    assert segment.GetColor() == pytest.approx(match.color)
+    assert "10200004" in segment.GetTerminology()
