@@ -23,7 +23,7 @@ _VOLUMES = {  # committed sample (Testing/data/volumes) -> the same file in the 
 }
 
 __all__ = ["real_volume", "cropped_volume", "TOKEN", "LiveServer", "auth", "multipart_body", "raw_request", "read_labelmap", "labels_header",
-           "occupy_worker", "same_geometry",
+           "occupy_worker", "same_geometry", "wait_until",
            "segmenter", "serve", "module_server"]
 
 TOKEN = "test-token-0123456789abcdef"
@@ -117,6 +117,14 @@ def read_labelmap(content: bytes, folder: Path) -> sitk.Image:
 def labels_header(headers) -> dict:
     """The decoded X-TeViA-Labels header."""
     return json.loads(headers["x-tevia-labels"])
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 20) -> bool:
+    """Poll `condition` until it holds or `seconds` pass; returns its last value."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
 
 
 def occupy_worker(app) -> threading.Event:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from server_helpers import (TOKEN, cropped_volume, module_server, occupy_worker, real_volume, segmenter,  # noqa: F401 (fixtures)
-                            serve)
+from server_helpers import (TOKEN, cropped_volume, module_server, occupy_worker, real_volume, segmenter,  # noqa: F401
+                            serve, wait_until)
 
 from TeViASegmentLib.remote_client import RemoteCancelled, RemoteClient, RemoteError
 from tevia.pipeline import SegmentOptions, segment_volume
@@ -106,10 +106,7 @@ def test_cancel_while_queued_closes_the_connection_and_frees_the_queue(serve, sm
 
         with pytest.raises(RemoteCancelled):
             RemoteClient(server.url, TOKEN).segment(*small_volume, ["liver"], {}, cancelled=cancelled)
-        deadline = time.monotonic() + 10
-        while queue.waiting and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert queue.waiting == 0
+        assert wait_until(lambda: queue.waiting == 0)
     finally:
         release.set()
 

@@ -15,7 +15,7 @@ import pytest
 from server_helpers import TOKEN, auth, module_server, raw_request, segmenter, serve  # noqa: F401 (fixtures)
 
 from tevia.server.auth import bearer_matches, check_bind, load_token
-from tevia.server.command import settings_from_args, configure_parser
+from tevia.server.command import configure_parser, settings_from_args
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from server_helpers import (auth, module_server, multipart_body, occupy_worker, raw_request,  # noqa: F401
-                            real_volume, segmenter, serve)
+                            real_volume, segmenter, serve, wait_until)
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +100,7 @@ def test_queue_limit_answers_503_with_retry_after(serve, small_nrrd):
     thread = threading.Thread(target=lambda: queued.append(_post(server, fields)))
     try:
         thread.start()
-        deadline = time.monotonic() + 20
-        while queue.waiting < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert queue.waiting == 1
+        assert wait_until(lambda: queue.waiting == 1)
         refused = _post(server, fields)
         assert refused.status_code == 503
         assert int(refused.headers["retry-after"]) >= 1
@@ -138,14 +135,8 @@ def test_a_client_that_disconnects_while_queued_loses_its_place(serve, small_nrr
     try:
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
             sock.sendall(head.encode() + body)
-            deadline = time.monotonic() + 20
-            while queue.waiting < 1 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert queue.waiting == 1
-        deadline = time.monotonic() + 10
-        while queue.waiting and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert queue.waiting == 0
+            assert wait_until(lambda: queue.waiting == 1)
+        assert wait_until(lambda: queue.waiting == 0)
     finally:
         release.set()
 
