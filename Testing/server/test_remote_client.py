@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
 import threading
 import time
 
@@ -12,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from server_helpers import (TOKEN, cropped_volume, module_server, occupy_worker, real_volume, segmenter,  # noqa: F401
+from server_helpers import (TOKEN, certificate, cropped_volume, module_server, occupy_worker, real_volume, segmenter,  # noqa: F401
                             serve, wait_until)
 
 from TeViASegmentLib.remote_client import RemoteCancelled, RemoteClient, RemoteError
@@ -139,18 +137,6 @@ def test_bad_segment_arguments_are_refused_before_any_request(small_volume):
         client.segment(volume, matrix[:3], ["liver"], {})
     with pytest.raises(ValueError, match="volume_kji"):
         client.segment(volume[0], matrix, ["liver"], {})
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"),
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    return folder / "cert.pem", folder / "key.pem"
 
 
 def test_tls_server_round_trip_and_certificate_errors(serve, certificate, small_volume):
