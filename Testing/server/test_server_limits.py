@@ -165,3 +165,14 @@ def test_a_volume_beyond_the_free_memory_gets_413_before_its_voxels_are_read(ser
     answer = _post(server, [("volume", header, "v.nrrd"), ("text", b"liver", None)])
     assert answer.status_code == 413
     assert "crop or downsample" in answer.json()["detail"]
+
+
+def test_an_upload_that_stalls_gets_408_at_the_request_timeout(serve):
+    server = serve(request_timeout=1.0)
+    head = (f"POST /v1/segment HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth()['Authorization']}\r\n"
+            f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n")
+    began = time.monotonic()
+    status, _, body = raw_request(server.port, head, b"--x\r\n")
+    assert status == 408 and b"upload did not finish" in body
+    assert time.monotonic() - began < 10
+    assert list(server.app.state.temp_root.iterdir()) == []
