@@ -28,7 +28,7 @@ from tevia.volume.cache import FeatureCache, fingerprint
 from tevia.volume.errors import BadInputError
 from tevia.volume.geometry import SLICE_AXES, SliceLayout, as_3d, slice_layout
 from tevia.volume.postprocess import postprocess_mask
-from tevia.volume.preprocess import IntensityScaler, parse_window
+from tevia.volume.preprocess import PERCENTILES, IntensityScaler, parse_window
 
 __all__ = ["SegmentOptions", "SegmentResult", "Cancelled", "FeatureCache", "segment_volume",
            "STEP_SECONDS"]
@@ -51,7 +51,8 @@ class SegmentOptions:
         threshold: Probability above which a voxel is foreground, in (0, 1).
         batch_size: Most slices per model call; smaller batches are used when a batch would take
             longer than :data:`STEP_SECONDS`, and on out-of-memory.
-        window: None for percentile scaling (8-bit images: /255), a CT window name (see
+        window: None for percentile scaling (8-bit images: /255, other 2D images: min-max, as in
+            training), a CT window name (see
             ``tevia.volume.preprocess.WINDOWS``) or (center, width).
         largest_component: Keep only the largest 3D connected component of each label.
         fill_holes: Fill in-plane holes of each label.
@@ -188,10 +189,12 @@ class _Run:
         self.timings = {"encode_images": 0.0, "decode": 0.0}
 
     def check(self) -> None:
+        """Raise :class:`Cancelled` when the caller asked to stop."""
         if self.cancelled():
             raise Cancelled("cancelled by the caller")
 
     def encode(self, start: int, stop: int) -> Any:
+        """Scale slices [start, stop) (B, rows, columns), resize to the model's (B, H, W), encode."""
         began = time.perf_counter()
         batch = torch.from_numpy(self.scaler(self.slices[start:stop]))
         features = self.segmenter.encode_images(_resize(batch, tuple(self.segmenter.spec.image_size)))
@@ -199,7 +202,11 @@ class _Run:
         return features
 
     def decode(self, features: Any, start: int, stop: int) -> None:
-        """Decode every prompt on a batch and write the winning labels into the labelmap."""
+        """Decode every prompt on a batch and write the winning labels into the labelmap.
+
+        Each prompt's (B, H, W) probabilities are resized back to (B, rows, columns) before the
+        threshold; a voxel takes the label of the most probable prompt above the threshold.
+        """
         began = time.perf_counter()
         rows, columns = self.slices.shape[1:]
         best = torch.zeros((stop - start, rows, columns), dtype=torch.float32)
@@ -240,18 +247,28 @@ class _Run:
             self.sizer.update(stop - start, time.perf_counter() - began)
             return stop, (features if cached is None else None)
 
-    def run(self, cached: list[Any] | None) -> list[Any]:
-        """Run over all slices; returns the feature chunks computed (empty when ``cached``)."""
+    def run(self, cached: list[Any] | None, keep_bytes: int) -> list[Any] | None:
+        """Run over all slices.
+
+        Returns:
+            The feature chunks computed, for the cache; None when they came from ``cached`` or
+            outgrew ``keep_bytes`` (then they are dropped as the run goes, bounding memory).
+        """
         total = len(self.slices)
         offsets = np.cumsum([0] + [len(c) for c in cached]) if cached is not None else None
-        chunks: list[Any] = []
+        chunks: list[Any] | None = None if cached is not None else []
+        kept = 0
         done = 0
         self.progress("segment", 0, total)
         while done < total:
             self.check()
             done, features = self.step(done, cached, offsets)
-            if features is not None:
-                chunks.append(features)
+            if chunks is not None:
+                kept += int(features.nbytes)
+                if kept <= keep_bytes:
+                    chunks.append(features)
+                else:
+                    chunks = None
             self.progress("segment", done, total)
         return chunks
 
@@ -293,7 +310,8 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
     array = sitk.GetArrayViewFromImage(volume)
     layout = slice_layout(volume, options.slice_axis)
     prepared = _prepare_prompts(segmenter, prompts, options, layout)
-    scaler, warnings = IntensityScaler.from_volume(array, options.window)
+    percentiles = (0.0, 100.0) if len(layout.view(array)) == 1 else PERCENTILES
+    scaler, warnings = IntensityScaler.from_volume(array, options.window, percentiles)
     warnings += [w for p in prepared for w in p.warnings]
     labels = np.zeros(array.shape, dtype=np.uint8)
     timings = {"read": 0.0, "encode_text": 0.0, "encode_images": 0.0, "decode": 0.0,
@@ -307,8 +325,8 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
         key = (id(segmenter), getattr(segmenter.spec, "name", ""), getattr(segmenter.spec, "version", ""),
                fingerprint(array), layout, scaler.low, scaler.high)
         cached = feature_cache.get(key) if feature_cache is not None else None
-        chunks = run.run(cached)
-        if feature_cache is not None and cached is None:
+        chunks = run.run(cached, feature_cache.max_bytes if feature_cache is not None else 0)
+        if feature_cache is not None and chunks is not None:
             feature_cache.put(key, chunks, sum(int(c.nbytes) for c in chunks))
         timings.update(run.timings, cache_hit=float(cached is not None))
     started = time.perf_counter()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tevia.checkpoint import CheckpointError
 from tevia.device import DEVICE_CHOICES
 from tevia.pipeline import FeatureCache, SegmentOptions, segment_volume
 from tevia.volume.geometry import SLICE_AXES
@@ -115,9 +116,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"tevia predict: error: {error}", file=sys.stderr)
         return 2
     cohort = args.input is None
-    if cohort:
-        args.out.mkdir(parents=True, exist_ok=True)
-    segmenter = Segmenter.load(args.model, device=str(device))
+    (args.out if cohort else args.out.parent).mkdir(parents=True, exist_ok=True)
+    try:
+        segmenter = Segmenter.load(args.model, device=str(device))
+    except (ValueError, FileNotFoundError, CheckpointError) as error:
+        print(f"tevia predict: error: cannot load model {args.model!r}: {error}", file=sys.stderr)
+        return 2
     log.info("model %s on %s; %d case(s)", args.model, segmenter.device, len(cases))
     cache = FeatureCache(1024**3)
     failures = 0

@@ -198,17 +198,19 @@ class Worker:
         if source is None or not isinstance(output, str) or not output:
             raise RequestError("bad_request", "segment needs 'input' (a path or {\"npy\", \"geometry\"}), "
                                               "'prompts' (list of strings) and 'output' (a path)")
-        if isinstance(prompts, str):
-            prompts = [prompts]
+        inputs = [source] if isinstance(source, str) else list(source.values()) if isinstance(source, dict) else []
+        relative = [p for p in [output, *inputs] if isinstance(p, str) and not os.path.isabs(p)]
+        if relative:
+            raise RequestError("bad_request", f"paths must be absolute (the worker's folder is not the "
+                                              f"client's), got {relative}")
         if not isinstance(prompts, list):
             raise RequestError("bad_request", f"'prompts' must be a list of strings, got {prompts!r}")
         try:
             options = SegmentOptions.from_dict(request.get("options"))
         except (TypeError, ValueError) as error:
             raise RequestError("bad_request", f"bad options: {error}") from error
-        inputs = (source,) if isinstance(source, str) else tuple(v for v in source.values() if isinstance(v, str)) \
-            if isinstance(source, dict) else ()
-        return source, prompts, check_output_path(output, inputs=inputs), options
+        paths = tuple(p for p in inputs if isinstance(p, str))
+        return source, prompts, check_output_path(output, inputs=paths), options
 
     def _handle_segment(self, request: dict[str, Any]) -> None:
         request_id = request["id"]
@@ -281,8 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     requests = open(sys.stdin.fileno(), encoding="utf-8", errors="replace", closefd=False)
-    return Worker(events, args.cache_mb * 1024**2).serve(requests)
+    status = Worker(events, args.cache_mb * 1024**2).serve(requests)
+    events.flush()
+    logging.shutdown()
+    sys.stderr.flush()
+    return status
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    os._exit(main())  # every output is written and flushed: skip the slow teardown of torch/transformers

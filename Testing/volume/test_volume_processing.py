@@ -31,6 +31,11 @@ def test_percentile_scaling(hu):
     assert scaled.min() == 0.0 and scaled.max() == 1.0
 
 
+def test_min_max_when_asked(hu):
+    scaler, _ = IntensityScaler.from_volume(hu[15], percentiles=(0, 100))
+    assert (scaler.low, scaler.high) == (hu[15].min(), hu[15].max())
+
+
 def test_eight_bit_images_divide_by_255(volumes_dir):
     png = sitk.GetArrayFromImage(sitk.ReadImage(str(volumes_dir / "totalseg-ct-slice15.png")))
     scaler, _ = IntensityScaler.from_volume(png)

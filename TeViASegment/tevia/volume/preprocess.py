@@ -1,9 +1,10 @@
 """Intensity scaling of volume slices to the model's [0, 1] input range (CT windows or percentiles).
 
-The model was trained on 8-bit images divided by 255, so 8-bit inputs are divided by 255 too.
-Other volumes are scaled by a CT window (center, width in Hounsfield units) when one is given,
-else between their 0.5th and 99.5th percentiles (computed once per volume on a subsample, so
-slices can be scaled batch by batch).
+The model was trained on 8-bit images divided by 255 (16-bit and float images min-max scaled
+first), so 8-bit inputs are divided by 255 too and other 2D images are min-max scaled. Volumes
+are scaled by a CT window (center, width in Hounsfield units) when one is given, else between
+their 0.5th and 99.5th percentiles (computed once per volume on a subsample, so slices can be
+scaled batch by batch).
 """
 
 from __future__ import annotations
@@ -72,13 +73,15 @@ class IntensityScaler:
     constant: bool = False
 
     @classmethod
-    def from_volume(cls, array: np.ndarray,
-                    window: str | tuple[float, float] | None = None) -> tuple["IntensityScaler", list[str]]:
+    def from_volume(cls, array: np.ndarray, window: str | tuple[float, float] | None = None,
+                    percentiles: tuple[float, float] = PERCENTILES) -> tuple["IntensityScaler", list[str]]:
         """Choose the scaling for a whole volume.
 
         Args:
             array: Voxels, numpy K, J, I (any shape, any numeric dtype).
             window: See :func:`parse_window`.
+            percentiles: Values mapped to 0 and 1 without a window (non-8-bit data); (0, 100) is
+                the min-max scaling training applies to 16-bit and float 2D images.
 
         Returns:
             (scaler, warnings): warnings report non-finite voxels and constant volumes.
@@ -106,8 +109,10 @@ class IntensityScaler:
             return cls(center - width / 2, center + width / 2), warnings
         if array.dtype == np.uint8:
             return cls(0.0, 255.0), warnings
+        if tuple(percentiles) == (0.0, 100.0):
+            return cls(minimum, maximum), warnings
         sample = flat[:: max(1, flat.size // _SAMPLE_VOXELS)]
-        low, high = (float(v) for v in np.percentile(sample, PERCENTILES))
+        low, high = (float(v) for v in np.percentile(sample, percentiles))
         if high <= low:
             low, high = minimum, maximum
         return cls(low, high), warnings

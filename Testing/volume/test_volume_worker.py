@@ -1,0 +1,276 @@
+"""The worker as a real subprocess speaking JSON lines: load, segment, cache, cancel, every bad input."""
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from tevia.volume.geometry import ijk_to_ras, same_geometry
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class WorkerProcess:
+    """``python -m tevia.worker`` with a reader thread collecting its stdout events."""
+
+    def __init__(self):
+        env = dict(os.environ, PYTHONPATH=str(REPO / "TeViASegment"), OMP_NUM_THREADS="1",
+                   HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        self.process = subprocess.Popen([sys.executable, "-m", "tevia.worker", "--threads", "1"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, encoding="utf-8", env=env)
+        self.events: queue.Queue = queue.Queue()
+        self.non_protocol: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self.process.stderr.read, daemon=True).start()
+        self.ready = self.next_event(timeout=120)
+
+    def _read(self):
+        for line in self.process.stdout:
+            try:
+                self.events.put(json.loads(line))
+            except json.JSONDecodeError:
+                self.non_protocol.append(line)
+        self.events.put(None)
+
+    def next_event(self, timeout=60):
+        event = self.events.get(timeout=timeout)
+        assert event is not None, "the worker exited"
+        return event
+
+    def send(self, request):
+        self.process.stdin.write((request if isinstance(request, str) else json.dumps(request)) + "\n")
+        self.process.stdin.flush()
+
+    def until_done(self, request_id, timeout=120):
+        """Events of one request up to its final one (result, error or cancelled)."""
+        seen = []
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self.next_event(timeout=max(0.1, deadline - time.monotonic()))
+            if event["id"] != request_id:
+                continue
+            seen.append(event)
+            if event["event"] in ("result", "error", "cancelled"):
+                return seen
+
+    def request(self, request, timeout=120):
+        self.send(request)
+        return self.until_done(request["id"], timeout)
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_model_dir):
+    process = WorkerProcess()
+    loaded = process.request({"id": "load", "type": "load", "model": str(tiny_model_dir), "device": "cpu"})
+    assert loaded[-1]["event"] == "result", loaded
+    yield process
+    process.process.stdin.close()  # end of input (e.g. Slicer died): the worker exits cleanly
+    assert process.process.wait(20) == 0
+    assert process.non_protocol == []
+    process.close()
+
+
+def _alive(worker):
+    assert worker.request({"id": "ping", "type": "ping"})[-1]["event"] == "result"
+
+
+def test_ready_and_load(worker):
+    assert worker.ready["event"] == "ready" and worker.ready["protocol"] == 1 and worker.ready["id"] is None
+    ping = worker.request({"id": "p0", "type": "ping"})[-1]
+    assert ping["device"] == "cpu" and ping["model"]
+
+
+def test_segment_then_second_prompt_hits_the_cache(worker, ct_path, tmp_path):
+    first = worker.request({"id": "s1", "type": "segment", "input": str(ct_path), "prompts": ["liver", "spleen"],
+                            "output": str(tmp_path / "a.nii.gz"), "options": {"threshold": 0.4649}})
+    result = first[-1]
+    assert result["event"] == "result", first
+    assert [e["stage"] for e in first if e["event"] == "progress"][:2] == ["read", "segment"]
+    assert result["labels"] == {"1": "liver", "2": "spleen"} and result["cache_hit"] is False
+    labelmap = sitk.ReadImage(result["output"])
+    assert same_geometry(labelmap, sitk.ReadImage(str(ct_path)))
+    counts = np.bincount(sitk.GetArrayViewFromImage(labelmap).ravel(), minlength=3)
+    assert result["voxels"] == {"liver": counts[1], "spleen": counts[2]}
+    sidecar = json.loads((tmp_path / "a.json").read_text())
+    assert sidecar["labels"] == result["labels"] and sidecar["convention"] == "patient"
+    second = worker.request({"id": "s2", "type": "segment", "input": str(ct_path), "prompts": ["kidney"],
+                             "output": str(tmp_path / "b.nii.gz"), "options": {"threshold": 0.4649}})[-1]
+    assert second["cache_hit"] is True and second["timings"]["encode_images"] == 0.0
+    assert result["timings"]["encode_images"] > 0
+    assert second["timings"]["total"] < result["timings"]["total"]
+
+
+def test_raw_voxels_in_npy_out(worker, volumes_dir, tmp_path):
+    """Slicer's exchange: KJI voxels + IJK-to-RAS in, a KJI uint8 .npy out."""
+    image = sitk.ReadImage(str(volumes_dir / "spinalcord-t2.nii.gz"))
+    np.save(tmp_path / "v.npy", sitk.GetArrayFromImage(image))
+    (tmp_path / "g.json").write_text(json.dumps({"shape_kji": list(image.GetSize()[::-1]),
+                                                 "ijk_to_ras": ijk_to_ras(image).tolist()}))
+    result = worker.request({"id": "raw", "type": "segment", "prompts": ["spinal cord"],
+                             "input": {"npy": str(tmp_path / "v.npy"), "geometry": str(tmp_path / "g.json")},
+                             "output": str(tmp_path / "m.npy")})[-1]
+    mask = np.load(result["output"])
+    assert mask.dtype == np.uint8 and mask.shape == image.GetSize()[::-1]
+
+
+def test_seg_nrrd_output(worker, ct_path, tmp_path):
+    import slicerio
+
+    result = worker.request({"id": "seg", "type": "segment", "input": str(ct_path), "prompts": ["liver", "spleen"],
+                             "output": str(tmp_path / "m.seg.nrrd")})[-1]
+    segmentation = slicerio.read_segmentation(result["output"])
+    assert [s["name"] for s in segmentation["segments"]] == ["liver", "spleen"]
+
+
+def test_cancel_in_the_middle_of_a_volume(worker, ct_path, tmp_path):
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(ct_path)))
+    np.save(tmp_path / "long.npy", np.concatenate([ct] * 20))  # the real CT repeated: 600 slices
+    (tmp_path / "long.json").write_text(json.dumps({"ijk_to_ras": np.diag([-1.0, -1, 1, 1]).tolist()}))
+    out = tmp_path / "never.nii.gz"
+    worker.send({"id": "long", "type": "segment", "prompts": ["liver"], "output": str(out),
+                 "input": {"npy": str(tmp_path / "long.npy"), "geometry": str(tmp_path / "long.json")}})
+    while True:
+        event = worker.next_event()
+        if event["id"] == "long" and event["event"] == "progress" and event["stage"] == "segment" and event["done"] > 0:
+            break
+    sent = time.monotonic()
+    worker.send({"id": "stop", "type": "cancel", "target": "long"})
+    events = worker.until_done("long")
+    assert events[-1]["event"] == "cancelled" and time.monotonic() - sent < 1.0
+    assert max(e.get("done", 0) for e in events) < 600
+    assert list(tmp_path.glob("never*")) == []
+    _alive(worker)
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, ct_path):
+    folder = tmp_path_factory.mktemp("bad")
+    ct = sitk.ReadImage(str(ct_path))
+    (folder / "truncated.nii.gz").write_bytes(ct_path.read_bytes()[:3000])
+    (folder / "notes.txt").write_text("not an image")
+    sitk.WriteImage(sitk.JoinSeries([ct, ct]), str(folder / "four_d.nii.gz"))
+    sitk.WriteImage(sitk.Compose(ct, ct), str(folder / "vector.nrrd"))
+    values = sitk.GetArrayFromImage(ct).astype(np.float32)
+    values[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    raw = {"nan": values, "constant": np.full((3, 8, 8), 5, np.int16), "one": np.ones((1, 1, 1), np.int16)}
+    for name, array in raw.items():
+        np.save(folder / f"{name}.npy", array)
+    (folder / "eye.json").write_text(json.dumps({"ijk_to_ras": np.eye(4).tolist()}))
+    (folder / "huge.raw").write_bytes(b"\0" * 8)
+    (folder / "huge.nhdr").write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 10000 10000 10000\n"
+                                      "encoding: raw\nendian: little\ndata file: huge.raw\n")
+    return folder
+
+
+def _raw(folder, name):
+    return {"npy": str(folder / f"{name}.npy"), "geometry": str(folder / "eye.json")}
+
+
+# (case, input, prompts, expected final event/code, text expected in a warning or the message)
+BAD = [
+    ("missing", "missing.nii.gz", ["liver"], "not_found", "not found"),
+    ("corrupt", "truncated.nii.gz", ["liver"], "bad_input", "corrupt"),
+    ("unsupported", "notes.txt", ["liver"], "unsupported_format", "not supported"),
+    ("4d", "four_d.nii.gz", ["liver"], "bad_input", "4D"),
+    ("multi-component", "vector.nrrd", ["liver"], "result", "first"),
+    ("empty-text", "vector.nrrd", [""], "bad_input", "empty"),
+    ("whitespace-text", "vector.nrrd", [" \t "], "bad_input", "empty"),
+    ("long-text", "vector.nrrd", ["lower left lung " * 40], "result", "words"),
+    ("non-ascii", "vector.nrrd", ["Lésion pulmonaire – poumon gauche ✓"], "result", ""),
+    ("nan-inf", "nan", ["liver"], "result", "NaN"),
+    ("constant", "constant", ["liver"], "result", "constant"),
+    ("one-voxel", "one", ["liver"], "result", "constant"),
+    ("too-large", "huge.nhdr", ["liver"], "out_of_memory", "crop or downsample"),
+]
+
+
+@pytest.mark.parametrize("case,source,prompts,expected,text", BAD, ids=[b[0] for b in BAD])
+def test_bad_inputs(worker, bad_files, tmp_path, case, source, prompts, expected, text):
+    source = _raw(bad_files, source) if source in ("nan", "constant", "one") else str(bad_files / source)
+    events = worker.request({"id": case, "type": "segment", "input": source, "prompts": prompts,
+                             "output": str(tmp_path / "out.nrrd")})
+    final = events[-1]
+    if expected == "result":
+        assert final["event"] == "result", final
+        assert final["labels"] == {"1": prompts[0]}
+        warnings = [e["message"] for e in events if e["event"] == "warning"]
+        assert warnings == final["warnings"] or set(warnings) == set(final["warnings"])
+        assert any(text in w for w in warnings) if text else True
+        assert (tmp_path / "out.nrrd").is_file()
+    else:
+        assert final["event"] == "error" and final["code"] == expected and text in final["message"], final
+        assert not (tmp_path / "out.nrrd").exists()
+    _alive(worker)
+
+
+@pytest.mark.parametrize("line,match", [
+    ("{not json", "malformed JSON"),
+    ("[1, 2]", "JSON object"),
+    ('{"type": "ping"}', "'id'"),
+    ('{"id": "u", "type": "explode"}', "type must be one of"),
+])
+def test_malformed_requests(worker, line, match):
+    worker.send(line)
+    event = worker.next_event()
+    assert event["event"] == "error" and event["code"] == "bad_request" and match in event["message"]
+    _alive(worker)
+
+
+@pytest.mark.parametrize("request_fields,code,match", [
+    ({"type": "segment", "prompts": ["liver"], "output": "OUT/x.nii.gz"}, "bad_request", "needs 'input'"),
+    ({"type": "segment", "input": "CT", "prompts": ["liver"], "output": "x.nii.gz"}, "bad_request", "absolute"),
+    ({"type": "segment", "input": "CT", "prompts": "liver", "output": "OUT/x.nii.gz"}, "bad_request", "list"),
+    ({"type": "segment", "input": "CT", "prompts": ["liver"], "output": "/no/such/folder/x.nii.gz"}, "not_found",
+     "does not exist"),
+    ({"type": "segment", "input": "CT", "prompts": ["liver"], "output": "OUT/x.txt"}, "unsupported_format",
+     "cannot write"),
+    ({"type": "segment", "input": "CT", "prompts": ["liver"], "output": "OUT/x.nii.gz", "options": {"colour": 1}},
+     "bad_request", "colour"),
+    ({"type": "load", "model": "no-such-model"}, "not_found", "no-such-model"),
+    ({"type": "load", "model": "default", "device": "quantum"}, "bad_request", "quantum"),
+    ({"type": "cancel", "target": "nothing-running"}, "not_found", "nothing-running"),
+])
+def test_request_errors(worker, ct_path, tmp_path, request_fields, code, match):
+    request = {"id": "bad", **request_fields}
+    if request.get("input") == "CT":
+        request["input"] = str(ct_path)
+    if "output" in request:
+        request["output"] = request["output"].replace("OUT", str(tmp_path))
+    final = worker.request(request)[-1]
+    assert final["event"] == "error" and final["code"] == code and match in final["message"], final
+    assert list(tmp_path.iterdir()) == []
+    assert worker.request({"id": "after", "type": "ping"})[-1]["model"] != "no-such-model"
+
+
+def test_shutdown():
+    process = WorkerProcess()
+    try:
+        assert process.request({"id": "bye", "type": "shutdown"})[-1] == {"id": "bye", "event": "result", "shutdown": True}
+        assert process.process.wait(20) == 0
+    finally:
+        process.close()
+
+
+def test_corrupt_model_is_a_model_error(worker, tiny_model_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100] + b"\0" * 100)
+    final = worker.request({"id": "corrupt", "type": "load", "model": str(broken), "device": "cpu"})[-1]
+    assert final["event"] == "error" and final["code"] == "model_error", final
+    assert worker.request({"id": "still", "type": "ping"})[-1]["model"] == str(tiny_model_dir)

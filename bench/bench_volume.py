@@ -1,0 +1,147 @@
+"""Benchmark of the volume pipeline through the real worker process; writes bench/volume.json.
+
+A CT-sized volume (default 512x512x300, the TotalSegmentator example CT resampled with linear
+interpolation) goes to ``python -m tevia.worker`` as a NRRD file; the benchmark times, end to end
+(request sent -> result read), a first prompt and a second prompt on the same volume (which reuses
+the cached image features), and reads the worker's peak resident memory (VmHWM) at the end.
+The model is ``--model``, else the bundled "default" one, else the tiny random-weight test model
+(the JSON says which). Targets: second prompt >= 3x faster, peak RSS <= 2.5 GB.
+
+    python bench/bench_volume.py                      # 512x512x300, 2 threads
+    python bench/bench_volume.py --size 128 128 40    # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "TeViASegment"))
+SOURCE = REPO / "Testing" / "data" / "volumes" / "totalseg-ct.nii.gz"  # the TotalSegmentator example CT
+log = logging.getLogger("bench_volume")
+
+
+def make_volume(source: Path, size: tuple[int, int, int], out: Path) -> Path:
+    """Resample ``source`` onto ``size`` voxels covering the same field of view; int16 NRRD."""
+    image = sitk.ReadImage(str(source))
+    spacing = [sp * n / m for sp, n, m in zip(image.GetSpacing(), image.GetSize(), size)]
+    resampled = sitk.Resample(image, list(size), sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
+                              spacing, image.GetDirection(), -1024.0, sitk.sitkInt16)
+    sitk.WriteImage(resampled, str(out), useCompression=False)
+    return out
+
+
+def pick_model(folder: Path, requested: str | None) -> tuple[str, str]:
+    """The requested model; else the bundled default when it exists; else a freshly built tiny model."""
+    from tevia.checkpoint import resolve_model
+
+    if requested:
+        return str(resolve_model(requested)), requested
+    try:
+        return str(resolve_model("default")), "default"
+    except (ValueError, FileNotFoundError):
+        sys.path.insert(0, str(REPO / "Testing"))
+        from conftest import build_tiny_model
+
+        return str(build_tiny_model(folder / "tiny")), "tiny random-weight test model (default model absent)"
+
+
+class Worker:
+    """The worker subprocess with blocking request/answer helpers."""
+
+    def __init__(self, threads: int) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO / "TeViASegment"), OMP_NUM_THREADS=str(threads))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tevia.worker", "--threads", str(threads), "--log-level", "WARNING"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.ready = json.loads(self.process.stdout.readline())
+
+    def request(self, request: dict) -> tuple[dict, float]:
+        began = time.perf_counter()
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        for line in self.process.stdout:
+            event = json.loads(line)
+            if event["id"] == request["id"] and event["event"] in ("result", "error", "cancelled"):
+                if event["event"] != "result":
+                    raise RuntimeError(f"worker answered {event}")
+                return event, time.perf_counter() - began
+        raise RuntimeError("the worker exited")
+
+    def peak_rss_bytes(self) -> int:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) * 1024
+
+    def close(self) -> None:
+        self.request({"id": "bye", "type": "shutdown"})
+        self.process.wait(30)
+
+
+def run(size: tuple[int, int, int], threads: int, device: str, model: str | None) -> dict:
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        volume = make_volume(SOURCE, size, scratch / "ct.nrrd")
+        model, model_note = pick_model(scratch, model)
+        worker = Worker(threads)
+        try:
+            loaded, load_seconds = worker.request({"id": "load", "type": "load", "model": model, "device": device})
+            segment = {"type": "segment", "input": str(volume), "options": {"window": "abdomen"}}
+            first, first_seconds = worker.request({**segment, "id": "first", "prompts": ["liver"],
+                                                   "output": str(scratch / "first.npy")})
+            second, second_seconds = worker.request({**segment, "id": "second", "prompts": ["spleen"],
+                                                     "output": str(scratch / "second.npy")})
+            peak = worker.peak_rss_bytes()
+        finally:
+            worker.close()
+    speedup = first_seconds / second_seconds
+    return {
+        "benchmark": "volume pipeline through the worker (request sent -> result read)",
+        "volume": {"size_ijk": list(size), "source": "totalseg-example-ct/ct.nii.gz resampled (linear), int16 NRRD"},
+        "model": model_note, "model_name": loaded["name"], "image_size": loaded["image_size"],
+        "device": loaded["device_name"], "threads": threads,
+        "load_seconds": round(load_seconds, 3),
+        "first_prompt_seconds": round(first_seconds, 3),
+        "second_prompt_seconds": round(second_seconds, 3),
+        "second_prompt_speedup": round(speedup, 2),
+        "second_prompt_cache_hit": second["cache_hit"],
+        "slices_per_second_first": round(size[2] / first_seconds, 2),
+        "slices_per_second_second": round(size[2] / second_seconds, 2),
+        "peak_rss_mb": round(peak / 1024**2, 1),
+        "timings_first": first["timings"], "timings_second": second["timings"],
+        "targets": {"second_prompt_speedup_min": 3.0, "peak_rss_mb_max": 2.5 * 1024},
+        "meets_targets": {"speedup": speedup >= 3.0, "peak_rss": peak <= 2.5 * 1024**3},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, nargs=3, default=[512, 512, 300], metavar=("I", "J", "K"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", help="model name or folder (default: the bundled default, else the tiny test model)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "volume.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = run(tuple(args.size), args.threads, args.device, args.model)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    log.info("%s", json.dumps({k: result[k] for k in ("model", "first_prompt_seconds", "second_prompt_seconds",
+                                                      "second_prompt_speedup", "slices_per_second_first",
+                                                      "peak_rss_mb")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
