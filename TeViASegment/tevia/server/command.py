@@ -33,6 +33,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="requests that may wait behind the running one (503 + Retry-After beyond it)")
     parser.add_argument("--request-timeout", type=float, default=defaults.request_timeout,
                         help="seconds per request, upload and inference together")
+    parser.add_argument("--cache-mb", type=int, default=defaults.feature_cache_bytes // 2**20,
+                        help="image-feature cache bound in MiB (as the worker's --cache-mb)")
     parser.add_argument("--ssl-certfile", type=Path, help="TLS certificate (PEM); serve HTTPS with --ssl-keyfile")
     parser.add_argument("--ssl-keyfile", type=Path, help="TLS private key (PEM)")
     parser.add_argument("--temp-dir", type=Path,
@@ -60,7 +62,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         raise ValueError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
     return ServerSettings(token=token, max_upload_bytes=int(args.max_upload_mb * 2**20),
                           queue_limit=args.queue_limit, request_timeout=args.request_timeout,
-                          temp_dir=args.temp_dir)
+                          feature_cache_bytes=args.cache_mb * 2**20, temp_dir=args.temp_dir)
 
 
 def _is_loopback(host: str) -> bool:
