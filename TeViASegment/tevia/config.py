@@ -108,6 +108,7 @@ class TrainConfig:
     threads: int = 0
     out_dir: str = "runs/tevia"
     model_name: str = "tevia"
+    modality: str = ""
     licence: str = ""
     augment: bool = True
     val_every_n_epochs: int = 1

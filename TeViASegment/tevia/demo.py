@@ -24,7 +24,7 @@ SAMPLES = Path(__file__).resolve().parents[2] / "Testing" / "data" / "qata_sampl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tevia.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default", help="model folder or bundled name (default: default)")
-    parser.add_argument("--sample", type=int, default=0, help="row of Testing/data/qata_samples/samples.csv")
+    parser.add_argument("--sample", type=int, default=2, help="row of Testing/data/qata_samples/samples.csv")
     parser.add_argument("--text", help="prompt to use instead of the sample's own description")
     parser.add_argument("--out", default="out/demo", help="output folder")
     args = parser.parse_args(argv)

@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from tevia.data.dataset import TEXT_MODES, CSVSegmentationDataset
 from tevia.metrics import PER_CASE_FIELDS, SegmentationMetrics
+from tevia.prompts import normalise_prompt
 
 if TYPE_CHECKING:
     from tevia.inference import Segmenter
@@ -59,6 +61,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="probability threshold of the masks (default: the model's, 0.5 unless set)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad CSV rows (counted) instead of stopping")
+    parser.add_argument("--eval-size", type=int, nargs=2, metavar=("H", "W"), default=[224, 224],
+                        help="resolution masks are measured at (default 224 224, QaTa's own; 0 0 = the model's input size)")
     parser.add_argument("--no-hd95", action="store_true", help="skip the HD95 distance (faster)")
 
 
@@ -70,15 +74,17 @@ def _check_arguments(batch_size: int, threshold: float) -> None:
 
 
 def _model_input(segmenter: Segmenter, images: torch.Tensor) -> torch.Tensor:
-    """Dataset images (B, C, H, W) in the layout Segmenter.encode_images takes."""
+    """Dataset images (B, C, H, W) resized (bilinear) to the model's size, in the layout
+    Segmenter.encode_images takes."""
     height, width = segmenter.spec.image_size
     channels = segmenter.spec.in_channels
-    if tuple(images.shape[1:]) != (channels, height, width):
+    if images.shape[1] != channels:
         raise ValueError(
-            f"the data set gives images of shape {tuple(images.shape[1:])} (C, H, W) but the model takes "
-            f"({channels}, {height}, {width}); build the data set with image_size=({height}, {width}) "
-            f"and channels={channels}"
+            f"the data set gives {images.shape[1]}-channel images but the model takes {channels}; "
+            f"build the data set with channels={channels}"
         )
+    if tuple(images.shape[-2:]) != (height, width):
+        images = F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
     return images[:, 0] if channels == 1 else images
 
 
@@ -90,15 +96,21 @@ def predict_masks(segmenter: Segmenter, images: torch.Tensor, texts: list[str], 
 
     Args:
         segmenter: a loaded `tevia.inference.Segmenter`.
-        images: (B, C, H, W) float32 in [0, 1] at the model's size and channels.
-        texts: B prompts.
+        images: (B, C, H, W) float32 in [0, 1] with the model's channels, at any size: the model
+            sees them resized to its input size, and its probabilities are resized back
+            (bilinear) before thresholding, so masks are measured at the data's resolution.
+        texts: B prompts, encoded as training encoded them (tevia.prompts.normalise_prompt).
         threshold: probability threshold.
 
     Returns:
         bool array (B, H, W).
     """
     features = segmenter.encode_images(_model_input(segmenter, images))
-    probabilities = segmenter.decode(features, segmenter.encode_text(list(texts)))
+    encoded = [normalise_prompt(t) if t.strip() else "" for t in texts]
+    probabilities = segmenter.decode(features, segmenter.encode_text(encoded))
+    if tuple(probabilities.shape[-2:]) != tuple(images.shape[-2:]):
+        probabilities = F.interpolate(probabilities[:, None], size=tuple(images.shape[-2:]), mode="bilinear",
+                                      align_corners=False)[:, 0]
     return (probabilities > threshold).numpy()
 
 
@@ -235,8 +247,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     segmenter = Segmenter.load(args.model, device=args.device)
     threshold = segmenter.spec.threshold if args.threshold is None else args.threshold
     _check_arguments(args.batch_size, threshold)
+    size = tuple(args.eval_size) if min(args.eval_size) > 0 else segmenter.spec.image_size
     full = CSVSegmentationDataset(
-        args.data, args.split, image_size=segmenter.spec.image_size, channels=segmenter.spec.in_channels,
+        args.data, args.split, image_size=size, channels=segmenter.spec.in_channels,
         skip_bad=args.skip_bad, text_mode=args.text_mode, seed=args.seed,
     )
     dataset = Subset(full, range(min(args.limit, len(full)))) if args.limit else full
@@ -253,6 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         device=str(segmenter.device),
         skipped_rows=len(full.skipped),
         limit=args.limit,
+        eval_size=list(size),
     )
     out = Path(args.out)
     metrics_path, cases_path = write_results(out, metrics, per_case)

@@ -82,6 +82,7 @@ def model_metadata(config: Config, text_folder: str, train_texts: list[str], met
         "training_data": {"root": config.data.root, "train_split": config.data.train_split,
                           "val_split": config.data.val_split, "train_fraction": config.data.train_fraction},
         "metrics": metrics,
+        "modality": config.train.modality,
         "licence": config.train.licence,
         "side_convention": "image",
         "vocabulary": build_vocabulary(train_texts),
