@@ -7,6 +7,8 @@ one would shadow it. Test modules import the fixtures they use from this module.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 import socket
 import threading
@@ -23,8 +25,8 @@ _VOLUMES = {  # committed sample (Testing/data/volumes) -> the same file in the 
 }
 
 __all__ = ["real_volume", "cropped_volume", "TOKEN", "LiveServer", "auth", "multipart_body", "raw_request", "read_labelmap", "labels_header",
-           "occupy_worker", "same_geometry",
-           "segmenter", "serve", "module_server"]
+           "occupy_worker", "same_geometry", "wait_until",
+           "segmenter", "serve", "module_server", "certificate"]
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -119,6 +121,14 @@ def labels_header(headers) -> dict:
     return json.loads(headers["x-tevia-labels"])
 
 
+def wait_until(condition: Callable[[], bool], seconds: float = 20) -> bool:
+    """Poll `condition` until it holds or `seconds` pass; returns its last value."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
 def occupy_worker(app) -> threading.Event:
     """Keep the app's inference thread busy until the returned event is set."""
     release = threading.Event()
@@ -179,3 +189,16 @@ def module_server(segmenter, tmp_path_factory) -> Iterator[LiveServer]:
                               max_upload_bytes=8 * 2**20)
     with LiveServer(create_app(segmenter, settings)) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 127.0.0.1 (PEM files), made with openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"),
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return folder / "cert.pem", folder / "key.pem"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
 import threading
 import time
 
@@ -12,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from server_helpers import (TOKEN, cropped_volume, module_server, occupy_worker, real_volume, segmenter,  # noqa: F401 (fixtures)
-                            serve)
+from server_helpers import (TOKEN, certificate, cropped_volume, module_server, occupy_worker, real_volume, segmenter,  # noqa: F401
+                            serve, wait_until)
 
 from TeViASegmentLib.remote_client import RemoteCancelled, RemoteClient, RemoteError
 from tevia.pipeline import SegmentOptions, segment_volume
@@ -106,10 +104,7 @@ def test_cancel_while_queued_closes_the_connection_and_frees_the_queue(serve, sm
 
         with pytest.raises(RemoteCancelled):
             RemoteClient(server.url, TOKEN).segment(*small_volume, ["liver"], {}, cancelled=cancelled)
-        deadline = time.monotonic() + 10
-        while queue.waiting and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert queue.waiting == 0
+        assert wait_until(lambda: queue.waiting == 0)
     finally:
         release.set()
 
@@ -142,18 +137,6 @@ def test_bad_segment_arguments_are_refused_before_any_request(small_volume):
         client.segment(volume, matrix[:3], ["liver"], {})
     with pytest.raises(ValueError, match="volume_kji"):
         client.segment(volume[0], matrix, ["liver"], {})
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"),
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    return folder / "cert.pem", folder / "key.pem"
 
 
 def test_tls_server_round_trip_and_certificate_errors(serve, certificate, small_volume):

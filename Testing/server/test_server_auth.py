@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -12,10 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server_helpers import TOKEN, auth, module_server, raw_request, segmenter, serve  # noqa: F401 (fixtures)
+from server_helpers import (TOKEN, auth, certificate, module_server, raw_request, segmenter,  # noqa: F401
+                            serve)
 
 from tevia.server.auth import bearer_matches, check_bind, load_token
-from tevia.server.command import settings_from_args, configure_parser
+from tevia.server.command import configure_parser, settings_from_args
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -110,12 +112,12 @@ def test_serve_refuses_unsafe_options_before_loading_a_model(args, message):
     assert message in output
 
 
-def _wait_healthy(url: str, process: subprocess.Popen) -> None:
+def _wait_healthy(url: str, process: subprocess.Popen, verify: ssl.SSLContext) -> None:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read()
         try:
-            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/v1/health", timeout=2, verify=verify).status_code == 200:
                 return
         except httpx.TransportError:
             time.sleep(0.3)
@@ -130,18 +132,21 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_tevia_serve_runs_with_a_token_file(tiny_model_dir, tmp_path):
+def test_tevia_serve_runs_https_with_a_token_file(tiny_model_dir, tmp_path, certificate):
+    cert, key = certificate
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     token_file.chmod(0o600)
     port = _free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"https://127.0.0.1:{port}"
     process = _serve(["--model", str(tiny_model_dir), "--device", "cpu", "--port", str(port),
-                      "--temp-dir", str(tmp_path / "tmp"), "--token-file", str(token_file)])
+                      "--temp-dir", str(tmp_path / "tmp"), "--token-file", str(token_file),
+                      "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)])
+    trust = ssl.create_default_context(cafile=str(cert))
     try:
-        _wait_healthy(url, process)
-        assert httpx.get(f"{url}/v1/info").status_code == 401
-        assert httpx.get(f"{url}/v1/info", headers=auth()).json()["model"] == "tiny-test"
+        _wait_healthy(url, process, trust)
+        assert httpx.get(f"{url}/v1/info", verify=trust).status_code == 401
+        assert httpx.get(f"{url}/v1/info", headers=auth(), verify=trust).json()["model"] == "tiny-test"
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=30)

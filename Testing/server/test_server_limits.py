@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from server_helpers import (auth, module_server, multipart_body, occupy_worker, raw_request,  # noqa: F401
-                            real_volume, segmenter, serve)
+                            real_volume, segmenter, serve, wait_until)
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +100,7 @@ def test_queue_limit_answers_503_with_retry_after(serve, small_nrrd):
     thread = threading.Thread(target=lambda: queued.append(_post(server, fields)))
     try:
         thread.start()
-        deadline = time.monotonic() + 20
-        while queue.waiting < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert queue.waiting == 1
+        assert wait_until(lambda: queue.waiting == 1)
         refused = _post(server, fields)
         assert refused.status_code == 503
         assert int(refused.headers["retry-after"]) >= 1
@@ -138,14 +135,8 @@ def test_a_client_that_disconnects_while_queued_loses_its_place(serve, small_nrr
     try:
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
             sock.sendall(head.encode() + body)
-            deadline = time.monotonic() + 20
-            while queue.waiting < 1 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert queue.waiting == 1
-        deadline = time.monotonic() + 10
-        while queue.waiting and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert queue.waiting == 0
+            assert wait_until(lambda: queue.waiting == 1)
+        assert wait_until(lambda: queue.waiting == 0)
     finally:
         release.set()
 
@@ -174,3 +165,14 @@ def test_a_volume_beyond_the_free_memory_gets_413_before_its_voxels_are_read(ser
     answer = _post(server, [("volume", header, "v.nrrd"), ("text", b"liver", None)])
     assert answer.status_code == 413
     assert "crop or downsample" in answer.json()["detail"]
+
+
+def test_an_upload_that_stalls_gets_408_at_the_request_timeout(serve):
+    server = serve(request_timeout=1.0)
+    head = (f"POST /v1/segment HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth()['Authorization']}\r\n"
+            f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n")
+    began = time.monotonic()
+    status, _, body = raw_request(server.port, head, b"--x\r\n")
+    assert status == 408 and b"upload did not finish" in body
+    assert time.monotonic() - began < 10
+    assert list(server.app.state.temp_root.iterdir()) == []

@@ -171,34 +171,10 @@ def create_app(segmenter: Any, settings: ServerSettings | None = None) -> FastAP
         folder = Path(tempfile.mkdtemp(prefix="request-", dir=temp_root))
         try:
             try:
-                form = await asyncio.wait_for(read_segment_form(
-                    request.stream(), request.headers.get("content-type"), folder,
-                    max_body_bytes=settings.max_upload_bytes, max_prompt_chars=settings.max_prompt_chars,
-                    max_prompts=settings.max_prompts), timeout=settings.request_timeout)
-            except UploadError as error:
-                raise HTTPException(error.status, error.message) from None
+                image, prompts, options = await _read_request(request, folder, settings, service)
             except ClientDisconnect:
                 logger.info("client disconnected during the upload")
                 return Response(status_code=499)
-            except asyncio.TimeoutError:
-                raise HTTPException(408, f"the upload did not finish within the server's request timeout "
-                                         f"({settings.request_timeout:.0f} s)") from None
-            if form.volume is None or form.volume_bytes == 0:
-                raise HTTPException(422, "no `volume` file: send the volume as a NRRD or NIfTI file in the "
-                                         "`volume` field")
-            prompts = _prompts(form.texts, settings)
-            try:
-                options = service.parse_options(_options(form.options))
-            except ValueError as error:
-                raise HTTPException(422, f"bad `options`: {error}") from None
-            try:
-                image = await run_in_threadpool(read_uploaded_volume, form.volume, settings.max_voxels)
-            except VolumeTooLargeError as error:
-                raise HTTPException(413, str(error)) from None
-            except VolumeError as error:
-                raise HTTPException(422, str(error)) from None
-            for upload in folder.iterdir():
-                upload.unlink()
             started = time.perf_counter()
             try:
                 job = queue.submit(lambda cancelled: service.run(image, prompts, options, cancelled))
@@ -219,6 +195,45 @@ def create_app(segmenter: Any, settings: ServerSettings | None = None) -> FastAP
             shutil.rmtree(folder, ignore_errors=True)
 
     return app
+
+
+async def _read_request(request: Request, folder: Path, settings: ServerSettings,
+                        service: SegmentationService) -> tuple[Any, list[str], Any]:
+    """Read and validate a /v1/segment request: (ITK image in LPS, prompts, SegmentOptions).
+
+    The upload is written into `folder` and deleted once read.
+
+    Raises:
+        HTTPException: 408, 413 or 422 with a message saying what was wrong.
+        ClientDisconnect: the client went away during the upload.
+    """
+    try:
+        form = await asyncio.wait_for(read_segment_form(
+            request.stream(), request.headers.get("content-type"), folder,
+            max_body_bytes=settings.max_upload_bytes, max_prompt_chars=settings.max_prompt_chars,
+            max_prompts=settings.max_prompts), timeout=settings.request_timeout)
+    except UploadError as error:
+        raise HTTPException(error.status, error.message) from None
+    except asyncio.TimeoutError:
+        raise HTTPException(408, f"the upload did not finish within the server's request timeout "
+                                 f"({settings.request_timeout:.0f} s)") from None
+    if form.volume is None or form.volume_bytes == 0:
+        raise HTTPException(422, "no `volume` file: send the volume as a NRRD or NIfTI file in the `volume` field")
+    prompts = _prompts(form.texts, settings)
+    try:
+        options = service.parse_options(_options(form.options))
+    except ValueError as error:
+        raise HTTPException(422, f"bad `options`: {error}") from None
+    try:
+        image = await run_in_threadpool(read_uploaded_volume, form.volume, settings.max_voxels)
+    except VolumeTooLargeError as error:
+        raise HTTPException(413, str(error)) from None
+    except VolumeError as error:
+        raise HTTPException(422, str(error)) from None
+    finally:
+        for upload in folder.iterdir():
+            upload.unlink()
+    return image, prompts, options
 
 
 async def _wait(queue: InferenceQueue, job: Any, request: Request, deadline: float, timeout: float) -> Any:

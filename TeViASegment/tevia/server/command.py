@@ -21,7 +21,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the `tevia serve` options to `parser`."""
     defaults = ServerSettings()
     parser.add_argument("--model", default="default", help="bundled model name or model folder (default: default)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--host", default=LOOPBACK_HOST, help=f"address to bind (default {LOOPBACK_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("--token-file", type=Path, help=f"file holding the bearer token (else ${TOKEN_ENV})")
@@ -33,6 +33,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="requests that may wait behind the running one (503 + Retry-After beyond it)")
     parser.add_argument("--request-timeout", type=float, default=defaults.request_timeout,
                         help="seconds per request, upload and inference together")
+    parser.add_argument("--cache-mb", type=int, default=defaults.feature_cache_bytes // 2**20,
+                        help="image-feature cache bound in MiB (as the worker's --cache-mb)")
     parser.add_argument("--ssl-certfile", type=Path, help="TLS certificate (PEM); serve HTTPS with --ssl-keyfile")
     parser.add_argument("--ssl-keyfile", type=Path, help="TLS private key (PEM)")
     parser.add_argument("--temp-dir", type=Path,
@@ -60,7 +62,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         raise ValueError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
     return ServerSettings(token=token, max_upload_bytes=int(args.max_upload_mb * 2**20),
                           queue_limit=args.queue_limit, request_timeout=args.request_timeout,
-                          temp_dir=args.temp_dir)
+                          feature_cache_bytes=args.cache_mb * 2**20, temp_dir=args.temp_dir)
 
 
 def _is_loopback(host: str) -> bool:
@@ -74,7 +76,8 @@ def main(args: argparse.Namespace) -> int:
     """Check the security options, load the model once, then serve until interrupted.
 
     Returns:
-        0 after a clean shutdown, 2 for refused options (the message says which and why).
+        0 after a clean shutdown, 2 for refused options or a model that cannot load (the
+        message says which and why).
     """
     try:
         settings = settings_from_args(args)
@@ -83,13 +86,18 @@ def main(args: argparse.Namespace) -> int:
         return 2
     import uvicorn
 
+    from tevia.checkpoint import CheckpointError
     from tevia.inference import Segmenter
     from tevia.server.app import create_app
 
     if args.ssl_certfile is None and not _is_loopback(args.host):
         logger.warning("serving plain HTTP on %s: the token and the volumes travel unencrypted; "
                        "use --ssl-certfile/--ssl-keyfile or a TLS proxy", args.host)
-    segmenter = Segmenter.load(str(args.model), device=args.device)
+    try:
+        segmenter = Segmenter.load(str(args.model), device=args.device)
+    except (ValueError, FileNotFoundError, CheckpointError) as error:
+        logger.error("tevia serve: cannot load the model: %s", error)
+        return 2
     app = create_app(segmenter, settings)
     scheme = "https" if args.ssl_certfile else "http"
     logger.info("serving model %s on %s://%s:%d (token %s)", segmenter.spec.name, scheme, args.host, args.port,

@@ -24,7 +24,7 @@ class ServerSettings:
         max_prompt_chars: longest accepted prompt.
         max_voxels: most voxels in an uploaded volume (read from its header before its data).
         feature_cache_bytes: memory for cached image features (re-prompting the same volume
-            skips the vision encoder).
+            skips the vision encoder); 2 GiB as in the worker.
         temp_dir: the server's own temporary folder; uploads and answers are written only
             inside it, under names the server chooses. None: a fresh folder per app.
     """
@@ -36,7 +36,7 @@ class ServerSettings:
     max_prompts: int = 16
     max_prompt_chars: int = 256
     max_voxels: int = 512 * 512 * 1024
-    feature_cache_bytes: int = 1024 * 1024 * 1024
+    feature_cache_bytes: int = 2 * 1024**3
     temp_dir: Path | None = None
 
     def __post_init__(self) -> None:
