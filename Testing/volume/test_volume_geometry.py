@@ -6,6 +6,7 @@ import SimpleITK as sitk
 from tevia.volume.geometry import (LPS_TO_RAS, as_3d, ijk_to_lps, ijk_to_ras, image_from_array, same_geometry,
                                    slice_layout)
 from tevia.volume.io import read_image
+from volume_fixtures import committed_input, shared_input, ct_path, volumes_dir  # noqa: F401 (pytest fixtures)
 
 
 def _roundtrip(path):

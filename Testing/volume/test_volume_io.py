@@ -8,6 +8,7 @@ import SimpleITK as sitk
 from tevia.volume.errors import BadInputError, UnsupportedFormatError, VolumeTooLargeError
 from tevia.volume.geometry import ijk_to_ras, same_geometry
 from tevia.volume.io import check_memory, file_extension, read_image, read_input, read_raw_volume
+from volume_fixtures import committed_input, shared_input, ct_path, volumes_dir  # noqa: F401 (pytest fixtures)
 
 
 def test_reads_committed_inputs(committed_input):

@@ -9,6 +9,7 @@ from tevia.volume.errors import BadInputError
 from tevia.volume.geometry import as_3d, same_geometry, slice_layout
 from tevia.volume.io import read_image
 from tevia.volume.preprocess import IntensityScaler
+from volume_fixtures import committed_input, shared_input, ct_path, volumes_dir  # noqa: F401 (pytest fixtures)
 
 torch.set_num_threads(1)
 

@@ -9,6 +9,7 @@ import torch
 from tevia.cli import main as tevia
 from tevia.volume.geometry import same_geometry
 from tevia.volume.io import read_image
+from volume_fixtures import ct_path, volumes_dir  # noqa: F401 (pytest fixtures)
 
 torch.set_num_threads(1)
 

@@ -7,6 +7,7 @@ from tevia.pipeline import SegmentOptions
 from tevia.volume.errors import BadInputError
 from tevia.volume.postprocess import fill_holes, largest_components, postprocess_mask, remove_small
 from tevia.volume.preprocess import WINDOWS, IntensityScaler, parse_window
+from volume_fixtures import ct_path, volumes_dir  # noqa: F401 (pytest fixtures)
 
 
 @pytest.fixture

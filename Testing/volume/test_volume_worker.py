@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from tevia.volume.geometry import ijk_to_ras, same_geometry
+from volume_fixtures import ct_path, volumes_dir  # noqa: F401 (pytest fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
 

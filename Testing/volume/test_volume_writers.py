@@ -8,6 +8,7 @@ import SimpleITK as sitk
 from tevia.volume.errors import BadInputError, UnsupportedFormatError
 from tevia.volume.geometry import ijk_to_lps, ijk_to_ras, same_geometry
 from tevia.volume.writers import SEGMENT_COLORS, check_output_path, sidecar_path, write_labelmap
+from volume_fixtures import ct_path  # noqa: F401 (pytest fixtures)
 
 LABELS = {1: "bone", 2: "lung air"}
 

@@ -1,4 +1,8 @@
-"""Fixtures of the volume pipeline tests: the real volumes (committed and shared)."""
+"""Fixtures of the volume pipeline tests: the real volumes (committed and shared).
+
+A plain module, not a conftest.py: a second conftest would shadow Testing/conftest.py, which
+other suites import as `conftest`. Test modules import the fixtures they use from here.
+"""
 import os
 from pathlib import Path
 
