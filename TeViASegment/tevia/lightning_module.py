@@ -62,8 +62,9 @@ class LitTeViA(L.LightningModule):
         return self.text_table[rows]
 
     def _reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
-        if self.trainer is not None and self.trainer.world_size > 1:
-            return self.trainer.strategy.reduce(t, reduce_op="mean")
+        trainer = self._trainer  # None when a step runs outside a Trainer (tests, benchmarks)
+        if trainer is not None and trainer.world_size > 1:
+            return trainer.strategy.reduce(t, reduce_op="mean")
         return t
 
     def on_train_epoch_start(self) -> None:
