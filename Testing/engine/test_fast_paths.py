@@ -1,6 +1,6 @@
 """The engine's fast paths (channels_last on CPU, torch's pixel_shuffle before the head, cached
-position codes) give the plain fp32 path's results within float tolerance, in inference and in
-training, for a ConvNeXt (Hugging Face) and a MobileNetV2 encoder."""
+position codes, fused AdamW) give the plain fp32 path's results within float tolerance, in
+inference and in training, for a ConvNeXt (Hugging Face) and a MobileNetV2 encoder."""
 
 import json
 
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from tevia.config import ModelConfig, TextConfig, VisionConfig
+from tevia.config import ModelConfig, TextConfig, TrainConfig, VisionConfig
 from tevia.inference import Segmenter
+from tevia.lightning_module import LitTeViA
 from tevia.model.alignment import alignment_loss, foreground_vectors
 from tevia.model.build import build_network
 from tevia.model.decoder import cached_positions, sinusoidal_positions
@@ -133,3 +134,33 @@ def test_segmenter_matches_plain_path(tiny_model_dir):
         logits, _, _ = plain_forward(seg.network, torch.from_numpy(images)[:, None], seg.encode_text([prompt]))
     assert probs.shape == (2, h, w)
     np.testing.assert_allclose(probs, torch.sigmoid(logits[:, 0]).numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_training_optimiser_step_matches_per_tensor_adamw(tmp_path):
+    """A LitTeViA training step with its AdamW (the fused kernel on CPU) updates the weights as
+    the per-tensor AdamW loop does."""
+    text = "lower left lung infection"
+    params = []
+    for fast in (True, False):
+        net = _network("mobilenet", tmp_path).train()
+        lit = LitTeViA(net, torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(3)), {text: 0},
+                       TrainConfig(augment=False))
+        optimiser = lit.configure_optimizers()["optimizer"]
+        if fast:
+            assert optimiser.defaults["fused"]
+        else:
+            optimiser = torch.optim.AdamW(optimiser.param_groups[0]["params"], lr=lit.config.lr,
+                                          weight_decay=lit.config.weight_decay, foreach=False)
+        mask = torch.zeros(2, 1, 64, 96)
+        mask[:, :, 8:30, 10:50] = 1
+        batch = {"image": torch.rand(2, 1, 64, 96, generator=torch.Generator().manual_seed(4)), "mask": mask,
+                 "text": [text, text]}
+        before = {n: p.detach().clone() for n, p in net.named_parameters()}
+        lit.training_step(batch, 0).backward()
+        optimiser.step()
+        assert all(not torch.equal(before[n], p) for n, p in net.named_parameters() if p.grad is not None)
+        params.append({n: p.detach().clone() for n, p in net.named_parameters()})
+    fast, plain = params
+    for name in plain:
+        torch.testing.assert_close(fast[name], plain[name], atol=1e-7, rtol=1e-6, msg=lambda m, name=name: f"{name}: {m}")

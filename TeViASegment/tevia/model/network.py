@@ -86,7 +86,7 @@ class TeViANet(nn.Module):
             image = image.expand(-1, 3, -1, -1)
         image = (image - self.pixel_mean) / self.pixel_std
         if image.device.type == "cpu":
-            # oneDNN's convolutions run faster on NHWC; the maps stay channels_last through the decoder.
+            # oneDNN runs the encoder's convolutions faster on NHWC (channels_last) tensors.
             image = image.contiguous(memory_format=torch.channels_last)
         feats = self.encoder(image)
         if self.neck is not None:
@@ -107,9 +107,11 @@ class TeViANet(nn.Module):
 
     def _upsample(self, x: torch.Tensor) -> torch.Tensor:
         """`self.upsample(x)` with torch's pixel_shuffle (the same permutation as MONAI's), which
-        keeps a channels_last input channels_last: the full-resolution pooling after it is then
-        several times faster on CPU."""
+        keeps a channels_last input channels_last: on CPU the full-resolution pooling after it
+        then runs several times faster."""
         up = self.upsample
+        if x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
         return up.pad_pool(F.pixel_shuffle(up.conv_block(x), up.scale_factor))
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> NetworkOutput:
