@@ -12,6 +12,10 @@ Cases:
   the text embeddings precomputed once as `tevia train` does; augmentation off.
 - infer1, infer16: `Segmenter.encode_images` + `Segmenter.decode` (vision encoder, decoder
   with the cached text embedding, sigmoid) at batch 1 and 16.
+- *_bf16: the same under `torch.autocast("cpu", torch.bfloat16)` (what `train.precision:
+  bf16-mixed` does in training), with the deviation from fp32 on the same inputs. Not identical
+  to fp32: reported beside the fp32 figures, never in their place. Paper configuration only
+  unless --bf16-configs says otherwise.
 The prototype is switched on (as after the warm-up) in every case.
 
 Usage (from the repository root):
@@ -43,6 +47,9 @@ log = logging.getLogger("bench_engine")
 
 SHARED = Path(os.environ.get("TEVIA_SHARED_DATA", REPO.parent / "shared" / "data"))
 CASES = ("train8", "infer1", "infer16")
+# The same cases under bf16 autocast: an explicit option, not identical to fp32 (train.precision:
+# bf16-mixed for training; inference has no such option in the engine: informational).
+BF16_CASES = ("train8_bf16", "infer1_bf16", "infer16_bf16")
 PROMPT = "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."
 
 # ../shared/notes/reference-implementation.md, "Speed and size of the reference architecture"
@@ -132,7 +139,9 @@ def run_case(config_name: str, case: str, default_config: Path, warmup: int, run
     result: dict = {"config": config_name, "case": case, "image_size": [h, w],
                     "params_m": _parameters(network, text_encoder)}
 
-    if case == "train8":
+    bf16 = case.endswith("_bf16")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    if case.startswith("train8"):
         batch = 8
         with torch.no_grad():  # embedded once, as tevia train does
             table = text_encoder([PROMPT])
@@ -142,24 +151,39 @@ def run_case(config_name: str, case: str, default_config: Path, warmup: int, run
         mask[:, :, h // 4 : 3 * h // 4, w // 8 : w // 2] = 1
         data = {"image": torch.rand(batch, config.in_channels, h, w, generator=gen), "mask": mask,
                 "text": [PROMPT] * batch}
+        if bf16:
+            with torch.no_grad():
+                fp32_loss = float(lit.training_step(data, 0))
+                with autocast:
+                    bf16_loss = float(lit.training_step(data, 0))
+            result["deviation_from_fp32"] = {"loss_relative": round(abs(bf16_loss - fp32_loss) / abs(fp32_loss), 5)}
 
         def step() -> None:
             optimiser.zero_grad(set_to_none=True)
-            lit.training_step(data, 0).backward()
+            with autocast:
+                loss = lit.training_step(data, 0)
+            loss.backward()
             optimiser.step()
 
         times = _time(step, warmup, runs)
         result["images_per_s"] = round(batch / statistics.median(times), 3)
     else:
-        batch = 1 if case == "infer1" else 16
+        batch = 1 if case.startswith("infer1_") or case == "infer1" else 16
         spec = ModelSpec(name=config_name, version="bench", image_size=(h, w), in_channels=config.in_channels)
         seg = Segmenter(network, text_encoder, spec, torch.device("cpu"))
         text = seg.encode_text([PROMPT])  # cached: the text encoder runs once
         images = torch.rand(batch, h, w, generator=gen).numpy()
 
-        def step() -> None:
-            seg.decode(seg.encode_images(images), text)
+        def step() -> torch.Tensor:
+            with autocast:
+                return seg.decode(seg.encode_images(images), text)
 
+        if bf16:
+            fp32 = seg.decode(seg.encode_images(images), text)
+            diff = step() - fp32
+            flips = ((fp32 > 0.5) != (fp32 + diff > 0.5)).float().mean()
+            result["deviation_from_fp32"] = {"probability_max_abs": round(float(diff.abs().max()), 5),
+                                             "mask_pixels_flipped": round(float(flips), 6)}
         times = _time(step, warmup, runs)
         result["ms_per_image"] = round(1000 * statistics.median(times) / batch, 2)
     result["batch"] = batch
@@ -202,6 +226,10 @@ def _summary(cases: dict) -> dict:
                              "ratio": round(paper[c]["peak_rss_mib"] / REFERENCE["peak_rss_mib"][c], 2)}
                          for c in CASES},
         "infer16_peak_target_met": peak <= TARGETS["infer16_peak_rss_mib_max"],
+        "with_bf16_autocast_option": {
+            c: {"ours": r.get("images_per_s", r.get("ms_per_image")), "deviation_from_fp32": r["deviation_from_fp32"]}
+            for c in BF16_CASES if (r := cases.get(f"paper/{c}"))
+        },
     }
 
 
@@ -210,16 +238,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "engine.json")
     parser.add_argument("--configs", nargs="+", default=["paper", "default"], choices=["paper", "default"])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--bf16-configs", nargs="*", default=["paper"], choices=["paper", "default"],
+                        help="configurations also measured under bf16 autocast (none: leave them out)")
     parser.add_argument("--default-config", type=Path, default=REPO / "configs" / "default-qata.yaml",
                         help="YAML whose model section is the default configuration")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="1 warm-up + 1 run: checks that it works, no figures")
     parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'measured under load')")
-    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "CASE"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "CASE"), help=argparse.SUPPRESS)  # one case, JSON out
     args = parser.parse_args(argv)
     if args.quick:
         args.warmup, args.runs = 1, 1
+        args.note = ("quick check (1 warm-up, 1 run): not figures. " + args.note).strip()
     if args.child:
         logging.disable(logging.WARNING)
         warnings.simplefilter("ignore")
@@ -227,21 +258,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    report = {"machine": machine(), "settings": {"dtype": "float32", "warmup": args.warmup, "runs": args.runs,
+    report = {"machine": machine(), "settings": {"dtype": "float32 (cases named *_bf16: bf16 autocast)", "warmup": args.warmup, "runs": args.runs,
                                                  "statistic": "median", "default_config": str(args.default_config)},
               "note": args.note, "reference_paper_configuration": REFERENCE, "targets_paper_configuration": TARGETS,
               "cases": {}}
-    for config_name in args.configs:
-        for case in args.cases:
-            cmd = [sys.executable, __file__, "--child", config_name, case, "--default-config",
-                   str(args.default_config), "--warmup", str(args.warmup), "--runs", str(args.runs)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
-            if proc.returncode != 0:
-                raise RuntimeError(f"{config_name}/{case} failed:\n{proc.stderr[-3000:]}")
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
-            report["cases"][f"{config_name}/{case}"] = result
-            log.info("%s/%s: %s", config_name, case,
-                     {k: result[k] for k in ("images_per_s", "ms_per_image", "peak_rss_mib") if k in result})
+    jobs = [(c, case) for c in args.configs for case in args.cases]
+    jobs += [(c, f"{case}_bf16") for c in args.bf16_configs for case in args.cases]
+    for config_name, case in jobs:
+        cmd = [sys.executable, __file__, "--child", config_name, case, "--default-config",
+               str(args.default_config), "--warmup", str(args.warmup), "--runs", str(args.runs)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+        if proc.returncode != 0:
+            raise RuntimeError(f"{config_name}/{case} failed:\n{proc.stderr[-3000:]}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        report["cases"][f"{config_name}/{case}"] = result
+        log.info("%s/%s: %s", config_name, case,
+                 {k: result[k] for k in ("images_per_s", "ms_per_image", "peak_rss_mib") if k in result})
     report["paper_vs_reference"] = _summary(report["cases"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
