@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from conftest import TESTDATA, shared_path
-from tevia.data import CSVSegmentationDataset, load_mask
+from tevia.data import CSVSegmentationDataset, load_image, load_mask
 
 SAMPLES = TESTDATA / "qata_samples"
 
@@ -201,6 +201,17 @@ def test_mask_threshold_rules(tmp_path: Path):
     for name, (array, expected) in cases.items():
         Image.fromarray(array).save(tmp_path / name)
         assert load_mask(tmp_path / name).tolist() == expected, name
+
+
+def test_high_depth_and_alpha_images_become_8_bit(tmp_path: Path):
+    Image.fromarray(np.array([[0, 1000], [4000, 4000]], np.uint16)).save(tmp_path / "sixteen.png")
+    assert load_image(tmp_path / "sixteen.png", channels=1).tolist() == [[0, 64], [255, 255]]
+    assert load_image(tmp_path / "sixteen.png", channels=3).shape == (2, 2)  # gray stays 2D, repeated later
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    assert load_image(tmp_path / "rgba.png", channels=3)[0, 0].tolist() == [200, 0, 0]
+    assert load_image(tmp_path / "rgba.png", channels=1)[0, 0] == round(200 * 299 / 1000)
 
 
 def test_text_modes(samples_copy: Path):

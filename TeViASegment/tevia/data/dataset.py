@@ -253,6 +253,7 @@ class CSVSegmentationDataset(torch.utils.data.Dataset):
         if not self._rows:
             raise ValueError(f"{self.csv_path}: no usable rows (skipped {len(self.skipped)})")
         self._texts = self._make_texts()
+        self._names = [row.name for row in self._rows]
         if self.skipped:
             logger.warning("%s: skipped %d bad row(s)", self.csv_path, len(self.skipped))
         logger.info("%s: %d items", self.csv_path, len(self._rows))
@@ -323,13 +324,13 @@ class CSVSegmentationDataset(torch.utils.data.Dataset):
 
     @property
     def texts(self) -> list[str]:
-        """The text of each item (after ``text_mode``), in item order."""
-        return list(self._texts)
+        """The text of each item (after ``text_mode``), in item order (do not modify)."""
+        return self._texts
 
     @property
     def names(self) -> list[str]:
-        """The name of each item: its image file name without extension."""
-        return [row.name for row in self._rows]
+        """The name of each item: its image file name without extension (do not modify)."""
+        return self._names
 
     @property
     def rows(self) -> list[int]:

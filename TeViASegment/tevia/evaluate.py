@@ -1,0 +1,279 @@
+"""`tevia evaluate`: a model's metrics on a CSV split, with per-case results and a gallery.
+
+Library API: `evaluate_model(segmenter, dataset, batch_size, threshold)`; the command wraps it
+and writes ``metrics.json``, ``per_case.csv`` and ``gallery.png`` (best and worst 4 cases).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from tevia.data.dataset import TEXT_MODES, CSVSegmentationDataset
+from tevia.metrics import PER_CASE_FIELDS, SegmentationMetrics
+
+if TYPE_CHECKING:
+    from tevia.inference import Segmenter
+
+__all__ = [
+    "configure_parser",
+    "main",
+    "run",
+    "evaluate_model",
+    "predict_masks",
+    "select_gallery_cases",
+    "write_results",
+    "write_gallery",
+    "PER_CASE_COLUMNS",
+]
+
+log = logging.getLogger(__name__)
+
+PER_CASE_COLUMNS = (*PER_CASE_FIELDS, "text")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help='model folder or bundled model name (e.g. "default")')
+    parser.add_argument("--data", required=True, help="data set folder holding <split>.csv (QaTa layout)")
+    parser.add_argument("--split", default="val", help="CSV file name without .csv (default: val)")
+    parser.add_argument("--out", required=True, help="output folder for metrics.json, per_case.csv, gallery.png")
+    parser.add_argument("--text-mode", choices=TEXT_MODES, default="given",
+                        help="given: the CSV's descriptions; empty: no text; shuffled: descriptions "
+                             "permuted among the images (measures what the text adds)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled text permutation")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="probability threshold of the masks (default: the model's, 0.5 unless set)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
+    parser.add_argument("--skip-bad", action="store_true", help="skip bad CSV rows (counted) instead of stopping")
+    parser.add_argument("--no-hd95", action="store_true", help="skip the HD95 distance (faster)")
+
+
+def _check_arguments(batch_size: int, threshold: float) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be strictly between 0 and 1, got {threshold}")
+
+
+def _model_input(segmenter: Segmenter, images: torch.Tensor) -> torch.Tensor:
+    """Dataset images (B, C, H, W) in the layout Segmenter.encode_images takes."""
+    height, width = segmenter.spec.image_size
+    channels = segmenter.spec.in_channels
+    if tuple(images.shape[1:]) != (channels, height, width):
+        raise ValueError(
+            f"the data set gives images of shape {tuple(images.shape[1:])} (C, H, W) but the model takes "
+            f"({channels}, {height}, {width}); build the data set with image_size=({height}, {width}) "
+            f"and channels={channels}"
+        )
+    return images[:, 0] if channels == 1 else images
+
+
+def predict_masks(segmenter: Segmenter, images: torch.Tensor, texts: list[str], threshold: float) -> np.ndarray:
+    """Binary masks for a batch, each image with its own text.
+
+    The vision encoder runs once for the batch, each distinct text is embedded once (the
+    segmenter caches embeddings per string), and one decoder call takes the per-image texts.
+
+    Args:
+        segmenter: a loaded `tevia.inference.Segmenter`.
+        images: (B, C, H, W) float32 in [0, 1] at the model's size and channels.
+        texts: B prompts.
+        threshold: probability threshold.
+
+    Returns:
+        bool array (B, H, W).
+    """
+    features = segmenter.encode_images(_model_input(segmenter, images))
+    probabilities = segmenter.decode(features, segmenter.encode_text(list(texts)))
+    return (probabilities > threshold).numpy()
+
+
+def evaluate_model(
+    segmenter: Segmenter,
+    dataset: Dataset,
+    batch_size: int = 16,
+    threshold: float = 0.5,
+    with_hd95: bool = True,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Segment every item of a data set with its text and measure the result.
+
+    Args:
+        segmenter: a loaded `tevia.inference.Segmenter`.
+        dataset: items as `CSVSegmentationDataset` gives them (image (C, H, W), mask (1, H, W),
+            text, name) at the model's image size and channels; a `Subset` works too.
+        batch_size: images per forward pass.
+        threshold: probability threshold of the predicted masks.
+        with_hd95: compute HD95 per case.
+
+    Returns:
+        (metrics, per_case): metrics has the keys of `SegmentationMetrics.compute` plus
+        ``threshold``, ``seconds`` (the whole evaluation), ``images_per_second`` (n / seconds),
+        ``inference_seconds`` (model calls only) and ``inference_images_per_second``;
+        per_case has one row per item with `PER_CASE_COLUMNS`.
+    """
+    _check_arguments(batch_size, threshold)
+    if len(dataset) == 0:
+        raise ValueError("dataset must hold at least one item, got an empty data set")
+    metrics = SegmentationMetrics(with_hd95=with_hd95)
+    texts: list[str] = []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)  # texts and names collate to lists
+    started = time.perf_counter()
+    inference_seconds = 0.0
+    report_every = max(1, len(loader) // 10)
+    for step, batch in enumerate(loader, start=1):
+        tick = time.perf_counter()
+        predictions = predict_masks(segmenter, batch["image"], batch["text"], threshold)
+        inference_seconds += time.perf_counter() - tick
+        ground_truth = batch["mask"][:, 0].numpy() > 0.5
+        for prediction, gt, name in zip(predictions, ground_truth, batch["name"]):
+            metrics.update(prediction, gt, name)
+        texts.extend(batch["text"])
+        if step % report_every == 0 or step == len(loader):
+            log.info("evaluated %d/%d images", len(texts), len(dataset))
+    seconds = time.perf_counter() - started
+    result = metrics.compute()
+    result.update(
+        threshold=threshold,
+        seconds=round(seconds, 3),
+        images_per_second=round(result["n"] / seconds, 3),
+        inference_seconds=round(inference_seconds, 3),
+        inference_images_per_second=round(result["n"] / max(inference_seconds, 1e-9), 3),
+    )
+    per_case = [{**row, "text": text} for row, text in zip(metrics.per_case, texts)]
+    return result, per_case
+
+
+def select_gallery_cases(per_case: list[dict[str, Any]], count: int = 4) -> list[tuple[int, str]]:
+    """(index, "best"/"worst") of the `count` highest-Dice cases (best first), then the `count`
+    lowest (worst first).
+
+    Ties are broken by name; with fewer than 2 x count cases each case appears once.
+    """
+    order = sorted(range(len(per_case)), key=lambda i: (-float(per_case[i]["dice"]), str(per_case[i]["name"])))
+    best = order[:count]
+    worst = [i for i in reversed(order) if i not in best][:count]
+    return [(i, "best") for i in best] + [(i, "worst") for i in worst]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    handle, temp_name = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", newline="") as stream:
+            stream.write(text)
+        os.replace(temp_name, path)
+    finally:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinity become None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_results(out_dir: str | Path, metrics: dict[str, Any], per_case: list[dict[str, Any]]) -> tuple[Path, Path]:
+    """Write ``metrics.json`` and ``per_case.csv`` (each to a temporary name, then renamed).
+
+    Undefined values (NaN HD95) are written as JSON null and as empty CSV cells.
+
+    Returns:
+        The two paths.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path, cases_path = out_dir / "metrics.json", out_dir / "per_case.csv"
+    _atomic_write_text(metrics_path, json.dumps({k: _json_safe(v) for k, v in metrics.items()}, indent=2) + "\n")
+    rows = [{k: ("" if _json_safe(row.get(k)) is None else row.get(k)) for k in PER_CASE_COLUMNS} for row in per_case]
+    with tempfile.SpooledTemporaryFile(mode="w+", newline="") as buffer:
+        writer = csv.DictWriter(buffer, fieldnames=PER_CASE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        buffer.seek(0)
+        _atomic_write_text(cases_path, buffer.read())
+    return metrics_path, cases_path
+
+
+def write_gallery(segmenter: Segmenter, dataset: Dataset, per_case: list[dict[str, Any]], threshold: float,
+                  out_png: str | Path, title: str = "") -> Path:
+    """The best and worst 4 cases (by Dice) drawn with their ground truth and prediction."""
+    from tevia.gallery import GalleryCase, save_gallery
+
+    chosen = select_gallery_cases(per_case)
+    items = [dataset[i] for i, _ in chosen]
+    images = torch.stack([item["image"] for item in items])
+    predictions = predict_masks(segmenter, images, [item["text"] for item in items], threshold)
+    cases = [
+        GalleryCase(image=item["image"].numpy(), gt=item["mask"][0].numpy(), pred=prediction,
+                    name=item["name"], dice=float(per_case[index]["dice"]), group=group, text=item["text"])
+        for (index, group), item, prediction in zip(chosen, items, predictions)
+    ]
+    return save_gallery(cases, out_png, title)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The `tevia evaluate` command without its error handling; returns metrics.json's content."""
+    from tevia.inference import Segmenter
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    segmenter = Segmenter.load(args.model, device=args.device)
+    threshold = segmenter.spec.threshold if args.threshold is None else args.threshold
+    _check_arguments(args.batch_size, threshold)
+    full = CSVSegmentationDataset(
+        args.data, args.split, image_size=segmenter.spec.image_size, channels=segmenter.spec.in_channels,
+        skip_bad=args.skip_bad, text_mode=args.text_mode, seed=args.seed,
+    )
+    dataset = Subset(full, range(min(args.limit, len(full)))) if args.limit else full
+    log.info("evaluating %s on %s/%s.csv: %d images, text mode %s, device %s",
+             segmenter.spec.name, args.data, args.split, len(dataset), args.text_mode, segmenter.device)
+    metrics, per_case = evaluate_model(segmenter, dataset, args.batch_size, threshold, with_hd95=not args.no_hd95)
+    metrics.update(
+        model=segmenter.spec.name,
+        model_path=str(segmenter.folder) if segmenter.folder else str(args.model),
+        data=str(Path(args.data).resolve()),
+        split=args.split,
+        text_mode=args.text_mode,
+        seed=args.seed,
+        device=str(segmenter.device),
+        skipped_rows=len(full.skipped),
+        limit=args.limit,
+    )
+    out = Path(args.out)
+    metrics_path, cases_path = write_results(out, metrics, per_case)
+    gallery = write_gallery(
+        segmenter, dataset, per_case, threshold, out / "gallery.png",
+        title=f"{segmenter.spec.name} on {args.split} (text {args.text_mode}): best 4 and worst 4 by Dice",
+    )
+    log.info("n=%d dice_global=%.4f dice_mean=%.4f miou=%.4f hd95_mean=%s px (%.1f s)",
+             metrics["n"], metrics["dice_global"], metrics["dice_mean"], metrics["miou"],
+             f"{metrics['hd95_mean']:.2f}" if math.isfinite(metrics["hd95_mean"]) else "undefined", metrics["seconds"])
+    log.info("wrote %s, %s, %s", metrics_path, cases_path, gallery)
+    return metrics
+
+
+def main(args: argparse.Namespace) -> int:
+    """`tevia evaluate`: 0 on success, 2 with a logged message on bad input (nothing written)."""
+    from tevia.checkpoint import CheckpointError
+
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError, CheckpointError) as err:
+        log.error("%s", err)
+        return 2
+    return 0
