@@ -190,19 +190,20 @@ def run_case(config_name: str, case: str, default_config: Path, warmup: int, run
     result["median_ms_per_batch"] = round(1000 * statistics.median(times), 1)
     result["runs_ms"] = [round(1000 * t, 1) for t in times]
     result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]  # 1, 5, 15 min: others on the CPU?
     return result
 
 
 def machine() -> dict:
-    """CPU model, core count, torch version, load at the start, and whether a training was running."""
+    """CPU model, core count, torch version, load at the start, and other tevia jobs running then."""
     import torch
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    training = subprocess.run(["pgrep", "-f", "tevia train"], capture_output=True, text=True).stdout.split()
+    others = subprocess.run(["pgrep", "-af", "tevia (train|evaluate|predict)"], capture_output=True, text=True)
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch": torch.__version__, "threads": 2,
-            "python": platform.python_version(), "load_average_at_start": list(os.getloadavg()),
-            "tevia_train_running_at_start": bool(training),
+            "python": platform.python_version(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+            "tevia_jobs_running_at_start": [line.split(None, 1)[1] for line in others.stdout.splitlines()],
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
