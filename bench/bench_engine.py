@@ -108,15 +108,17 @@ def _switch_on_prototype(network, generator) -> None:
     proto.finish_collecting()
 
 
-def _time(step, warmup: int, runs: int) -> list[float]:
+def _time(step, warmup: int, runs: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and process CPU seconds (all threads) of each timed run."""
     for _ in range(warmup):
         step()
-    times = []
+    wall, cpu = [], []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
-        times.append(time.perf_counter() - t0)
-    return times
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return wall, cpu
 
 
 def run_case(config_name: str, case: str, default_config: Path, warmup: int, runs: int) -> dict:
@@ -165,7 +167,7 @@ def run_case(config_name: str, case: str, default_config: Path, warmup: int, run
             loss.backward()
             optimiser.step()
 
-        times = _time(step, warmup, runs)
+        times, cpu_times = _time(step, warmup, runs)
         result["images_per_s"] = round(batch / statistics.median(times), 3)
     else:
         batch = 1 if case.startswith("infer1_") or case == "infer1" else 16
@@ -184,11 +186,12 @@ def run_case(config_name: str, case: str, default_config: Path, warmup: int, run
             flips = ((fp32 > 0.5) != (fp32 + diff > 0.5)).float().mean()
             result["deviation_from_fp32"] = {"probability_max_abs": round(float(diff.abs().max()), 5),
                                              "mask_pixels_flipped": round(float(flips), 6)}
-        times = _time(step, warmup, runs)
+        times, cpu_times = _time(step, warmup, runs)
         result["ms_per_image"] = round(1000 * statistics.median(times) / batch, 2)
     result["batch"] = batch
     result["median_ms_per_batch"] = round(1000 * statistics.median(times), 1)
     result["runs_ms"] = [round(1000 * t, 1) for t in times]
+    result["median_cpu_ms_per_batch"] = round(1000 * statistics.median(cpu_times), 1)  # both threads together
     result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]  # 1, 5, 15 min: others on the CPU?
     return result
