@@ -62,8 +62,9 @@ class LitTeViA(L.LightningModule):
         return self.text_table[rows]
 
     def _reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
-        if self.trainer is not None and self.trainer.world_size > 1:
-            return self.trainer.strategy.reduce(t, reduce_op="mean")
+        trainer = self._trainer  # None when a step runs outside a Trainer (tests, benchmarks)
+        if trainer is not None and trainer.world_size > 1:
+            return trainer.strategy.reduce(t, reduce_op="mean")
         return t
 
     def on_train_epoch_start(self) -> None:
@@ -121,7 +122,9 @@ class LitTeViA(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.network.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        # The fused kernel (one pass over all tensors) is several times faster than the per-tensor loop.
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        opt = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay, fused=fused)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.config.max_epochs, 1),
                                                            eta_min=self.config.eta_min)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

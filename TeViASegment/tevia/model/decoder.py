@@ -4,13 +4,14 @@ then a UNETR-style up-block with the skip feature map.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from monai.networks.blocks import UnetrUpBlock
 from torch import nn
 
-__all__ = ["TextProjection", "GuidedDecoderStage", "sinusoidal_positions"]
+__all__ = ["TextProjection", "GuidedDecoderStage", "sinusoidal_positions", "cached_positions"]
 
 
 def sinusoidal_positions(height: int, width: int, dim: int, device: torch.device) -> torch.Tensor:
@@ -23,6 +24,16 @@ def sinusoidal_positions(height: int, width: int, dim: int, device: torch.device
     col_code = torch.cat([cols.sin(), cols.cos()], 1)[None, :, :].expand(height, width, 2 * quarter)
     codes = torch.cat([row_code, col_code], -1).reshape(height * width, 4 * quarter)
     return nn.functional.pad(codes, (0, dim - codes.shape[1]))
+
+
+@functools.lru_cache(maxsize=32)
+def cached_positions(height: int, width: int, dim: int, device: torch.device) -> torch.Tensor:
+    """`sinusoidal_positions`, computed once per (height, width, dim, device); read-only.
+
+    Made outside inference mode and autograd so that one tensor serves training and inference.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        return sinusoidal_positions(height, width, dim, device)
 
 
 class TextProjection(nn.Module):
@@ -66,8 +77,8 @@ class GuidedDecoderStage(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor, text: torch.Tensor,
                 prototype: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         b, c, h, w = x.shape
-        tokens = x.flatten(2).transpose(1, 2)  # (B, h*w, C)
-        pos = sinusoidal_positions(h, w, c, x.device).to(tokens.dtype)
+        tokens = x.flatten(2).transpose(1, 2)  # (B, h*w, C); a view (no copy) when x is channels_last
+        pos = cached_positions(h, w, c, x.device).to(tokens.dtype)
         y = self.norm1(tokens)
         qk = y + pos
         if prototype is not None:
