@@ -12,10 +12,18 @@ Cases:
   the text embeddings precomputed once as `tevia train` does; augmentation off.
 - infer1, infer16: `Segmenter.encode_images` + `Segmenter.decode` (vision encoder, decoder
   with the cached text embedding, sigmoid) at batch 1 and 16.
-- *_bf16: the same under `torch.autocast("cpu", torch.bfloat16)` (what `train.precision:
-  bf16-mixed` does in training), with the deviation from fp32 on the same inputs. Not identical
-  to fp32: reported beside the fp32 figures, never in their place. Paper configuration only
-  unless --bf16-configs says otherwise.
+- *_bf16: the same in bfloat16 (training under `torch.autocast("cpu", torch.bfloat16)`, what
+  `train.precision: bf16-mixed` does; inference through `Segmenter(precision="bf16")`, what
+  `--precision bf16` does), with the deviation from fp32 on the same inputs. Not identical to
+  fp32: reported beside the fp32 figures, never in their place. Paper configuration only unless
+  --bf16-configs says otherwise.
+- ref_*: the same architecture run the way the reference code runs it (facts from
+  ../shared/notes/reference-implementation.md), on this machine, so that ours and the
+  reference's way compare side by side: the frozen text encoder (BERT with its masked-LM head
+  over the whole vocabulary, as the reference calls it) runs on every batch; the network runs
+  its plain path (`TeViANet.forward_plain`: NCHW, MONAI's upsampling, fresh position codes);
+  the optimiser is torch's default AdamW. Paper configuration only unless --reference-configs
+  says otherwise.
 The prototype is switched on (as after the warm-up) in every case.
 
 Usage (from the repository root):
@@ -50,6 +58,7 @@ CASES = ("train8", "infer1", "infer16")
 # The same cases under bf16 autocast: an explicit option, not identical to fp32 (train.precision:
 # bf16-mixed for training; inference has no such option in the engine: informational).
 BF16_CASES = ("train8_bf16", "infer1_bf16", "infer16_bf16")
+REFERENCE_CASES = ("ref_train8", "ref_infer1", "ref_infer16")
 PROMPT = "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."
 
 # ../shared/notes/reference-implementation.md, "Speed and size of the reference architecture"
@@ -108,6 +117,29 @@ def _switch_on_prototype(network, generator) -> None:
     proto.finish_collecting()
 
 
+def _reference_text_encoder(config, batch: int):
+    """The reference's text encoder call: BERT with its masked-LM head, run on every batch.
+
+    Returns the model and a function of no arguments giving its last hidden state
+    (batch, tokens, width) for the benchmark prompt.
+    """
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    folder = Path(config.text.source)
+    values = {k: v for k, v in json.loads((folder / "config.json").read_text()).items()
+              if k not in ("auto_map", "architectures", "model_type")}
+    model = BertForMaskedLM(BertConfig(**values)).eval().requires_grad_(False)
+    tokens = BertTokenizerFast.from_pretrained(folder)([PROMPT] * batch, padding="max_length", truncation=True,
+                                                  max_length=config.text.max_tokens, return_tensors="pt")
+
+    def encode() -> torch.Tensor:
+        with torch.no_grad():
+            return model(**tokens, output_hidden_states=True).hidden_states[-1]
+
+    return model, encode
+
+
 def _time(step, warmup: int, runs: int) -> tuple[list[float], list[float]]:
     """Wall-clock and process CPU seconds (all threads) of each timed run."""
     for _ in range(warmup):
@@ -134,8 +166,13 @@ def run_case(config_name: str, case: str, default_config: Path, warmup: int, run
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     config = model_config(config_name, default_config)
-    text_encoder = build_text_encoder(config)
-    network = build_network(config, text_encoder.hidden_size)
+    if case.startswith("ref_"):  # the reference's BERT + masked-LM head instead of our text encoder
+        batch = {"ref_train8": 8, "ref_infer1": 1, "ref_infer16": 16}[case]
+        text_encoder, encode_text = _reference_text_encoder(config, batch)
+        network = build_network(config, text_encoder.config.hidden_size)
+    else:
+        text_encoder = build_text_encoder(config)
+        network = build_network(config, text_encoder.hidden_size)
     _switch_on_prototype(network, gen)
     h, w = config.image_size
     result: dict = {"config": config_name, "case": case, "image_size": [h, w],
@@ -143,7 +180,13 @@ def run_case(config_name: str, case: str, default_config: Path, warmup: int, run
 
     bf16 = case.endswith("_bf16")
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
-    if case.startswith("train8"):
+    if case.startswith("ref_"):
+        times, cpu_times = _reference_case(case == "ref_train8", config, network, encode_text, batch, gen, warmup, runs)
+        if case == "ref_train8":
+            result["images_per_s"] = round(batch / statistics.median(times), 3)
+        else:
+            result["ms_per_image"] = round(1000 * statistics.median(times) / batch, 2)
+    elif case.startswith("train8"):
         batch = 8
         with torch.no_grad():  # embedded once, as tevia train does
             table = text_encoder([PROMPT])
@@ -172,16 +215,16 @@ def run_case(config_name: str, case: str, default_config: Path, warmup: int, run
     else:
         batch = 1 if case.startswith("infer1_") or case == "infer1" else 16
         spec = ModelSpec(name=config_name, version="bench", image_size=(h, w), in_channels=config.in_channels)
-        seg = Segmenter(network, text_encoder, spec, torch.device("cpu"))
+        seg = Segmenter(network, text_encoder, spec, torch.device("cpu"), precision="bf16" if bf16 else "fp32")
         text = seg.encode_text([PROMPT])  # cached: the text encoder runs once
         images = torch.rand(batch, h, w, generator=gen).numpy()
 
         def step() -> torch.Tensor:
-            with autocast:
-                return seg.decode(seg.encode_images(images), text)
+            return seg.decode(seg.encode_images(images), text)
 
         if bf16:
-            fp32 = seg.decode(seg.encode_images(images), text)
+            plain = Segmenter(network, text_encoder, spec, torch.device("cpu"))
+            fp32 = plain.decode(plain.encode_images(images), text)
             diff = step() - fp32
             flips = ((fp32 > 0.5) != (fp32 + diff > 0.5)).float().mean()
             result["deviation_from_fp32"] = {"probability_max_abs": round(float(diff.abs().max()), 5),
@@ -195,6 +238,41 @@ def run_case(config_name: str, case: str, default_config: Path, warmup: int, run
     result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]  # 1, 5, 15 min: others on the CPU?
     return result
+
+
+def _reference_case(train: bool, config, network, encode_text, batch: int, gen, warmup: int,
+                    runs: int) -> tuple[list, list]:
+    """Times a ref_* case (see the module docstring); returns (wall, cpu) seconds per run."""
+    import torch
+    from monai.losses import DiceCELoss
+
+    from tevia.model.alignment import alignment_loss
+
+    h, w = config.image_size
+    image = torch.rand(batch, config.in_channels, h, w, generator=gen)
+    if train:
+        network.train()
+        mask = torch.zeros(batch, 1, h, w)
+        mask[:, :, h // 4 : 3 * h // 4, w // 8 : w // 2] = 1
+        loss_fn = DiceCELoss(sigmoid=True)
+        optimiser = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=3e-4)
+
+        def step() -> None:
+            optimiser.zero_grad(set_to_none=True)
+            out = network.forward_plain(image, encode_text())
+            foreground = network.foreground(out, mask)
+            loss = loss_fn(out.logits, mask) + 0.1 * alignment_loss(out.stage_text, foreground, mask)
+            network.prototype.observe([f.mean(0, keepdim=True) for f in foreground])
+            loss.backward()
+            optimiser.step()
+    else:
+        network.eval()
+
+        def step() -> torch.Tensor:
+            with torch.no_grad():
+                return torch.sigmoid(network.forward_plain(image, encode_text()).logits)
+
+    return _time(step, warmup, runs)
 
 
 def machine() -> dict:
@@ -230,6 +308,7 @@ def _summary(cases: dict) -> dict:
                              "ratio": round(paper[c]["peak_rss_mib"] / REFERENCE["peak_rss_mib"][c], 2)}
                          for c in CASES},
         "infer16_peak_target_met": peak <= TARGETS["infer16_peak_rss_mib_max"],
+        "same_machine_vs_reference_way": _same_machine(cases),
         "with_bf16_autocast_option": {
             c: {"ours": r.get("images_per_s", r.get("ms_per_image")), "deviation_from_fp32": r["deviation_from_fp32"]}
             for c in BF16_CASES if (r := cases.get(f"paper/{c}"))
@@ -237,13 +316,39 @@ def _summary(cases: dict) -> dict:
     }
 
 
+def _same_machine(cases: dict) -> dict:
+    """Ours (fp32, and with the bf16 option) against the ref_* cases measured in the same run:
+    the ratios the targets are about (training >= 1.5x, batch-1 latency <= 0.5x)."""
+    out = {}
+    for case in CASES:
+        ref = cases.get(f"paper/ref_{case}")
+        if not ref:
+            continue
+        key = "images_per_s" if case.startswith("train") else "ms_per_image"
+        row = {"reference_way": ref[key]}
+        for label, name in (("ours_fp32", case), ("ours_bf16", f"{case}_bf16")):
+            if (r := cases.get(f"paper/{name}")):
+                speedup = r[key] / ref[key] if key == "images_per_s" else ref[key] / r[key]
+                row[label], row[f"{label}_speedup"] = r[key], round(speedup, 2)
+        if case == "train8":
+            row["target"] = "speedup >= 1.5"
+            row.update({f"{k}_target_met": row[f"{k}_speedup"] >= 1.5 for k in ("ours_fp32", "ours_bf16") if k in row})
+        if case == "infer1":
+            row["target"] = "speedup >= 2 (latency at most half)"
+            row.update({f"{k}_target_met": row[f"{k}_speedup"] >= 2 for k in ("ours_fp32", "ours_bf16") if k in row})
+        out[case] = row
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "engine.json")
-    parser.add_argument("--configs", nargs="+", default=["paper", "default"], choices=["paper", "default"])
+    parser.add_argument("--configs", nargs="*", default=["paper", "default"], choices=["paper", "default"])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--bf16-configs", nargs="*", default=["paper"], choices=["paper", "default"],
                         help="configurations also measured under bf16 autocast (none: leave them out)")
+    parser.add_argument("--reference-configs", nargs="*", default=["paper"], choices=["paper"],
+                        help="configurations also run the reference code's way (ref_* cases; none: leave them out)")
     parser.add_argument("--default-config", type=Path, default=REPO / "configs" / "default-qata.yaml",
                         help="YAML whose model section is the default configuration")
     parser.add_argument("--warmup", type=int, default=2)
@@ -268,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
               "cases": {}}
     jobs = [(c, case) for c in args.configs for case in args.cases]
     jobs += [(c, f"{case}_bf16") for c in args.bf16_configs for case in args.cases]
+    jobs += [(c, f"ref_{case}") for c in args.reference_configs for case in args.cases]
     for config_name, case in jobs:
         cmd = [sys.executable, __file__, "--child", config_name, case, "--default-config",
                str(args.default_config), "--warmup", str(args.warmup), "--runs", str(args.runs)]

@@ -57,6 +57,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled text permutation")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="bf16: bfloat16 autocast (faster on CPUs with AVX512-BF16 and on GPUs; default fp32)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="probability threshold of the masks (default: the model's, 0.5 unless set)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
@@ -244,7 +246,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    segmenter = Segmenter.load(args.model, device=args.device)
+    segmenter = Segmenter.load(args.model, device=args.device, precision=args.precision)
     threshold = segmenter.spec.threshold if args.threshold is None else args.threshold
     _check_arguments(args.batch_size, threshold)
     size = tuple(args.eval_size) if min(args.eval_size) > 0 else segmenter.spec.image_size

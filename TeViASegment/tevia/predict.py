@@ -53,6 +53,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="nii.gz", choices=[e.lstrip(".") for e in WRITE_EXTENSIONS],
                         help="output format of cohort runs (default: nii.gz)")
     parser.add_argument("--device", default="auto", help=f"{' | '.join(DEVICE_CHOICES)} | cuda:N (default: auto)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="bf16: bfloat16 autocast, faster on CPUs with AVX512-BF16 and on GPUs, "
+                             "probabilities within ~1e-3 of fp32 (default: fp32)")
     parser.add_argument("--slice-axis", default="axial", choices=SLICE_AXES)
     parser.add_argument("--window", help=f"CT window: {', '.join(WINDOWS)} or 'center,width' (default: percentiles)")
     parser.add_argument("--threshold", type=float, default=0.5)
@@ -118,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
     cohort = args.input is None
     (args.out if cohort else args.out.parent).mkdir(parents=True, exist_ok=True)
     try:
-        segmenter = Segmenter.load(args.model, device=str(device))
+        segmenter = Segmenter.load(args.model, device=str(device), precision=args.precision)
     except (ValueError, FileNotFoundError, CheckpointError) as error:
         print(f"tevia predict: error: cannot load model {args.model!r}: {error}", file=sys.stderr)
         return 2

@@ -167,18 +167,22 @@ class Worker:
         if not isinstance(model, str) or not model or not isinstance(device, str):
             raise RequestError("bad_request", f"load needs 'model' (name or folder) and 'device' strings, "
                                               f"got model={model!r}, device={device!r}")
-        self.emit(request["id"], "result", **self._load(model, device))
+        self.emit(request["id"], "result", **self._load(model, device, request.get("precision", "fp32")))
 
-    def _load(self, model: str, device: str) -> dict[str, Any]:
-        from tevia.inference import Segmenter, select_device
+    def _load(self, model: str, device: str, precision: str = "fp32") -> dict[str, Any]:
+        from tevia.inference import PRECISIONS, Segmenter, select_device
 
+        if precision not in PRECISIONS:
+            raise RequestError("bad_request", f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         try:
             resolved = select_device(device)
         except ValueError as error:
             raise RequestError("bad_request", str(error)) from error
+        if precision == "bf16" and resolved.type not in ("cpu", "cuda"):
+            raise RequestError("bad_request", f"precision bf16 runs on cpu or cuda, not {resolved.type}; use fp32")
         began = time.perf_counter()
         try:
-            segmenter = Segmenter.load(model, device=str(resolved))
+            segmenter = Segmenter.load(model, device=str(resolved), precision=precision)
         except (FileNotFoundError, ValueError) as error:
             raise RequestError("not_found", f"cannot load model {model!r}: {error}") from error
         except Exception as error:
@@ -189,6 +193,7 @@ class Worker:
         spec = segmenter.spec
         return {"model": model, "name": getattr(spec, "name", model), "version": getattr(spec, "version", ""),
                 "device": str(segmenter.device), "device_name": describe_device(segmenter.device),
+                "precision": segmenter.precision,
                 "image_size": list(spec.image_size), "side_convention": spec.side_convention,
                 "example_prompts": list(getattr(spec, "example_prompts", [])),
                 "load_seconds": round(time.perf_counter() - began, 3)}
@@ -261,10 +266,11 @@ class Worker:
                 raise MemoryError(str(error)) from error
             self.emit(request_id, "warning", message=f"out of memory on {self.segmenter.device} even with one "
                                                      "slice per batch: falling back to the CPU (slower)")
+        precision = self.segmenter.precision
         self.segmenter = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        self._load(self.model or "default", "cpu")
+        self._load(self.model or "default", "cpu", precision)
         return segment_volume(self.segmenter, image, prompts, options, progress, cancelled, self.cache)
 
 

@@ -1,5 +1,5 @@
-"""The engine's fast paths (channels_last on CPU, torch's pixel_shuffle before the head, cached
-position codes, fused AdamW) give the plain fp32 path's results within float tolerance, in
+"""The engine's fast paths (channels_last on CPU, torch's pixel_shuffle before the head, the head's
+pooling as a depthwise convolution, cached position codes, fused AdamW) give the plain fp32 path's results within float tolerance, in
 inference and in training, for a ConvNeXt (Hugging Face) and a MobileNetV2 encoder."""
 
 import json
@@ -44,21 +44,10 @@ def _network(kind: str, tmp_path) -> torch.nn.Module:
 
 
 def plain_forward(net, image: torch.Tensor, text: torch.Tensor):
-    """The network's computation on contiguous (NCHW) tensors with MONAI's own upsampling and
-    freshly computed position codes: the plain fp32 path the fast paths must match."""
-    x = image.expand(-1, 3, -1, -1) if net.in_channels == 1 else image
-    feats = net.encoder(((x - net.pixel_mean) / net.pixel_std).contiguous())
-    if net.neck is not None:
-        feats = [n(f) for n, f in zip(net.neck, feats)]
-    feats = [f.contiguous() for f in feats]
-    if text.shape[0] == 1:
-        text = text.expand(image.shape[0], -1, -1)
-    x, stage_text = feats[3], []
-    for i, stage in enumerate(net.stages):
-        x, t = stage(x.contiguous(), feats[2 - i], text, net.prototype.modulation(i))
-        stage_text.append(t)
-    head = net.head_act(net.upsample(x.contiguous()))
-    return net.out(head), head, stage_text
+    """The plain fp32 path the fast paths must match (`TeViANet.forward_plain`: contiguous NCHW
+    tensors, MONAI's own upsampling and pad + average pool, freshly computed position codes)."""
+    out = net.forward_plain(image, text)
+    return out.logits, out.head_features, out.stage_text
 
 
 @pytest.mark.parametrize("kind", ["convnext", "mobilenet"])

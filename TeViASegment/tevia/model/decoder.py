@@ -75,10 +75,11 @@ class GuidedDecoderStage(nn.Module):
                                norm_name="batch", res_block=True)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, text: torch.Tensor,
-                prototype: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                prototype: torch.Tensor | None = None, fresh_positions: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         b, c, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2)  # (B, h*w, C); a view (no copy) when x is channels_last
-        pos = cached_positions(h, w, c, x.device).to(tokens.dtype)
+        positions = sinusoidal_positions if fresh_positions else cached_positions
+        pos = positions(h, w, c, x.device).to(tokens.dtype)
         y = self.norm1(tokens)
         qk = y + pos
         if prototype is not None:
