@@ -173,7 +173,11 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
     last = out / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise FileNotFoundError(f"--resume: {last} does not exist; start without --resume")
+    metrics_csv = out / "logs" / "metrics.csv"
+    earlier = _set_aside(metrics_csv) if resume else None
     trainer.fit(lit, train_loader, val_loader, ckpt_path=str(last) if resume else None)
+    if earlier is not None and trainer.global_rank == 0:
+        _join_metrics(earlier, metrics_csv)
 
     if trainer.global_rank != 0:
         return out / "model"
@@ -184,11 +188,34 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
                "epochs": trainer.current_epoch, "best_checkpoint": Path(best).name}
     folder = export_model(network, config, out / "model",
                           model_metadata(config, text_encoder.folder, _texts(train_ds), metrics))
-    metrics_csv = out / "logs" / "metrics.csv"
     if metrics_csv.is_file():
         plot_curves(metrics_csv, out / "curves.png")
     log.info("model exported to %s", folder)
     return folder
+
+
+def _set_aside(metrics_csv: Path) -> Path | None:
+    """Lightning's CSVLogger deletes an earlier metrics.csv in its folder: on --resume, keep it
+    as metrics-before-resume.csv (joined back by `_join_metrics` when training ends)."""
+    if not metrics_csv.is_file():
+        return None
+    kept = metrics_csv.with_name("metrics-before-resume.csv")
+    metrics_csv.replace(kept)
+    return kept
+
+
+def _join_metrics(earlier: Path, metrics_csv: Path) -> None:
+    """metrics.csv = the earlier run's rows before the resumed epoch, then the resumed run's rows."""
+    import pandas as pd
+
+    before = pd.read_csv(earlier)
+    if metrics_csv.is_file():
+        after = pd.read_csv(metrics_csv)
+        if "epoch" in after and "epoch" in before and after["epoch"].notna().any():
+            before = before[before["epoch"] < after["epoch"].min()]
+        before = pd.concat([before, after], ignore_index=True)
+    before.to_csv(metrics_csv, index=False)
+    earlier.unlink()
 
 
 def main(args: argparse.Namespace) -> int:

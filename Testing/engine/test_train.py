@@ -4,6 +4,7 @@ leaves the prototype alone."""
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -51,9 +52,13 @@ def test_train_cli_exports_resumes_and_fine_tunes(tmp_path):
     assert (out / "logs" / "metrics.csv").is_file()
     assert (out / "checkpoints" / "last.ckpt").is_file()
 
+    first_epochs = set(pd.read_csv(out / "logs" / "metrics.csv")["epoch"].dropna())
     assert _smoke(out, "train.max_epochs=3", "--resume") == 0
     resumed = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert resumed["epoch"] == 2  # continued from epoch 1 of the first run instead of starting over
+    epochs = pd.read_csv(out / "logs" / "metrics.csv")["epoch"].dropna()
+    assert first_epochs and first_epochs < set(epochs) and set(epochs) <= {0, 1, 2}  # the log kept the first run
+    assert not (out / "logs" / "metrics-before-resume.csv").exists()
 
     tuned = tmp_path / "tuned"
     assert _smoke(tuned, "train.max_epochs=1", "train.prototype_warmup_epochs=5", "--init", str(out / "model")) == 0
