@@ -26,7 +26,7 @@ import torch
 from tevia.device import describe_device, is_out_of_memory
 from tevia.pipeline import Cancelled, FeatureCache, SegmentOptions, segment_volume
 from tevia.volume.errors import InputError
-from tevia.volume.io import read_input
+from tevia.volume.io import input_signature, read_input
 from tevia.volume.writers import check_output_path, write_labelmap
 
 __all__ = ["PROTOCOL_VERSION", "ERROR_CODES", "RequestError", "Worker", "main"]
@@ -79,6 +79,7 @@ class Worker:
         self._pending: set[str] = set()
         self._state_lock = threading.Lock()
         self.cache = FeatureCache(cache_bytes)
+        self._last_input: tuple[tuple, Any, list[str]] | None = None
         self.segmenter: Any = None
         self.model: str | None = None
 
@@ -220,7 +221,7 @@ class Worker:
             self._load(model or "default", request.get("device", "auto"))
         began = time.perf_counter()
         self.emit(request_id, "progress", stage="read", done=0, total=1)
-        image, warnings = read_input(source)
+        image, warnings, reused = self.read(source)
         check_output_path(output, image)
         read_seconds = time.perf_counter() - began
         for message in warnings:
@@ -241,13 +242,34 @@ class Worker:
         result.timings["total"] += read_seconds
         all_warnings = warnings + result.warnings
         self.emit(request_id, "progress", stage="write", done=0, total=1)
+        began = time.perf_counter()
         write_labelmap(result.labelmap, output, result.labels, {
             "model": self.model, "convention": options.convention, "prompts": result.prompts,
             "voxels": result.voxels, "options": options.to_dict(), "warnings": all_warnings})
+        result.timings["write"] = time.perf_counter() - began
+        result.timings["total"] += result.timings["write"]
         self.emit(request_id, "result", output=str(output), labels={str(k): v for k, v in result.labels.items()},
                   voxels=result.voxels, prompts=result.prompts, warnings=all_warnings,
-                  cache_hit=bool(result.timings.get("cache_hit")),
+                  cache_hit=bool(result.timings.get("cache_hit")), input_reused=reused,
                   timings={k: round(v, 4) for k, v in result.timings.items()})
+
+    def read(self, source: Any) -> tuple[Any, list[str], bool]:
+        """``read_input``, reusing the previous request's image when it read the same unchanged files.
+
+        One image is kept (see ``tevia.volume.io.input_signature`` for what "unchanged" means);
+        it is dropped before a different input is read, so two volumes never sit in memory.
+
+        Returns:
+            (image, warnings, reused)
+        """
+        signature = input_signature(source)
+        if signature is not None and self._last_input is not None and self._last_input[0] == signature:
+            return self._last_input[1], list(self._last_input[2]), True
+        self._last_input = None
+        image, warnings = read_input(source)
+        if signature is not None and input_signature(source) == signature:  # not changed while read
+            self._last_input = (signature, image, list(warnings))
+        return image, warnings, False
 
     def _run_with_fallback(self, request_id: str, image: Any, prompts: list[str], options: SegmentOptions,
                            progress: Any, cancelled: Any) -> Any:
