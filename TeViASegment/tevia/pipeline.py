@@ -31,8 +31,8 @@ from tevia.volume.labelling import BatchLabels, count_labels, resize_slices
 from tevia.volume.postprocess import postprocess_mask
 from tevia.volume.preprocess import PERCENTILES, IntensityScaler, parse_window
 
-__all__ = ["SegmentOptions", "SegmentResult", "Cancelled", "FeatureCache", "segment_volume",
-           "STEP_SECONDS"]
+__all__ = ["SegmentOptions", "SegmentResult", "Cancelled", "FeatureCache", "image_fingerprint",
+           "segment_volume", "STEP_SECONDS"]
 
 log = logging.getLogger(__name__)
 
@@ -271,11 +271,18 @@ def _intensity_scaling(array: np.ndarray, digest: str | None, window: str | tupl
     return scaler, list(warnings)
 
 
+def image_fingerprint(image: sitk.Image) -> str:
+    """The fingerprint :func:`segment_volume` keys its feature cache with (voxels, shape, dtype)."""
+    volume = as_3d(image)
+    return fingerprint(sitk.GetArrayViewFromImage(volume), torch.get_num_threads())
+
+
 def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
                    options: SegmentOptions | None = None,
                    progress: Callable[[str, int, int], None] | None = None,
                    cancelled: Callable[[], bool] | None = None,
-                   feature_cache: FeatureCache | None = None) -> SegmentResult:
+                   feature_cache: FeatureCache | None = None,
+                   voxels_fingerprint: str | None = None) -> SegmentResult:
     """Segment an image with one label per prompt.
 
     Args:
@@ -290,6 +297,9 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
         feature_cache: Reuse image features of a volume seen before (same voxels, slice axis,
             intensity scaling and model), and its intensity scaling (same voxels and scaling
             options). Without one, the voxels are not fingerprinted.
+        voxels_fingerprint: :func:`image_fingerprint` of ``image`` when the caller already has
+            it (e.g. the worker, for an image it read once and never changed); computed when
+            None. A wrong value makes the feature cache answer for another volume.
 
     Returns:
         The :class:`SegmentResult`.
@@ -310,7 +320,9 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
     layout = slice_layout(volume, options.slice_axis)
     prepared = _prepare_prompts(segmenter, prompts, options, layout)
     percentiles = (0.0, 100.0) if len(layout.view(array)) == 1 else PERCENTILES
-    digest = fingerprint(array, torch.get_num_threads()) if feature_cache is not None else None
+    digest = None
+    if feature_cache is not None:
+        digest = voxels_fingerprint or fingerprint(array, torch.get_num_threads())
     scaler, warnings = _intensity_scaling(array, digest, options.window, percentiles, feature_cache)
     warnings += [w for p in prepared for w in p.warnings]
     labels = np.zeros(array.shape, dtype=np.uint8)

@@ -18,13 +18,14 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
 from tevia.device import describe_device, is_out_of_memory
-from tevia.pipeline import Cancelled, FeatureCache, SegmentOptions, segment_volume
+from tevia.pipeline import Cancelled, FeatureCache, SegmentOptions, image_fingerprint, segment_volume
 from tevia.volume.errors import InputError
 from tevia.volume.io import input_signature, read_input
 from tevia.volume.writers import check_output_path, write_labelmap
@@ -37,6 +38,16 @@ PROTOCOL_VERSION = 1
 ERROR_CODES = ("bad_request", "not_found", "unsupported_format", "bad_input", "model_error",
                "out_of_memory", "cancelled", "internal")
 _REQUEST_TYPES = ("load", "segment", "cancel", "ping", "shutdown")
+
+
+@dataclass
+class _KeptInput:
+    """The last input read: its files' signature, the image, its warnings, and its voxel fingerprint."""
+
+    signature: tuple
+    image: Any
+    warnings: list[str]
+    fingerprint: str
 
 
 class RequestError(Exception):
@@ -79,7 +90,7 @@ class Worker:
         self._pending: set[str] = set()
         self._state_lock = threading.Lock()
         self.cache = FeatureCache(cache_bytes)
-        self._last_input: tuple[tuple, Any, list[str]] | None = None
+        self._kept: _KeptInput | None = None
         self.segmenter: Any = None
         self.model: str | None = None
 
@@ -256,26 +267,29 @@ class Worker:
     def read(self, source: Any) -> tuple[Any, list[str], bool]:
         """``read_input``, reusing the previous request's image when it read the same unchanged files.
 
-        One image is kept (see ``tevia.volume.io.input_signature`` for what "unchanged" means);
-        it is dropped before a different input is read, so two volumes never sit in memory.
+        One image is kept (see ``tevia.volume.io.input_signature`` for what "unchanged" means),
+        with its voxel fingerprint for the feature cache; it is dropped before a different input
+        is read, so two volumes never sit in memory.
 
         Returns:
             (image, warnings, reused)
         """
         signature = input_signature(source)
-        if signature is not None and self._last_input is not None and self._last_input[0] == signature:
-            return self._last_input[1], list(self._last_input[2]), True
-        self._last_input = None
+        if signature is not None and self._kept is not None and self._kept.signature == signature:
+            return self._kept.image, list(self._kept.warnings), True
+        self._kept = None
         image, warnings = read_input(source)
         if signature is not None and input_signature(source) == signature:  # not changed while read
-            self._last_input = (signature, image, list(warnings))
+            # the worker never changes the kept image: hash its voxels once, not once per prompt
+            self._kept = _KeptInput(signature, image, list(warnings), image_fingerprint(image))
         return image, warnings, False
 
     def _run_with_fallback(self, request_id: str, image: Any, prompts: list[str], options: SegmentOptions,
                            progress: Any, cancelled: Any) -> Any:
         """segment_volume; on device out-of-memory (even one slice), reload on the CPU and retry."""
+        digest = self._kept.fingerprint if self._kept is not None and self._kept.image is image else None
         try:
-            return segment_volume(self.segmenter, image, prompts, options, progress, cancelled, self.cache)
+            return segment_volume(self.segmenter, image, prompts, options, progress, cancelled, self.cache, digest)
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
@@ -287,7 +301,7 @@ class Worker:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         self._load(self.model or "default", "cpu")
-        return segment_volume(self.segmenter, image, prompts, options, progress, cancelled, self.cache)
+        return segment_volume(self.segmenter, image, prompts, options, progress, cancelled, self.cache, digest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 
 import tevia.volume.io as volume_io
-from tevia.pipeline import FeatureCache, SegmentOptions, segment_volume
+from tevia.pipeline import FeatureCache, SegmentOptions, image_fingerprint, segment_volume
 from tevia.volume.cache import fingerprint
 from tevia.volume.io import input_signature, read_image
 from tevia.volume.preprocess import IntensityScaler
@@ -107,6 +107,8 @@ def test_worker_reuses_the_last_read_image_until_the_file_changes(ct_path, tmp_p
     first, _, reused_first = worker.read(str(path))
     second, _, reused_second = worker.read(str(path))
     assert (reused_first, reused_second) == (False, True) and second is first
+    kept = worker._kept.fingerprint
+    assert kept == image_fingerprint(first)  # what the pipeline keys its caches with
     # the same size, other voxels: read again
     flipped = sitk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayFromImage(image)[:, :, ::-1]))
     flipped.CopyInformation(image)
@@ -117,6 +119,7 @@ def test_worker_reuses_the_last_read_image_until_the_file_changes(ct_path, tmp_p
     assert reused_third is False
     assert np.array_equal(sitk.GetArrayViewFromImage(third), sitk.GetArrayViewFromImage(flipped))
     assert not np.array_equal(sitk.GetArrayViewFromImage(third), sitk.GetArrayViewFromImage(first))
+    assert worker._kept.fingerprint == image_fingerprint(third) != kept
     # another input replaces the kept one
     other = tmp_path / "other.nrrd"
     sitk.WriteImage(image, str(other), useCompression=False)
