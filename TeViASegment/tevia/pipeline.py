@@ -1,9 +1,10 @@
 """Segment a 2D image or a 3D volume slice by slice with a 2D text-guided model.
 
 Flow per volume: pick display-oriented slices along an anatomical axis (from the direction
-matrix), scale intensities to [0, 1], resample each batch of slices to the model's input size,
-encode them (or reuse cached features), decode every prompt, interpolate the probabilities back
-to the slice size, threshold, and write labels into a uint8 labelmap with the input's geometry.
+matrix), scale intensities to [0, 1] (the scaling remembered per voxel fingerprint), resample
+each batch of slices to the model's input size, encode them (or reuse cached features), decode
+every prompt, interpolate the probabilities back to the slice size, threshold, and write labels
+into a uint8 labelmap with the input's geometry (see ``tevia.volume.labelling``).
 Slices stream through in batches, so only the input voxels, the labelmap and one batch live in
 memory (plus the bounded :class:`FeatureCache`).
 """
@@ -20,18 +21,18 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 
 from tevia.device import is_out_of_memory
 from tevia.prompts import prepare_prompt
 from tevia.volume.cache import FeatureCache, fingerprint
 from tevia.volume.errors import BadInputError
 from tevia.volume.geometry import SLICE_AXES, SliceLayout, as_3d, slice_layout
+from tevia.volume.labelling import BatchLabels, count_labels, resize_slices
 from tevia.volume.postprocess import postprocess_mask
 from tevia.volume.preprocess import PERCENTILES, IntensityScaler, parse_window
 
-__all__ = ["SegmentOptions", "SegmentResult", "Cancelled", "FeatureCache", "segment_volume",
-           "STEP_SECONDS"]
+__all__ = ["SegmentOptions", "SegmentResult", "Cancelled", "FeatureCache", "image_fingerprint",
+           "segment_volume", "STEP_SECONDS"]
 
 log = logging.getLogger(__name__)
 
@@ -147,15 +148,6 @@ class _BatchSizer:
         self.cap = self.size = max(1, self.size // 2)
 
 
-def _resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of (B, H, W) to (B, *size), antialiased when shrinking."""
-    if tuple(batch.shape[-2:]) == tuple(size):
-        return batch
-    shrink = batch.shape[-2] > size[0] or batch.shape[-1] > size[1]
-    return F.interpolate(batch[:, None], size=size, mode="bilinear", align_corners=False,
-                         antialias=shrink)[:, 0]
-
-
 def _prepare_prompts(segmenter: Any, prompts: list[str], options: SegmentOptions,
                      layout: SliceLayout) -> list[Any]:
     if not isinstance(prompts, (list, tuple)) or not prompts:
@@ -197,34 +189,25 @@ class _Run:
         """Scale slices [start, stop) (B, rows, columns), resize to the model's (B, H, W), encode."""
         began = time.perf_counter()
         batch = torch.from_numpy(self.scaler(self.slices[start:stop]))
-        features = self.segmenter.encode_images(_resize(batch, tuple(self.segmenter.spec.image_size)))
+        features = self.segmenter.encode_images(resize_slices(batch, tuple(self.segmenter.spec.image_size)))
         self.timings["encode_images"] += time.perf_counter() - began
         return features
 
     def decode(self, features: Any, start: int, stop: int) -> None:
-        """Decode every prompt on a batch and write the winning labels into the labelmap.
-
-        Each prompt's (B, H, W) probabilities are resized back to (B, rows, columns) before the
-        threshold; a voxel takes the label of the most probable prompt above the threshold.
-        """
+        """Decode every prompt on a batch and write the winning labels into the labelmap (see BatchLabels)."""
         began = time.perf_counter()
-        rows, columns = self.slices.shape[1:]
-        best = torch.zeros((stop - start, rows, columns), dtype=torch.float32)
-        label = torch.zeros((stop - start, rows, columns), dtype=torch.uint8)
+        labels = BatchLabels(self.labels[start:stop], self.options.threshold, self.text.shape[0])
         for index in range(self.text.shape[0]):
             self.check()
-            probs = self.segmenter.decode(features, self.text[index:index + 1]).float().cpu()
-            probs = _resize(probs, (rows, columns))
-            wins = (probs > self.options.threshold) & (probs > best)
-            best = torch.where(wins, probs, best)
-            label[wins] = index + 1
-        self.labels[start:stop] = label.numpy()
+            labels.add(index, self.segmenter.decode(features, self.text[index:index + 1]).float().cpu())
+        labels.finish()
         self.timings["decode"] += time.perf_counter() - began
 
     def step(self, start: int, cached: list[Any] | None, offsets: np.ndarray | None) -> tuple[int, Any]:
         """Segment the next batch from ``start``; returns (stop, features computed or None)."""
         while True:
             began = time.perf_counter()
+            stop = start
             try:
                 if cached is None:
                     stop = min(start + self.sizer.size, len(self.slices))
@@ -240,6 +223,7 @@ class _Run:
                 if not is_out_of_memory(error):
                     raise
                 log.warning("out of memory with %d slices per batch: halving", self.sizer.size)
+                self.labels[start:stop] = 0  # a failed decode may have written some of its slices
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 self.sizer.halve()
@@ -273,11 +257,32 @@ class _Run:
         return chunks
 
 
+def _intensity_scaling(array: np.ndarray, digest: str | None, window: str | tuple[float, float] | None,
+                       percentiles: tuple[float, float],
+                       feature_cache: FeatureCache | None) -> tuple[IntensityScaler, list[str]]:
+    """``IntensityScaler.from_volume``, remembered in the feature cache by voxel fingerprint."""
+    key = (digest, parse_window(window), tuple(percentiles))
+    remembered = feature_cache.scaling(key) if feature_cache is not None else None
+    if remembered is None:
+        remembered = IntensityScaler.from_volume(array, window, percentiles)
+        if feature_cache is not None:
+            feature_cache.put_scaling(key, remembered)
+    scaler, warnings = remembered
+    return scaler, list(warnings)
+
+
+def image_fingerprint(image: sitk.Image) -> str:
+    """The fingerprint :func:`segment_volume` keys its feature cache with (voxels, shape, dtype)."""
+    volume = as_3d(image)
+    return fingerprint(sitk.GetArrayViewFromImage(volume), torch.get_num_threads())
+
+
 def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
                    options: SegmentOptions | None = None,
                    progress: Callable[[str, int, int], None] | None = None,
                    cancelled: Callable[[], bool] | None = None,
-                   feature_cache: FeatureCache | None = None) -> SegmentResult:
+                   feature_cache: FeatureCache | None = None,
+                   voxels_fingerprint: str | None = None) -> SegmentResult:
     """Segment an image with one label per prompt.
 
     Args:
@@ -290,7 +295,11 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
         cancelled: Polled between model steps (each about :data:`STEP_SECONDS`); True stops the
             work with :class:`Cancelled`.
         feature_cache: Reuse image features of a volume seen before (same voxels, slice axis,
-            intensity scaling and model).
+            intensity scaling and model), and its intensity scaling (same voxels and scaling
+            options). Without one, the voxels are not fingerprinted.
+        voxels_fingerprint: :func:`image_fingerprint` of ``image`` when the caller already has
+            it (e.g. the worker, for an image it read once and never changed); computed when
+            None. A wrong value makes the feature cache answer for another volume.
 
     Returns:
         The :class:`SegmentResult`.
@@ -311,7 +320,10 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
     layout = slice_layout(volume, options.slice_axis)
     prepared = _prepare_prompts(segmenter, prompts, options, layout)
     percentiles = (0.0, 100.0) if len(layout.view(array)) == 1 else PERCENTILES
-    scaler, warnings = IntensityScaler.from_volume(array, options.window, percentiles)
+    digest = None
+    if feature_cache is not None:
+        digest = voxels_fingerprint or fingerprint(array, torch.get_num_threads())
+    scaler, warnings = _intensity_scaling(array, digest, options.window, percentiles, feature_cache)
     warnings += [w for p in prepared for w in p.warnings]
     labels = np.zeros(array.shape, dtype=np.uint8)
     timings = {"read": 0.0, "encode_text": 0.0, "encode_images": 0.0, "decode": 0.0,
@@ -323,7 +335,7 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
         run = _Run(segmenter, layout.view(array), layout.view(labels), scaler, text, options,
                    progress, cancelled)
         key = (id(segmenter), getattr(segmenter.spec, "name", ""), getattr(segmenter.spec, "version", ""),
-               fingerprint(array), layout, scaler.low, scaler.high)
+               digest, layout, scaler.low, scaler.high)
         cached = feature_cache.get(key) if feature_cache is not None else None
         chunks = run.run(cached, feature_cache.max_bytes if feature_cache is not None else 0)
         if feature_cache is not None and chunks is not None:
@@ -342,7 +354,7 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
             view[kept & (view == 0)] = value
         progress("postprocess", len(label_values), len(label_values))
     timings["postprocess"] = time.perf_counter() - started
-    counts = np.bincount(labels.reshape(-1), minlength=len(prompts) + 1)
+    counts = count_labels(labels, len(prompts))
     labelmap = sitk.GetImageFromArray(labels if image.GetDimension() == 3 else labels[0])
     labelmap.CopyInformation(image)
     timings["total"] = time.perf_counter() - began

@@ -18,15 +18,16 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
 from tevia.device import describe_device, is_out_of_memory
-from tevia.pipeline import Cancelled, FeatureCache, SegmentOptions, segment_volume
+from tevia.pipeline import Cancelled, FeatureCache, SegmentOptions, image_fingerprint, segment_volume
 from tevia.volume.errors import InputError
-from tevia.volume.io import read_input
+from tevia.volume.io import input_signature, read_input
 from tevia.volume.writers import check_output_path, write_labelmap
 
 __all__ = ["PROTOCOL_VERSION", "ERROR_CODES", "RequestError", "Worker", "main"]
@@ -37,6 +38,16 @@ PROTOCOL_VERSION = 1
 ERROR_CODES = ("bad_request", "not_found", "unsupported_format", "bad_input", "model_error",
                "out_of_memory", "cancelled", "internal")
 _REQUEST_TYPES = ("load", "segment", "cancel", "ping", "shutdown")
+
+
+@dataclass
+class _KeptInput:
+    """The last input read: its files' signature, the image, its warnings, and its voxel fingerprint."""
+
+    signature: tuple
+    image: Any
+    warnings: list[str]
+    fingerprint: str
 
 
 class RequestError(Exception):
@@ -79,6 +90,7 @@ class Worker:
         self._pending: set[str] = set()
         self._state_lock = threading.Lock()
         self.cache = FeatureCache(cache_bytes)
+        self._kept: _KeptInput | None = None
         self.segmenter: Any = None
         self.model: str | None = None
 
@@ -225,7 +237,7 @@ class Worker:
             self._load(model or "default", request.get("device", "auto"))
         began = time.perf_counter()
         self.emit(request_id, "progress", stage="read", done=0, total=1)
-        image, warnings = read_input(source)
+        image, warnings, reused = self.read(source)
         check_output_path(output, image)
         read_seconds = time.perf_counter() - began
         for message in warnings:
@@ -246,19 +258,43 @@ class Worker:
         result.timings["total"] += read_seconds
         all_warnings = warnings + result.warnings
         self.emit(request_id, "progress", stage="write", done=0, total=1)
+        began = time.perf_counter()
         write_labelmap(result.labelmap, output, result.labels, {
             "model": self.model, "convention": options.convention, "prompts": result.prompts,
             "voxels": result.voxels, "options": options.to_dict(), "warnings": all_warnings})
+        result.timings["write"] = time.perf_counter() - began
+        result.timings["total"] += result.timings["write"]
         self.emit(request_id, "result", output=str(output), labels={str(k): v for k, v in result.labels.items()},
                   voxels=result.voxels, prompts=result.prompts, warnings=all_warnings,
-                  cache_hit=bool(result.timings.get("cache_hit")),
+                  cache_hit=bool(result.timings.get("cache_hit")), input_reused=reused,
                   timings={k: round(v, 4) for k, v in result.timings.items()})
+
+    def read(self, source: Any) -> tuple[Any, list[str], bool]:
+        """``read_input``, reusing the previous request's image when it read the same unchanged files.
+
+        One image is kept (see ``tevia.volume.io.input_signature`` for what "unchanged" means),
+        with its voxel fingerprint for the feature cache; it is dropped before a different input
+        is read, so two volumes never sit in memory.
+
+        Returns:
+            (image, warnings, reused)
+        """
+        signature = input_signature(source)
+        if signature is not None and self._kept is not None and self._kept.signature == signature:
+            return self._kept.image, list(self._kept.warnings), True
+        self._kept = None
+        image, warnings = read_input(source)
+        if signature is not None and input_signature(source) == signature:  # not changed while read
+            # the worker never changes the kept image: hash its voxels once, not once per prompt
+            self._kept = _KeptInput(signature, image, list(warnings), image_fingerprint(image))
+        return image, warnings, False
 
     def _run_with_fallback(self, request_id: str, image: Any, prompts: list[str], options: SegmentOptions,
                            progress: Any, cancelled: Any) -> Any:
         """segment_volume; on device out-of-memory (even one slice), reload on the CPU and retry."""
+        digest = self._kept.fingerprint if self._kept is not None and self._kept.image is image else None
         try:
-            return segment_volume(self.segmenter, image, prompts, options, progress, cancelled, self.cache)
+            return segment_volume(self.segmenter, image, prompts, options, progress, cancelled, self.cache, digest)
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
@@ -271,7 +307,7 @@ class Worker:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         self._load(self.model or "default", "cpu", precision)
-        return segment_volume(self.segmenter, image, prompts, options, progress, cancelled, self.cache)
+        return segment_volume(self.segmenter, image, prompts, options, progress, cancelled, self.cache, digest)
 
 
 def main(argv: list[str] | None = None) -> int:

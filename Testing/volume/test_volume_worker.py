@@ -95,6 +95,7 @@ def test_ready_and_load(worker):
 
 
 def test_segment_then_second_prompt_hits_the_cache(worker, ct_path, tmp_path):
+    settled = time.time() - max(ct_path.stat().st_mtime, ct_path.stat().st_ctime) > 2  # not just checked out
     first = worker.request({"id": "s1", "type": "segment", "input": str(ct_path), "prompts": ["liver", "spleen"],
                             "output": str(tmp_path / "a.nii.gz"), "options": {"threshold": 0.4649}})
     result = first[-1]
@@ -112,6 +113,11 @@ def test_segment_then_second_prompt_hits_the_cache(worker, ct_path, tmp_path):
     assert second["cache_hit"] is True and second["timings"]["encode_images"] == 0.0
     assert result["timings"]["encode_images"] > 0
     assert second["timings"]["total"] < result["timings"]["total"]
+    assert result["input_reused"] is False
+    if settled:  # the same unchanged file: not read again
+        assert second["input_reused"] is True
+    for timings in (result["timings"], second["timings"]):
+        assert timings["write"] > 0 and timings["total"] >= timings["read"] + timings["decode"] + timings["write"]
 
 
 def test_raw_voxels_in_npy_out(worker, volumes_dir, tmp_path):

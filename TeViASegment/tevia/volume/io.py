@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import time
 import zlib
 from pathlib import Path
 
@@ -28,6 +29,7 @@ __all__ = [
     "read_image",
     "read_raw_volume",
     "read_input",
+    "input_signature",
 ]
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,9 @@ _RGB_FORMATS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # Bytes held per voxel while segmenting, besides the input: the uint8 labelmap, one uint8 mask
 # per post-processing step, and the output writer's copy.
 _WORK_BYTES_PER_VOXEL = 3
+# A file changed within this many seconds may change again without a new timestamp (coarse
+# file-system clocks: ext4 a few ms, FAT 2 s), so its signature is not trusted yet.
+SETTLE_SECONDS = 2.0
 
 
 def file_extension(path: str | os.PathLike) -> str:
@@ -266,3 +271,42 @@ def read_input(spec: str | os.PathLike | dict, budget_bytes: int | None = None) 
     if not isinstance(spec, (str, os.PathLike)) or not str(spec):
         raise BadInputError(f"input must be a path or {{\"npy\": path, \"geometry\": path}}, got {spec!r}")
     return read_image(spec, budget_bytes)
+
+
+def _file_state(path: Path) -> tuple:
+    status = path.stat()
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+
+
+def input_signature(spec: str | os.PathLike | dict, now: float | None = None) -> tuple | None:
+    """What identifies the current content of an input without reading it, to reuse a read.
+
+    The signature holds, for each file the input reads (the file; the .npy and geometry JSON;
+    every file of a DICOM folder), its resolved path, device, inode, size and modification and
+    status-change times in nanoseconds: rewriting, replacing, renaming onto or touching a file
+    changes it.
+
+    Args:
+        spec: A :func:`read_input` input.
+        now: The current time (seconds since the epoch; default ``time.time()``).
+
+    Returns:
+        The signature, or None when it cannot be trusted: a file is missing or was changed less
+        than :data:`SETTLE_SECONDS` ago (it could change again within the file system's clock
+        resolution without a new timestamp).
+    """
+    now = time.time() if now is None else now
+    try:
+        if isinstance(spec, dict):
+            paths = [Path(spec[key]) for key in sorted(spec)]
+        else:
+            paths = [Path(spec)]
+            if paths[0].is_dir():
+                paths += sorted(entry for entry in paths[0].iterdir() if entry.is_file())
+        states = [(str(path.resolve()), *_file_state(path)) for path in paths]
+    except (OSError, TypeError, KeyError):
+        return None
+    newest = max(max(state[-2:]) for state in states) / 1e9
+    if now - newest < SETTLE_SECONDS:
+        return None
+    return tuple(states)

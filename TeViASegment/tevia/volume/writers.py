@@ -116,7 +116,11 @@ def _writer(extension: str, labelmap: sitk.Image, labels: dict[int, str]) -> Cal
     if extension == ".seg.nrrd":
         return lambda path: _write_seg_nrrd(labelmap, labels, path)
     if extension == ".npy":
-        return lambda path: np.save(path, sitk.GetArrayFromImage(as_3d(labelmap)), allow_pickle=False)
+        def save_npy(path: Path) -> None:
+            volume = as_3d(labelmap)  # alive while its array view is written: no copy of the voxels
+            np.save(path, sitk.GetArrayViewFromImage(volume), allow_pickle=False)
+
+        return save_npy
     if extension == ".png":
         size = labelmap.GetSize()
         image = labelmap if labelmap.GetDimension() == 2 else sitk.Extract(labelmap, [*size[:2], 0], [0, 0, 0])
