@@ -114,10 +114,13 @@ class TeViANet(nn.Module):
         if x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         y = F.pixel_shuffle(up.conv_block(x), up.scale_factor)
-        pad, pool = up.pad_pool
+        _, pool = up.pad_pool  # ConstantPad2d((k - 1, 0, k - 1, 0)) then AvgPool2d(k, stride 1)
         k = pool.kernel_size
         box = torch.full((y.shape[1], 1, k, k), 1.0 / (k * k), dtype=y.dtype, device=y.device)
-        return F.conv2d(pad(y), box, groups=y.shape[1])
+        # Zero padding k - 1 on every side, keeping the top-left H x W outputs, is the same
+        # one-sided padding without a padded copy of the full-resolution map.
+        h, w = y.shape[-2:]
+        return F.conv2d(y, box, padding=k - 1, groups=y.shape[1])[..., :h, :w]
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> NetworkOutput:
         return self.decode(self.encode_image(image), text)
