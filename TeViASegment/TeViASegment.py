@@ -88,6 +88,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget):
         device, convention = s.get("device", "auto"), s.get("convention", "patient")
         self.ui.deviceComboBox.setCurrentIndex(DEVICES.index(device) if device in DEVICES else 0)
         self.ui.conventionComboBox.setCurrentIndex(CONVENTIONS.index(convention) if convention in CONVENTIONS else 0)
+        self.ui.bf16CheckBox.checked = s.get("precision", "fp32") == "bf16"
         self.ui.remoteUrlEdit.text = s.get("remoteUrl", "")
         self.ui.rememberTokenCheckBox.checked = bool(s.get("rememberToken", False))
         self.ui.useRemoteCheckBox.checked = bool(s.get("useRemote", False))
@@ -154,7 +155,8 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget):
             s = self.logic.settings
             model, device = self.ui.modelComboBox.currentText, DEVICES[self.ui.deviceComboBox.currentIndex]
             convention = CONVENTIONS[self.ui.conventionComboBox.currentIndex]
-            for key, value in (("model", model), ("device", device), ("convention", convention)):
+            precision = "bf16" if self.ui.bf16CheckBox.checked else "fp32"
+            for key, value in (("model", model), ("device", device), ("convention", convention), ("precision", precision)):
                 s.set(key, value)
             s.set("useRemote", bool(self.ui.useRemoteCheckBox.checked))
             url = self.ui.remoteUrlEdit.text if self.ui.useRemoteCheckBox.checked else None
@@ -171,7 +173,8 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget):
             self.logic.segmentAsync(
                 self.ui.inputVolumeSelector.currentNode(), self.ui.promptEdit.toPlainText(),
                 self.ui.outputSegmentationSelector.currentNode(), model, device, {"convention": convention},
-                onProgress=self.onProgress, onDone=self.onDone, onWarning=lambda m: self.log(f"Warning: {m}"))
+                onProgress=self.onProgress, onDone=self.onDone, onWarning=lambda m: self.log(f"Warning: {m}"),
+                precision=precision)
             self.ui.segmentButton.text = "Cancel"
             self.ui.progressBar.setRange(0, 0)
             self.log("Segmenting...")
@@ -267,10 +270,10 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         self.workerInfo: dict = {}
         self.job: jobs.SegmentJob | None = None
         self.cancelGraceSeconds = jobs.CANCEL_GRACE_S
-        self._loaded: tuple[str, str] | None = None
+        self._loaded: tuple[str, str, str] | None = None
 
     def segment(self, volumeNode, prompts, segmentationNode=None, model="default", device="auto",
-                options=None, timeoutSeconds=None):
+                options=None, timeoutSeconds=None, precision="fp32"):
         """Segment a volume from text prompts and wait for the result (blocks the caller).
 
         Returns:
@@ -279,11 +282,11 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         Raises:
             ValueError: bad arguments; jobs.JobError: the worker or server failed (clear message).
         """
-        job = self.segmentAsync(volumeNode, prompts, segmentationNode, model, device, options)
+        job = self.segmentAsync(volumeNode, prompts, segmentationNode, model, device, options, precision=precision)
         return job.wait(timeoutSeconds)
 
     def segmentAsync(self, volumeNode, prompts, segmentationNode=None, model="default", device="auto",
-                     options=None, onProgress=None, onDone=None, onWarning=None) -> jobs.SegmentJob:
+                     options=None, onProgress=None, onDone=None, onWarning=None, precision="fp32") -> jobs.SegmentJob:
         """Start segmenting; returns the job at once (call job.poll() from a timer; job.cancel()).
 
         Args:
@@ -297,9 +300,11 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
                 which side convention the prompts use.
             onProgress: called with (stage, done, total). onWarning: called with each warning.
             onDone: called with the job when it ends (job.state, job.error, job.result).
+            precision: "fp32", or "bf16" (faster on GPUs and recent CPUs); local worker only (a
+                remote server runs at its own precision).
         """
         promptList = arguments.prompt_list(prompts)
-        options = arguments.checked_options(volumeNode, segmentationNode, device, options)
+        options = arguments.checked_options(volumeNode, segmentationNode, device, options, precision)
         if self.job is not None and self.job.running:
             raise RuntimeError("A segmentation is already running: wait for it or cancel it first")
 
@@ -318,16 +323,18 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         if self.remoteUrl:
             self.job = self._remoteJob(volumeNode, promptList, options, importer, callbacks)
         else:
-            self.job = self._localJob(volumeNode, promptList, model, device, options, importer, callbacks)
+            self.job = self._localJob(volumeNode, promptList, model, (device, precision), options, importer, callbacks)
         return self.job
 
-    def _localJob(self, volumeNode, prompts, model, device, options, importer, callbacks):
+    def _localJob(self, volumeNode, prompts, model, runOn, options, importer, callbacks):
+        """runOn: (device, precision)."""
         modelRef = model if model in self.models.catalogue and self.models.entry(model).bundled \
             else self.models.resolve(model)
+        device, precision = runOn
         workDir = Path(tempfile.mkdtemp(prefix="TeViA-"))
         requests = []
-        if not self.worker.running or self._loaded != (modelRef, device):
-            requests.append({"type": "load", "model": modelRef, "device": device})
+        if not self.worker.running or self._loaded != (modelRef, device, precision):
+            requests.append({"type": "load", "model": modelRef, "device": device, "precision": precision})
         try:
             requests.append({"type": "segment", "input": scene.write_worker_input(volumeNode, workDir),
                              "prompts": prompts, "output": str(workDir / "labelmap.npy"), "options": options})
@@ -336,7 +343,7 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
             shutil.rmtree(workDir, ignore_errors=True)
             self._loaded = None
             raise
-        self._loaded = (modelRef, device)
+        self._loaded = (modelRef, device, precision)
         return job
 
     def _remoteJob(self, volumeNode, prompts, options, importer, callbacks):

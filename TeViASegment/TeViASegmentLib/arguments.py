@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["DEVICES", "CONVENTIONS", "prompt_list", "checked_options"]
+__all__ = ["DEVICES", "CONVENTIONS", "PRECISIONS", "prompt_list", "checked_options"]
 
 DEVICES = ("auto", "cuda", "cpu", "mps")
+PRECISIONS = ("fp32", "bf16")
 CONVENTIONS = ("patient", "image")
 
 
@@ -21,13 +22,15 @@ def prompt_list(prompts) -> list[str]:
     return cleaned
 
 
-def checked_options(volume_node, segmentation_node, device: str, options: dict | None) -> dict:
-    """Check the nodes and device; the worker options with the side convention filled in.
+def checked_options(volume_node, segmentation_node, device: str, options: dict | None,
+                    precision: str = "fp32") -> dict:
+    """Check the nodes, device and precision; the worker options with the side convention filled in.
 
     Args:
         volume_node: must be a scalar volume node.
         segmentation_node: a segmentation node or None.
         device: one of DEVICES.
+        precision: one of PRECISIONS.
         options: worker options; "convention" defaults to "patient" (one of CONVENTIONS).
 
     Raises:
@@ -39,6 +42,8 @@ def checked_options(volume_node, segmentation_node, device: str, options: dict |
         raise ValueError(f"segmentationNode must be a segmentation node or None, got {segmentation_node.GetClassName()}")
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     options = {"convention": "patient", **(options or {})}
     if options["convention"] not in CONVENTIONS:
         raise ValueError(f"options['convention'] must be one of {CONVENTIONS}, got {options['convention']!r}")

@@ -104,6 +104,7 @@ def test_worker_error_surfaces_as_a_clear_message_and_scene_is_unchanged(logic, 
 @pytest.mark.parametrize("kwargs,message", [
     ({"prompts": " \n  "}, "prompts must hold at least one non-empty prompt"),
     ({"device": "tpu"}, "device must be one of"),
+    ({"precision": "fp16"}, "precision must be one of"),
     ({"options": {"convention": "radiological"}}, r"options\['convention'\] must be one of"),
     ({"model": "no-such-model"}, "model 'no-such-model' is not in the catalogue"),
     ({"model": "/nonexistent/folder"}, "must hold model.json and model.safetensors"),

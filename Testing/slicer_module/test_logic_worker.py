@@ -63,6 +63,13 @@ def test_segment_a_real_volume_into_a_new_then_an_existing_segmentation(logic, v
     assert all(after[key] == value for key, value in before.items()), "existing segments unchanged"
 
 
+def test_bf16_precision_reloads_the_worker_model_and_back(logic, volume):
+    logic.segment(volume, ["lower left lung"], model=logic.model, device="cpu", precision="bf16", timeoutSeconds=300)
+    assert logic.workerInfo["precision"] == "bf16"
+    node = logic.segment(volume, ["lower left lung"], model=logic.model, device="cpu", timeoutSeconds=300)
+    assert logic.workerInfo["precision"] == "fp32" and node.GetSegmentation().GetNumberOfSegments() == 1
+
+
 def test_cancel_during_a_run_leaves_the_scene_unchanged_and_the_worker_warm(logic, volume, slicer_scene):
     before = scene_snapshot(slicer_scene)
     started = []
