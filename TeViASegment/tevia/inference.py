@@ -48,6 +48,14 @@ def select_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); True when torch cannot tell."""
+    cpu = torch.cpu
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    checks = [check for check in checks if check is not None]
+    return not checks or any(check() for check in checks)
+
+
 @dataclass
 class ModelSpec:
     """What callers need to know about a loaded model."""
@@ -98,6 +106,9 @@ class Segmenter:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if precision == "bf16" and device.type not in ("cpu", "cuda"):
             raise ValueError(f"precision bf16 runs on cpu or cuda, not {device.type}; use precision fp32")
+        if precision == "bf16" and device.type == "cpu" and not _cpu_has_bf16():
+            log.warning("precision bf16 on a CPU without AVX512-BF16 or AMX: bfloat16 is emulated there and "
+                        "likely slower than fp32")
         self.precision = precision
         self.network = network.to(device).eval()
         self.text_encoder = text_encoder.to(device)

@@ -64,3 +64,13 @@ def test_evaluate_bf16_keeps_the_accuracy_of_fp32(tmp_path):
                       "--out", str(tmp_path / precision), "--device", "cpu", "--precision", precision]) == 0
         scores[precision] = json.loads((tmp_path / precision / "metrics.json").read_text())["dice_global"]
     assert scores["fp32"] > 0.8 and abs(scores["bf16"] - scores["fp32"]) < 0.01
+
+
+def test_bf16_on_a_cpu_without_native_bfloat16_warns(tiny_model_dir, monkeypatch, caplog):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    Segmenter.load(tiny_model_dir, device="cpu", precision="bf16")
+    assert "likely slower than fp32" in caplog.text
+    caplog.clear()
+    Segmenter.load(tiny_model_dir, device="cpu")
+    assert "slower" not in caplog.text
