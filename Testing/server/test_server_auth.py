@@ -140,13 +140,14 @@ def test_tevia_serve_runs_https_with_a_token_file(tiny_model_dir, tmp_path, cert
     port = _free_port()
     url = f"https://127.0.0.1:{port}"
     process = _serve(["--model", str(tiny_model_dir), "--device", "cpu", "--port", str(port),
-                      "--temp-dir", str(tmp_path / "tmp"), "--token-file", str(token_file),
+                      "--temp-dir", str(tmp_path / "tmp"), "--token-file", str(token_file), "--precision", "bf16",
                       "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)])
     trust = ssl.create_default_context(cafile=str(cert))
     try:
         _wait_healthy(url, process, trust)
         assert httpx.get(f"{url}/v1/info", verify=trust).status_code == 401
-        assert httpx.get(f"{url}/v1/info", headers=auth(), verify=trust).json()["model"] == "tiny-test"
+        info = httpx.get(f"{url}/v1/info", headers=auth(), verify=trust).json()
+        assert info["model"] == "tiny-test" and info["precision"] == "bf16"
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=30)

@@ -34,7 +34,7 @@ class SegmentationService:
         self.feature_cache = FeatureCache(feature_cache_bytes)
 
     def info(self) -> dict[str, Any]:
-        """Name, versions, device, side convention and example prompts of the served model."""
+        """Name, versions, device, precision, side convention and example prompts of the served model."""
         spec = self.segmenter.spec
         return {
             "name": "tevia",
@@ -44,6 +44,7 @@ class SegmentationService:
             "model_version": spec.version,
             "modality": spec.modality,
             "device": str(self.segmenter.device),
+            "precision": getattr(self.segmenter, "precision", "fp32"),
             "side_convention": spec.side_convention,
             "example_prompts": list(spec.example_prompts),
         }
