@@ -175,7 +175,7 @@ def test_bundled_default_model_segments_the_samples_from_their_descriptions():
     spec = segmenter.spec
     dataset = CSVSegmentationDataset(SAMPLES, "samples", image_size=spec.image_size, channels=spec.in_channels)
     metrics, _ = evaluate_model(segmenter, dataset, batch_size=10, threshold=spec.threshold, with_hd95=False)
-    # measured on these 20 samples: dice_global 0.825, dice_mean 0.784 (at 224; floors just under)
+    # measured on these 20 samples: dice_global 0.825, dice_mean 0.788 (at 224; floors just under)
     assert metrics["dice_global"] >= 0.80 and metrics["dice_mean"] >= 0.75, metrics
 
 

@@ -51,7 +51,7 @@ def test_predict_bf16_on_a_real_xray_matches_fp32(tmp_path):
 
 def test_evaluate_bf16_keeps_the_accuracy_of_fp32(tmp_path):
     """On the 20 committed samples the bundled model scores the same Dice in bf16 as in fp32
-    (measured: dice_global 0.8253 fp32, 0.8264 bf16)."""
+    (measured: dice_global 0.8250 fp32, 0.8259 bf16)."""
     import json
     from pathlib import Path
 
