@@ -1,0 +1,177 @@
+"""The module's Logic: text-guided segmentation of volume nodes, local (warm worker process)
+or remote, usable from Slicer's Python console and from tests without the GUI.
+
+TeViASegment.py re-exports it as `TeViASegment.TeViASegmentLogic`, Slicer's convention.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import slicer
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+from TeViASegmentLib import arguments, jobs, models, scene, settings, training_export
+from TeViASegmentLib.worker_client import WorkerClient
+
+__all__ = ["TeViASegmentLogic"]
+
+
+class TeViASegmentLogic(ScriptedLoadableModuleLogic):
+    """Text-guided segmentation of volume nodes, local (warm worker process) or remote.
+
+    Args:
+        settingsStore: QSettings-like store; Slicer's user settings when None (a JSON file
+            in the user's config folder outside Slicer).
+        workerPython: interpreter for the worker (PythonSlicer inside Slicer by default).
+        modelStore: the model catalogue and cache.
+    """
+
+    def __init__(self, settingsStore=None, workerPython=None, modelStore=None):
+        super().__init__()
+        if settingsStore is None:
+            app = getattr(slicer, "app", None)
+            settingsStore = app.userSettings() if app is not None else settings.JsonFileSettings(
+                Path.home() / ".config" / "TeViA" / "settings.json")
+        self.settings = settings.ModuleSettings(settingsStore)
+        self.models = modelStore or models.ModelStore(models.load_catalogue())
+        self.worker = WorkerClient(python=workerPython)
+        self.remoteUrl: str | None = None
+        self.remoteToken: str | None = None
+        self.workerInfo: dict = {}
+        self.job: jobs.SegmentJob | None = None
+        self.cancelGraceSeconds = jobs.CANCEL_GRACE_S
+        self._loaded: tuple[str, str, str] | None = None
+
+    def segment(self, volumeNode, prompts, segmentationNode=None, model="default", device="auto",
+                options=None, timeoutSeconds=None, precision="fp32"):
+        """Segment a volume from text prompts and wait for the result (blocks the caller).
+
+        Returns:
+            The segmentation node holding one new segment per prompt.
+
+        Raises:
+            ValueError: bad arguments; jobs.JobError: the worker or server failed (clear message).
+        """
+        job = self.segmentAsync(volumeNode, prompts, segmentationNode, model, device, options, precision=precision)
+        return job.wait(timeoutSeconds)
+
+    def segmentAsync(self, volumeNode, prompts, segmentationNode=None, model="default", device="auto",
+                     options=None, onProgress=None, onDone=None, onWarning=None, precision="fp32") -> jobs.SegmentJob:
+        """Start segmenting; returns the job at once (call job.poll() from a timer; job.cancel()).
+
+        Args:
+            volumeNode: scalar volume node to segment.
+            prompts: a list of prompts, or text with one prompt per line (one segment each).
+            segmentationNode: existing segmentation to add segments to (never changing the ones
+                it has), or None for a new one.
+            model: "default", a catalogue model name or a model folder path.
+            device: "auto", "cuda", "cpu" or "mps".
+            options: worker options; "convention" ("patient" by default, or "image") says
+                which side convention the prompts use.
+            onProgress: called with (stage, done, total). onWarning: called with each warning.
+            onDone: called with the job when it ends (job.state, job.error, job.result).
+            precision: "fp32", or "bf16" (faster on GPUs and recent CPUs); local worker only (a
+                remote server runs at its own precision).
+        """
+        promptList = arguments.prompt_list(prompts)
+        options = arguments.checked_options(volumeNode, segmentationNode, device, options, precision)
+        if self.job is not None and self.job.running:
+            raise RuntimeError("A segmentation is already running: wait for it or cancel it first")
+
+        def importer(labelmap, labels, warnings):
+            return scene.import_labelmap(labelmap, labels, volumeNode, segmentationNode)[0]
+
+        def done(job):
+            if job.state == "failed":
+                self._loaded = None
+            self.workerInfo.update(job.info)
+            if onDone:
+                onDone(job)
+
+        callbacks = {"on_progress": onProgress, "on_warning": onWarning, "on_done": done}
+        self.settings.add_prompts(promptList)
+        if self.remoteUrl:
+            self.job = self._remoteJob(volumeNode, promptList, options, importer, callbacks)
+        else:
+            self.job = self._localJob(volumeNode, promptList, model, (device, precision), options, importer, callbacks)
+        return self.job
+
+    def _localJob(self, volumeNode, prompts, model, runOn, options, importer, callbacks):
+        """runOn: (device, precision)."""
+        modelRef = model if model in self.models.catalogue and self.models.entry(model).bundled \
+            else self.models.resolve(model)
+        device, precision = runOn
+        workDir = Path(tempfile.mkdtemp(prefix="TeViA-"))
+        requests = []
+        if not self.worker.running or self._loaded != (modelRef, device, precision):
+            requests.append({"type": "load", "model": modelRef, "device": device, "precision": precision})
+        try:
+            requests.append({"type": "segment", "input": scene.write_worker_input(volumeNode, workDir),
+                             "prompts": prompts, "output": str(workDir / "labelmap.npy"), "options": options})
+            job = jobs.LocalSegmentJob(self.worker, requests, workDir, importer, self.cancelGraceSeconds, **callbacks)
+        except Exception:
+            shutil.rmtree(workDir, ignore_errors=True)
+            self._loaded = None
+            raise
+        self._loaded = (modelRef, device, precision)
+        return job
+
+    def _remoteJob(self, volumeNode, prompts, options, importer, callbacks):
+        if not self.settings.has_consent(self.remoteUrl):
+            raise PermissionError(f"Sending volumes to {self.remoteUrl} needs the user's consent first "
+                                  "(grantRemoteConsent)")
+        client = self._remoteClient()
+        voxels, ijkToRas = scene.volume_arrays(volumeNode)
+        return jobs.RemoteSegmentJob(
+            lambda cancelled: client.segment(voxels, ijkToRas, prompts, options, cancelled=cancelled),
+            importer, **callbacks)
+
+    def _remoteClient(self):
+        from TeViASegmentLib.remote_client import RemoteClient
+
+        return RemoteClient(self.remoteUrl, self.remoteToken)
+
+    def setRemoteServer(self, url, token=None, rememberToken=False):
+        """Use a remote TeViA server (url) or, with url None/empty, the local worker."""
+        self.remoteUrl = url.strip().rstrip("/") if url and url.strip() else None
+        self.remoteToken = token or None
+        if self.remoteUrl:
+            self.settings.save_remote(self.remoteUrl, self.remoteToken, rememberToken)
+
+    def remoteConsentNeeded(self) -> bool:
+        """Whether the user must still agree to send volumes to the remote server."""
+        return bool(self.remoteUrl) and not self.settings.has_consent(self.remoteUrl)
+
+    def grantRemoteConsent(self):
+        self.settings.grant_consent(self.remoteUrl)
+
+    def testRemoteConnection(self) -> dict:
+        """Health + info of the remote server (raises RemoteError with a clear message)."""
+        client = self._remoteClient()
+        client.health()
+        return client.info()
+
+    def examplePrompts(self, model="default") -> list[str]:
+        """The model's example prompts (catalogue, else the model folder's model.json)."""
+        return self.models.example_prompts(model)
+
+    def addToTrainingSet(self, volumeNode, segmentationNode, segmentId, datasetDir, prompt=None, split="train"):
+        """Append the slices holding a segment (axial, oriented as the worker slices them), its
+        mask and prompt to a data set folder. The prompt defaults to the segment's own prompt.
+        Returns the mask file names added.
+        """
+        voxels, ijkToRas, mask, segmentPrompt = scene.segment_arrays(volumeNode, segmentationNode, segmentId)
+        view = training_export.worker_slicing(ijkToRas, voxels.shape)
+        return training_export.export_training_slices(voxels, mask, prompt or segmentPrompt, datasetDir,
+                                                      volumeNode.GetName(), split, view)
+
+    def cancel(self):
+        if self.job is not None:
+            self.job.cancel()
+
+    def shutdown(self):
+        """Cancel a running job and stop the worker process."""
+        self.cancel()
+        self.worker.shutdown()
