@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from tevia.device import add_precision_argument
 from tevia.data.dataset import TEXT_MODES, CSVSegmentationDataset
 from tevia.metrics import PER_CASE_FIELDS, SegmentationMetrics
 from tevia.prompts import normalise_prompt
@@ -57,8 +58,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled text permutation")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                        help="bf16: bfloat16 autocast (faster on CPUs with AVX512-BF16 and on GPUs; default fp32)")
+    add_precision_argument(parser)
     parser.add_argument("--threshold", type=float, default=None,
                         help="probability threshold of the masks (default: the model's, 0.5 unless set)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")

@@ -16,15 +16,11 @@ import torch
 
 from tevia.checkpoint import CheckpointError, load_network_weights, read_model_json, resolve_model
 from tevia.data.text_cache import TextEmbeddingCache
+from tevia.device import PRECISIONS, check_precision
 from tevia.model.build import build_network, build_text_encoder
 from tevia.model.text import weight_files_sha256
 
 __all__ = ["ModelSpec", "ImageFeatures", "Segmenter", "select_device", "PRECISIONS"]
-
-# fp32: the plain path. bf16: convolutions and matrix products in bfloat16 (torch.autocast), about
-# 1.7x faster on CPUs with AVX512-BF16/AMX and on recent GPUs; probabilities differ from fp32 by
-# about 1e-3 (bench/engine.json measures it), so it is an option, never the default.
-PRECISIONS = ("fp32", "bf16")
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +98,7 @@ class Segmenter:
 
     def __init__(self, network, text_encoder, spec: ModelSpec, device: torch.device, folder: Path | None = None,
                  precision: str = "fp32") -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if precision == "bf16" and device.type not in ("cpu", "cuda"):
-            raise ValueError(f"precision bf16 runs on cpu or cuda, not {device.type}; use precision fp32")
+        check_precision(precision, device)
         if precision == "bf16" and device.type == "cpu" and not _cpu_has_bf16():
             log.warning("precision bf16 on a CPU without AVX512-BF16 or AMX: bfloat16 is emulated there and "
                         "likely slower than fp32")
@@ -121,11 +114,10 @@ class Segmenter:
     def load(cls, model: str | Path = "default", device: str = "auto", precision: str = "fp32") -> "Segmenter":
         """Loads a model folder or bundled model name onto a device (auto|cpu|cuda|mps), to run
         at a precision (fp32|bf16)."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        dev = select_device(device)
+        check_precision(precision, dev)  # before the model loads
         folder = resolve_model(model)
         config, info = read_model_json(folder)
-        dev = select_device(device)
         text_encoder = build_text_encoder(config)
         recorded = info.get("text_encoder", {}).get("sha256") or {}
         actual = weight_files_sha256(text_encoder.folder)

@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tevia.checkpoint import CheckpointError
-from tevia.device import DEVICE_CHOICES
+from tevia.device import DEVICE_CHOICES, add_precision_argument
 from tevia.pipeline import FeatureCache, SegmentOptions, segment_volume
 from tevia.volume.geometry import SLICE_AXES
 from tevia.volume.io import READ_EXTENSIONS, file_extension, read_input
@@ -53,9 +53,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="nii.gz", choices=[e.lstrip(".") for e in WRITE_EXTENSIONS],
                         help="output format of cohort runs (default: nii.gz)")
     parser.add_argument("--device", default="auto", help=f"{' | '.join(DEVICE_CHOICES)} | cuda:N (default: auto)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                        help="bf16: bfloat16 autocast, faster on CPUs with AVX512-BF16 and on GPUs, "
-                             "probabilities within ~1e-3 of fp32 (default: fp32)")
+    add_precision_argument(parser)
     parser.add_argument("--slice-axis", default="axial", choices=SLICE_AXES)
     parser.add_argument("--window", help=f"CT window: {', '.join(WINDOWS)} or 'center,width' (default: percentiles)")
     parser.add_argument("--threshold", type=float, default=0.5)

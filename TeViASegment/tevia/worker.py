@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import torch
 
-from tevia.device import describe_device, is_out_of_memory
+from tevia.device import check_precision, describe_device, is_out_of_memory
 from tevia.pipeline import Cancelled, FeatureCache, SegmentOptions, image_fingerprint, segment_volume
 from tevia.volume.errors import InputError
 from tevia.volume.io import input_signature, read_input
@@ -182,16 +182,13 @@ class Worker:
         self.emit(request["id"], "result", **self._load(model, device, request.get("precision", "fp32")))
 
     def _load(self, model: str, device: str, precision: str = "fp32") -> dict[str, Any]:
-        from tevia.inference import PRECISIONS, Segmenter, select_device
+        from tevia.inference import Segmenter, select_device
 
-        if precision not in PRECISIONS:
-            raise RequestError("bad_request", f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         try:
             resolved = select_device(device)
+            check_precision(precision, resolved)
         except ValueError as error:
             raise RequestError("bad_request", str(error)) from error
-        if precision == "bf16" and resolved.type not in ("cpu", "cuda"):
-            raise RequestError("bad_request", f"precision bf16 runs on cpu or cuda, not {resolved.type}; use fp32")
         began = time.perf_counter()
         try:
             segmenter = Segmenter.load(model, device=str(resolved), precision=precision)

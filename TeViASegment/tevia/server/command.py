@@ -7,6 +7,7 @@ import ipaddress
 import logging
 from pathlib import Path
 
+from tevia.device import add_precision_argument
 from tevia.server.auth import LOOPBACK_HOST, TOKEN_ENV, check_bind, load_token
 from tevia.server.settings import ServerSettings
 
@@ -22,8 +23,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     defaults = ServerSettings()
     parser.add_argument("--model", default="default", help="bundled model name or model folder (default: default)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                        help="bf16: bfloat16 autocast (faster on CPUs with AVX512-BF16 and on GPUs; default fp32)")
+    add_precision_argument(parser)
     parser.add_argument("--host", default=LOOPBACK_HOST, help=f"address to bind (default {LOOPBACK_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("--token-file", type=Path, help=f"file holding the bearer token (else ${TOKEN_ENV})")
