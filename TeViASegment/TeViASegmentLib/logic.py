@@ -95,14 +95,12 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         if self.remoteUrl:
             self.job = self._remoteJob(volumeNode, promptList, options, importer, callbacks)
         else:
-            self.job = self._localJob(volumeNode, promptList, model, (device, precision), options, importer, callbacks)
+            self.job = self._localJob(volumeNode, promptList, model, device, precision, options, importer, callbacks)
         return self.job
 
-    def _localJob(self, volumeNode, prompts, model, runOn, options, importer, callbacks):
-        """runOn: (device, precision)."""
+    def _localJob(self, volumeNode, prompts, model, device, precision, options, importer, callbacks):
         modelRef = model if model in self.models.catalogue and self.models.entry(model).bundled \
             else self.models.resolve(model)
-        device, precision = runOn
         workDir = Path(tempfile.mkdtemp(prefix="TeViA-"))
         requests = []
         if not self.worker.running or self._loaded != (modelRef, device, precision):
