@@ -12,7 +12,7 @@ from pathlib import Path
 
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
-from TeViASegmentLib import arguments, jobs, models, scene, settings, training_export
+from TeViASegmentLib import arguments, jobs, models, scene, settings, terminology, training_export
 from TeViASegmentLib.worker_client import WorkerClient
 
 __all__ = ["TeViASegmentLogic"]
@@ -80,8 +80,10 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         if self.job is not None and self.job.running:
             raise RuntimeError("A segmentation is already running: wait for it or cancel it first")
 
+        mirrorSides = terminology.sides_mirrored(options["convention"], scene.ijk_to_ras(volumeNode))
+
         def importer(labelmap, labels, warnings):
-            return scene.import_labelmap(labelmap, labels, volumeNode, segmentationNode)[0]
+            return scene.import_labelmap(labelmap, labels, volumeNode, segmentationNode, mirror_sides=mirrorSides)[0]
 
         def done(job):
             if job.state == "failed":

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +16,13 @@ import slicer
 import slicer.util
 import vtk
 import vtk.util.numpy_support
+from TeViASegmentLib import terminology
 
 __all__ = [
-    "TerminologyMatch",
     "volume_arrays",
+    "ijk_to_ras",
     "write_worker_input",
     "segment_name",
-    "lookup_terminology",
     "import_labelmap",
     "segment_ids",
     "segment_arrays",
@@ -36,21 +34,6 @@ logger = logging.getLogger(__name__)
 
 MAX_SEGMENT_NAME_CHARS = 48
 PROMPT_TAG = "TeViA.prompt"
-
-
-@dataclass(frozen=True)
-class TerminologyMatch:
-    """A terminology entry found for a prompt.
-
-    Attributes:
-        entry: the serialized terminology entry (Slicer's `vtkSegment.SetTerminology` string).
-        color: recommended display colour, RGB floats in [0, 1].
-        label: the matched 3D Slicer label (for example "liver").
-    """
-
-    entry: str
-    color: tuple[float, float, float]
-    label: str
 
 
 def volume_arrays(volume_node) -> tuple[np.ndarray, np.ndarray]:
@@ -76,10 +59,14 @@ def volume_arrays(volume_node) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(
             f"volume_node {volume_node.GetName()!r} has voxel array shape {voxels.shape}; "
             "only single-component 3D volumes can be segmented")
+    return voxels, ijk_to_ras(volume_node)
+
+
+def ijk_to_ras(volume_node) -> np.ndarray:
+    """A volume node's IJK-to-RAS matrix (in its parent transform's frame), float64 (4, 4)."""
     matrix = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(matrix)
-    ijk_to_ras = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-    return voxels, ijk_to_ras
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
 def write_worker_input(volume_node, folder: str | Path) -> dict:
@@ -89,10 +76,10 @@ def write_worker_input(volume_node, folder: str | Path) -> dict:
         The request's `input` value: {"npy": path, "geometry": path}.
     """
     folder = Path(folder)
-    voxels, ijk_to_ras = volume_arrays(volume_node)
+    voxels, matrix = volume_arrays(volume_node)
     npy_path, geometry_path = folder / "volume.npy", folder / "geometry.json"
     np.save(npy_path, voxels)
-    geometry = {"shape_kji": list(voxels.shape), "ijk_to_ras": ijk_to_ras.tolist()}
+    geometry = {"shape_kji": list(voxels.shape), "ijk_to_ras": matrix.tolist()}
     geometry_path.write_text(json.dumps(geometry), encoding="utf-8")
     return {"npy": str(npy_path), "geometry": str(geometry_path)}
 
@@ -122,43 +109,10 @@ def _unique_name(segmentation, name: str) -> str:
     return candidate
 
 
-def lookup_terminology(prompt: str, terminology_logic=None) -> TerminologyMatch | None:
-    """Find the structure a prompt names in Slicer's loaded terminologies.
-
-    The whole prompt is tried first ("left kidney"), then its longest word runs, so that
-    "segment the liver" matches "liver". Matching uses the terminologies' 3dSlicerLabel.
-
-    Args:
-        prompt: free text.
-        terminology_logic: vtkSlicerTerminologiesModuleLogic; defaults to
-            `slicer.modules.terminologies.logic()` when that exists.
-
-    Returns:
-        The match, or None when no loaded terminology has the structure (or none is loaded).
-    """
-    if terminology_logic is None:
-        modules = getattr(slicer, "modules", None)
-        if modules is None or not hasattr(modules, "terminologies"):
-            return None
-        terminology_logic = modules.terminologies.logic()
-    names = vtk.vtkStringArray()
-    terminology_logic.GetLoadedTerminologyNames(names)
-    words = re.findall(r"[a-z]+", prompt.lower())
-    candidates = [" ".join(words[i:i + n]) for n in range(len(words), 0, -1) for i in range(len(words) - n + 1)]
-    for candidate in candidates:
-        for index in range(names.GetNumberOfValues()):
-            entry = slicer.vtkSlicerTerminologyEntry()
-            if terminology_logic.FindTypeInTerminologyBy3dSlicerLabel(names.GetValue(index), candidate, entry):
-                type_object = entry.GetTypeModifierObject()
-                if type_object is None or not type_object.GetCodeValue():
-                    type_object = entry.GetTypeObject()
-                color = tuple(float(c) / 255.0 for c in type_object.GetRecommendedDisplayRGBValue())
-                return TerminologyMatch(terminology_logic.SerializeTerminologyEntry(entry), color, candidate)
-    return None
-
-
-def _oriented_mask(mask_kji: np.ndarray, volume_node):
-    """A vtkOrientedImageData (0/1, uint8) holding a KJI mask with the volume's IJK-to-RAS."""
+def _oriented_mask(mask_kji: np.ndarray, volume_node, segmentation_node):
+    """A vtkOrientedImageData (0/1, uint8) holding a KJI mask, in the segmentation node's
+    coordinates: the volume's IJK-to-RAS, then the transform from the volume's parent
+    transform to the segmentation's (none when both are under the same transform)."""
     image = slicer.vtkOrientedImageData()
     k, j, i = mask_kji.shape
     image.SetDimensions(i, j, k)
@@ -167,6 +121,11 @@ def _oriented_mask(mask_kji: np.ndarray, volume_node):
     matrix = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(matrix)
     image.SetImageToWorldMatrix(matrix)
+    source, target = volume_node.GetParentTransformNode(), segmentation_node.GetParentTransformNode()
+    if source is not target:
+        volume_to_segmentation = vtk.vtkGeneralTransform()
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(source, target, volume_to_segmentation)
+        slicer.vtkOrientedImageDataResample.TransformOrientedImage(image, volume_to_segmentation)
     return image
 
 
@@ -189,9 +148,9 @@ def segment_arrays(volume_node, segmentation_node, segment_id: str) -> tuple[np.
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
     if segment is None:
         raise ValueError(f"segmentId {segment_id!r} is not in segmentation {segmentation_node.GetName()!r}")
-    voxels, ijk_to_ras = volume_arrays(volume_node)
+    voxels, matrix = volume_arrays(volume_node)
     mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node)
-    return voxels, ijk_to_ras, mask, segment_prompt(segment) or segment.GetName()
+    return voxels, matrix, mask, segment_prompt(segment) or segment.GetName()
 
 
 def segment_ids(segmentation_node) -> list[str]:
@@ -200,22 +159,46 @@ def segment_ids(segmentation_node) -> list[str]:
     return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
 
 
+def _add_segmentation_beside(volume_node):
+    """A new segmentation node for a volume: under the volume's parent transform (attached
+    before the reference geometry is set, which already accounts for the transform between
+    the two nodes) and in the volume's subject hierarchy folder (its study), so that DICOM SEG
+    export finds the patient and study."""
+    scene = volume_node.GetScene()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{volume_node.GetName()} TeViA"))
+    node.CreateDefaultDisplayNodes()
+    node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if hierarchy is not None:
+        volume_item = hierarchy.GetItemByDataNode(volume_node)
+        if volume_item:
+            hierarchy.SetItemParent(hierarchy.GetItemByDataNode(node), hierarchy.GetItemParent(volume_item))
+    return node
+
+
 def import_labelmap(labelmap_kji: np.ndarray, labels: dict[int, str], volume_node,
-                    segmentation_node=None, terminology_logic=None) -> tuple[object, list[str]]:
+                    segmentation_node=None, terminology_logic=None,
+                    mirror_sides: bool = False) -> tuple[object, list[str]]:
     """Add one segment per label to a segmentation node, with the volume as reference geometry.
 
     Existing segments are never changed; new segments get unique names, their prompt in the
-    segment tag `PROMPT_TAG`, and colour + terminology when the prompt names a known
-    structure. All or nothing: on any
-    failure the segments added so far (and a node created here) are removed again.
+    segment tag `PROMPT_TAG`, and the terminology entry and colour of what the prompt names
+    (`terminology.code_prompt`: a finding with its anatomic region, an anatomical structure,
+    or no code and a neutral colour). The mask lands at the volume's physical place even when
+    the segmentation is under another parent transform. All or nothing: on any failure the
+    segments added so far (and a node created here) are removed again.
 
     Args:
         labelmap_kji: integer array, shape (K, J, I) equal to the volume's voxel array; value v
             marks the voxels of `labels[v]`, 0 is background.
         labels: label value -> prompt text.
         volume_node: the volume the labelmap was computed from (gives the geometry).
-        segmentation_node: where to add the segments; a new node is created when None.
-        terminology_logic: see `lookup_terminology`.
+        segmentation_node: where to add the segments; a new node (under the volume's parent
+            transform and subject hierarchy folder) is created when None.
+        terminology_logic: see `terminology.code_prompt`.
+        mirror_sides: the prompts' "left"/"right" name mirrored image halves (see
+            `terminology.code_prompt`).
 
     Returns:
         (segmentation_node, ids of the added segments in label order).
@@ -231,29 +214,26 @@ def import_labelmap(labelmap_kji: np.ndarray, labels: dict[int, str], volume_nod
     scene = volume_node.GetScene()
     created = segmentation_node is None
     if created:
-        segmentation_node = scene.AddNewNodeByClass(
-            "vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{volume_node.GetName()} TeViA"))
-        segmentation_node.CreateDefaultDisplayNodes()
-        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
-        segmentation_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+        segmentation_node = _add_segmentation_beside(volume_node)
     segmentation = segmentation_node.GetSegmentation()
     added: list[str] = []
     try:
         for value in sorted(labels):
             prompt = labels[value]
-            segment_id = segmentation.AddEmptySegment("", _unique_name(segmentation, segment_name(prompt)))
+            coding = terminology.code_prompt(prompt, terminology_logic, mirror_sides)
+            segment_id = segmentation.AddEmptySegment("", _unique_name(segmentation, segment_name(prompt)), coding.color)
             added.append(segment_id)
-            match = lookup_terminology(prompt, terminology_logic)
             segment = segmentation.GetSegment(segment_id)
             segment.SetTag(PROMPT_TAG, " ".join(prompt.split()))
-            if match is not None:
-                segment.SetTerminology(match.entry)
-                segment.SetColor(*match.color)
+            if coding.entry is not None:
+                segment.SetTag(segment.GetTerminologyEntryTagName(), coding.entry)
+            segment.SetNameAutoGenerated(False)
+            segment.SetColorAutoGenerated(False)
             mask = labelmap_kji == value
             if not mask.any():
                 logger.warning("No voxels found for prompt %r: its segment is empty", prompt)
             elif not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-                    _oriented_mask(mask, volume_node), segmentation_node, segment_id):
+                    _oriented_mask(mask, volume_node, segmentation_node), segmentation_node, segment_id):
                 raise RuntimeError(f"Slicer could not set the voxels of segment {prompt!r}")
     except Exception:
         for segment_id in added:

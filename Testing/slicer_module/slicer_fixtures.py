@@ -10,10 +10,12 @@ are replaced by minimal stand-ins (the only stub: it is the application's part).
 
 from __future__ import annotations
 
+import gzip
 import logging
 import sys
 import types
 import unittest
+from pathlib import Path
 
 import pytest
 
@@ -102,6 +104,27 @@ def slicer_scene():
     scene.Clear(True)
     slicer.mrmlScene = previous_scene
     slicer.modules = previous_modules
+
+
+SLICER_TERMINOLOGY = Path(__file__).resolve().parents[1] / "data" / "slicer_terminology"
+
+
+@pytest.fixture(scope="session")
+def slicer_terminologies(tmp_path_factory):
+    """Slicer's terminology logic with the files Slicer 5.10 to 5.12 load at start-up (their
+    real JSON, Testing/data/slicer_terminology) and the extension's findings terminology."""
+    from TeViASegmentLib import terminology
+
+    folder = tmp_path_factory.mktemp("terminology")
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    for packed in sorted(SLICER_TERMINOLOGY.glob("*.json.gz")):
+        path = folder / packed.name[:-3]
+        path.write_bytes(gzip.decompress(packed.read_bytes()))
+        loaded = (logic.LoadRegionContextFromFile(str(path)) if packed.name.startswith("AnatomicRegion")
+                  else logic.LoadTerminologyFromFile(str(path)))
+        assert loaded, f"Slicer could not load {path}"
+    assert terminology.load_findings_terminology(logic) == terminology.FINDINGS_CONTEXT
+    return logic
 
 
 def load_volume(path, name: str = "volume"):

@@ -13,7 +13,7 @@ import vtk
 from conftest import shared_path
 from slicer_fixtures import load_volume, scene_snapshot, slicer_scene  # noqa: F401 (fixture)
 
-from TeViASegmentLib import scene
+from TeViASegmentLib import scene, terminology
 
 VOLUMES = [("spleen-ct", "ct.nii.gz"), ("spinalcord-t2-mri", "t2.nii.gz")]
 
@@ -102,13 +102,13 @@ def test_failure_midway_removes_what_was_added(slicer_scene, monkeypatch):
     before = scene_snapshot(slicer_scene)
     calls = []
 
-    def failing_lookup(prompt, logic=None):
+    def failing_coding(prompt, logic=None, mirror_sides=False):
         calls.append(prompt)
         if len(calls) == 2:
             raise RuntimeError("terminology failure")
-        return None
+        return terminology.SegmentCoding(None, terminology.NEUTRAL_COLOR, "none")
 
-    monkeypatch.setattr(scene, "lookup_terminology", failing_lookup)
+    monkeypatch.setattr(terminology, "code_prompt", failing_coding)
     labelmap[0] = 2
     for target in (existing, None):
         calls.clear()
@@ -125,38 +125,3 @@ def test_segment_names_are_shortened_at_word_boundaries():
     assert long.startswith(name[:-1]) and not name[:-1].endswith(" ")
     with pytest.raises(ValueError, match="prompt must contain text"):
         scene.segment_name("   ")
-
-
-TERMINOLOGY = {
-    "SegmentationCategoryTypeContextName": "TeViA test anatomy",
-    "@schema": "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/schemas/segment-context-schema.json#",
-    "SegmentationCodes": {"Category": [{
-        "CodeMeaning": "Anatomical Structure", "CodingSchemeDesignator": "SCT", "CodeValue": "123037004",
-        "Type": [
-            {"CodeMeaning": "Liver", "CodingSchemeDesignator": "SCT", "CodeValue": "10200004",
-             "3dSlicerLabel": "liver", "recommendedDisplayRGBValue": [221, 130, 101]},
-            {"CodeMeaning": "Kidney", "CodingSchemeDesignator": "SCT", "CodeValue": "64033007",
-             "recommendedDisplayRGBValue": [185, 102, 83],
-             "Modifier": [{"CodeMeaning": "Left", "CodingSchemeDesignator": "SCT", "CodeValue": "7771000",
-                           "3dSlicerLabel": "left kidney", "recommendedDisplayRGBValue": [185, 102, 83]}]},
-        ]}]},
-}
-
-
-def test_known_structures_get_terminology_and_colour(slicer_scene, tmp_path):
-    path = tmp_path / "test.term.json"
-    path.write_text(json.dumps(TERMINOLOGY))
-    logic = slicer.vtkSlicerTerminologiesModuleLogic()
-    assert logic.LoadTerminologyFromFile(str(path)) == "TeViA test anatomy"
-    match = scene.lookup_terminology("Segment the LIVER please", logic)
-    assert match.label == "liver" and match.color == pytest.approx((221 / 255, 130 / 255, 101 / 255))
-    assert "Liver" in match.entry
-    assert scene.lookup_terminology("left kidney", logic).label == "left kidney"
-    assert scene.lookup_terminology("lower left lung infection", logic) is None
-    volume = load_volume(shared_path("volumes", "spinalcord-t2-mri", "t2.nii.gz"))
-    labelmap = np.zeros(scene.volume_arrays(volume)[0].shape, np.uint8)
-    labelmap[1, 1, 1] = 1
-    node, (segment_id,) = scene.import_labelmap(labelmap, {1: "liver"}, volume, terminology_logic=logic)
-    segment = node.GetSegmentation().GetSegment(segment_id)
-    assert segment.GetColor() == pytest.approx(match.color)
-    assert "10200004" in segment.GetTerminology()
