@@ -173,7 +173,11 @@ def _add_segmentation_beside(volume_node):
     if hierarchy is not None:
         volume_item = hierarchy.GetItemByDataNode(volume_node)
         if volume_item:
-            hierarchy.SetItemParent(hierarchy.GetItemByDataNode(node), hierarchy.GetItemParent(volume_item))
+            parent, item = hierarchy.GetItemParent(volume_item), hierarchy.GetItemByDataNode(node)
+            if item:
+                hierarchy.SetItemParent(item, parent)
+            else:  # Slicer's subject hierarchy plugins create the item at once; without them, create it
+                hierarchy.CreateItem(parent, node)
     return node
 
 

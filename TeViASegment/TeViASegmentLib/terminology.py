@@ -28,9 +28,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from tevia.prompts.normalise import normalise_prompt
-from tevia.prompts.sides import side_mirroring, swap_sides
-
 __all__ = [
     "Code",
     "SegmentCoding",
@@ -173,10 +170,15 @@ def _laterality(words: list[str]) -> Code | None:
 def sides_mirrored(convention: str, ijk_to_ras) -> bool:
     """Whether a prompt's "left"/"right" (in `convention`, "patient" or "image") name the
     patient's opposite sides on a volume with this 4x4 IJK-to-RAS matrix."""
+    from tevia.prompts.sides import side_mirroring
+
     return side_mirroring(convention, "patient", [ijk_to_ras[r][0] for r in range(3)])[0]
 
 
 def _finding(prompt: str, mirror_sides: bool) -> SegmentCoding | None:
+    from tevia.prompts.normalise import normalise_prompt
+    from tevia.prompts.sides import swap_sides
+
     try:
         text = normalise_prompt(prompt)
     except ValueError:
@@ -238,6 +240,8 @@ def code_prompt(prompt: str, terminology_logic=None, mirror_sides: bool = False)
     Returns:
         A finding (with anatomic region), an anatomical structure, or no code.
     """
+    from tevia.prompts.sides import swap_sides
+
     finding = _finding(prompt, mirror_sides)
     if finding is not None:
         return finding
