@@ -13,16 +13,19 @@ from pathlib import Path
 
 import slicer
 import slicer.util
+import vtk
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from TeViASegmentLib import scene, settings
-from TeViASegmentLib.arguments import CONVENTIONS, DEVICES
+from slicer.util import VTKObservationMixin
+from TeViASegmentLib import parameters, scene, settings
 from TeViASegmentLib.logic import TeViASegmentLogic
 
-__all__ = ["TeViASegment", "TeViASegmentWidget", "TeViASegmentLogic", "TeViASegmentTest"]
+__all__ = ["TeViASegment", "TeViASegmentWidget", "TeViASegmentLogic", "TeViASegmentTest", "DOCUMENTATION_URL"]
+
+DOCUMENTATION_URL = "https://github.com/tevia-project/SlicerTeViA/blob/main/docs/SLICER.md"
 
 
 class TeViASegment(ScriptedLoadableModule):
@@ -35,16 +38,32 @@ class TeViASegment(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["TeViA contributors"]
         self.parent.helpText = (
-            "Segment structures from a text description: type one prompt per line, press Segment. "
+            "Segment what a text describes: type one prompt per line, press Segment. Each model is made "
+            "for one kind of image and target, named in the Model list: the bundled model segments "
+            "COVID-19 infection (lung opacities) on frontal chest X-rays, and nothing else. "
             "The model runs in a background process (or on a remote TeViA server); edit the result "
-            "in Segment Editor and add it to a training set to fine-tune the model.")
+            "in Segment Editor and add it to a training set to fine-tune the model. "
+            f'See the <a href="{DOCUMENTATION_URL}">documentation</a>.')
         self.parent.acknowledgementText = (
             "TeViA (text-to-vision alignment with a historic visual prototype); QaTa-COV19 and LViT "
             "annotations for the bundled model.")
 
 
-class TeViASegmentWidget(ScriptedLoadableModuleWidget):
-    """Wires Resources/UI/TeViASegment.ui to TeViASegmentLogic; all Qt use is here."""
+class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Wires Resources/UI/TeViASegment.ui to TeViASegmentLogic; all Qt use is here.
+
+    The widgets' state lives in the scene's parameter node (`parameters`): widgets with a
+    "SlicerParameterName" property are connected by connectGui, the prompt text and the model
+    choice are copied by hand (no connector fits them). Network calls run in the background
+    (`background.BackgroundCall`), polled by the same timer as the segmentation job.
+    """
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self.calls = []
 
     def setup(self):
         import qt
@@ -62,6 +81,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget):
         self._fillChoices()
         self.ui.segmentButton.clicked.connect(self.onSegmentOrCancel)
         self.ui.promptHistoryComboBox.activated.connect(self.onHistoryChosen)
+        self.ui.promptEdit.textChanged.connect(self.onPromptsEdited)
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
         self.ui.modelFolderButton.directoryChanged.connect(self.onLocalModelFolder)
         self.ui.downloadModelButton.clicked.connect(self.onDownloadModel)
@@ -72,23 +92,76 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget):
         self.ui.testConnectionButton.clicked.connect(self.onTestConnection)
         self.ui.installButton.clicked.connect(self.onInstall)
         self.ui.outputSegmentationSelector.currentNodeChanged.connect(self.ui.trainingSegmentSelector.setCurrentNode)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
 
     def cleanup(self):
         self.timer.stop()
+        for call in self.calls:
+            call.cancel()
+        self.removeObservers()
         self.logic.shutdown()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode is not None and self._parameterNodeGuiTag is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if self._parameterNode.inputVolume is None:
+            volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if volume is not None and not volume.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = volume
+
+    def setParameterNode(self, parameterNode):
+        if self._parameterNode is not None and self._parameterNodeGuiTag is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+        self._parameterNode = parameterNode
+        if parameterNode is not None:
+            self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
+            if self.ui.promptEdit.toPlainText() != parameterNode.prompts:
+                self.ui.promptEdit.setPlainText(parameterNode.prompts)
+            self._selectModel(parameterNode.model)
+
+    def onPromptsEdited(self):
+        if self._parameterNode is not None:
+            self._parameterNode.prompts = self.ui.promptEdit.toPlainText()
+
+    def _currentModel(self) -> str:
+        return self.ui.modelComboBox.itemData(self.ui.modelComboBox.currentIndex) or "default"
+
+    def _selectModel(self, model):
+        index = self.ui.modelComboBox.findData(model)
+        if index < 0:
+            self._addModelItem(model)
+            index = self.ui.modelComboBox.count - 1
+        self.ui.modelComboBox.setCurrentIndex(index)
+
+    def _addModelItem(self, model):
+        """A model choice named with what it is for: "<name> - <modality>: <target>"."""
+        self.ui.modelComboBox.addItem(f"{model} - {self.logic.models.purpose(model)}", model)
 
     def _fillChoices(self):
         s = self.logic.settings
         self.ui.modelComboBox.clear()
         for name in self.logic.models.catalogue:
-            self.ui.modelComboBox.addItem(name)
+            self._addModelItem(name)
         for folder in s.get("localModels", []):
-            self.ui.modelComboBox.addItem(folder)
-        self.ui.modelComboBox.setCurrentText(s.get("model", "default"))
-        device, convention = s.get("device", "auto"), s.get("convention", "patient")
-        self.ui.deviceComboBox.setCurrentIndex(DEVICES.index(device) if device in DEVICES else 0)
-        self.ui.conventionComboBox.setCurrentIndex(CONVENTIONS.index(convention) if convention in CONVENTIONS else 0)
-        self.ui.bf16CheckBox.checked = s.get("precision", "fp32") == "bf16"
+            self._addModelItem(folder)
+        self.ui.wheelFolderButton.directory = str(parameters.user_folder("wheels"))
         self.ui.remoteUrlEdit.text = s.get("remoteUrl", "")
         self.ui.rememberTokenCheckBox.checked = bool(s.get("rememberToken", False))
         self.ui.useRemoteCheckBox.checked = bool(s.get("useRemote", False))
@@ -96,12 +169,17 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget):
         self.onModelChanged()
 
     def onModelChanged(self, _index=None):
+        model = self._currentModel()
+        if self._parameterNode is not None:
+            self._parameterNode.model = model
         self.ui.promptHistoryComboBox.clear()
         self.ui.promptHistoryComboBox.addItem("Recent and example prompts...")
-        for prompt in self.logic.settings.prompt_history() + self.logic.examplePrompts(self.ui.modelComboBox.currentText):
+        for prompt in self.logic.settings.prompt_history() + self.logic.examplePrompts(model):
             self.ui.promptHistoryComboBox.addItem(prompt)
-        model = self.ui.modelComboBox.currentText
-        self.ui.downloadModelButton.enabled = model in self.logic.models.catalogue and not self.logic.models.available(model)
+        self.ui.modelComboBox.toolTip = (f"{model}: {self.logic.models.purpose(model)}. "
+                                         f"Documentation: {DOCUMENTATION_URL}")
+        self.ui.downloadModelButton.enabled = (model in self.logic.models.catalogue
+                                               and not self.logic.models.available(model))
 
     def onHistoryChosen(self, index):
         if index > 0:
@@ -111,22 +189,29 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget):
         with slicer.util.tryWithErrorDisplay("Not a TeViA model folder.", waitCursor=True):
             self.logic.models.resolve(folder)
             self.logic.settings.set("localModels", list(dict.fromkeys([*self.logic.settings.get("localModels", []), folder])))
-            self.ui.modelComboBox.addItem(folder)
-            self.ui.modelComboBox.setCurrentText(folder)
+            self._selectModel(folder)
+
+    def _startCall(self, call):
+        self.calls.append(call)
+        self.timer.start()
 
     def onDownloadModel(self):
-        model = self.ui.modelComboBox.currentText
-        with slicer.util.tryWithErrorDisplay(f"Download of model {model} failed.", waitCursor=True):
-            self.ui.progressBar.setRange(0, 100)
-            self.logic.models.download(model, progress=self._downloadProgress)
-            self.log(f"Model {model} downloaded.")
-        self.onModelChanged()
+        model = self._currentModel()
+        self.ui.downloadModelButton.enabled = False
+        self.ui.progressBar.setRange(0, 100)
+        self.log(f"Downloading model {model}...")
+
+        def done(folder, error):
+            if error is not None:
+                slicer.util.errorDisplay(f"Download of model {model} failed: {error}")
+            else:
+                self.log(f"Model {model} downloaded.")
+            self.onModelChanged()
+
+        self._startCall(self.logic.downloadModelAsync(model, onProgress=self._downloadProgress, onDone=done))
 
     def _downloadProgress(self, received, total):
-        import qt
-
         self.ui.progressBar.setValue(int(100 * received / total) if total else 0)
-        qt.QApplication.processEvents()
 
     def onClearCache(self):
         freed = self.logic.models.clear()
@@ -152,10 +237,9 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget):
         import qt
 
         with slicer.util.tryWithErrorDisplay("Could not start the segmentation.", waitCursor=True):
-            s = self.logic.settings
-            model, device = self.ui.modelComboBox.currentText, DEVICES[self.ui.deviceComboBox.currentIndex]
-            convention = CONVENTIONS[self.ui.conventionComboBox.currentIndex]
-            precision = "bf16" if self.ui.bf16CheckBox.checked else "fp32"
+            s, p = self.logic.settings, self._parameterNode
+            model, device, convention = p.model, p.device.value, p.convention.value
+            precision = "bf16" if p.bf16 else "fp32"
             for key, value in (("model", model), ("device", device), ("convention", convention), ("precision", precision)):
                 s.set(key, value)
             s.set("useRemote", bool(self.ui.useRemoteCheckBox.checked))
@@ -171,8 +255,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget):
                 self.logic.grantRemoteConsent()
             self.ui.statusLog.clear()
             self.logic.segmentAsync(
-                self.ui.inputVolumeSelector.currentNode(), self.ui.promptEdit.toPlainText(),
-                self.ui.outputSegmentationSelector.currentNode(), model, device, {"convention": convention},
+                p.inputVolume, p.prompts, p.outputSegmentation, model, device, {"convention": convention},
                 onProgress=self.onProgress, onDone=self.onDone, onWarning=lambda m: self.log(f"Warning: {m}"),
                 precision=precision)
             self.ui.segmentButton.text = "Cancel"
@@ -183,6 +266,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget):
     def onPoll(self):
         if self.logic.job is not None and self.logic.job.running:
             self.logic.job.poll()
+        self.calls = [call for call in self.calls if call.poll()]
         if self.pip is not None:
             code = self.pip.poll()
             for line in self.pip.output:
@@ -191,7 +275,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget):
             if code is not None:
                 self.log("Requirements installed." if code == 0 else f"pip failed (exit code {code}).")
                 self.pip = None
-        if (self.logic.job is None or not self.logic.job.running) and self.pip is None:
+        if (self.logic.job is None or not self.logic.job.running) and self.pip is None and not self.calls:
             self.timer.stop()
 
     def onProgress(self, stage, done, total):
@@ -207,7 +291,8 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget):
         if device:
             self.ui.detectedDeviceLabel.text = f"using {device}"
         if job.state == "done":
-            self.ui.outputSegmentationSelector.setCurrentNode(job.result)
+            if self._parameterNode is not None:
+                self._parameterNode.outputSegmentation = job.result
             self.log("Done.")
         elif job.state == "cancelled":
             self.log("Cancelled; the scene is unchanged.")
@@ -216,29 +301,40 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget):
         self.onModelChanged()
 
     def onShow3D(self):
-        node = self.ui.outputSegmentationSelector.currentNode()
+        node = self._parameterNode.outputSegmentation
         if node is not None:
             node.CreateClosedSurfaceRepresentation()
 
     def onOpenSegmentEditor(self):
-        node = self.ui.outputSegmentationSelector.currentNode()
+        node = self._parameterNode.outputSegmentation
         slicer.util.selectModule("SegmentEditor")
         if node is not None:
             slicer.modules.SegmentEditorWidget.editor.setSegmentationNode(node)
-            slicer.modules.SegmentEditorWidget.editor.setSourceVolumeNode(self.ui.inputVolumeSelector.currentNode())
+            slicer.modules.SegmentEditorWidget.editor.setSourceVolumeNode(self._parameterNode.inputVolume)
 
     def onAddToTraining(self):
         with slicer.util.tryWithErrorDisplay("Could not add the segment to the training set.", waitCursor=True):
+            folder = str(self._parameterNode.datasetFolder)
             added = self.logic.addToTrainingSet(
-                self.ui.inputVolumeSelector.currentNode(), self.ui.trainingSegmentSelector.currentNode(),
-                self.ui.trainingSegmentSelector.currentSegmentID(), self.ui.datasetFolderButton.directory)
-            self.log(f"Added {len(added)} slices to {self.ui.datasetFolderButton.directory}.")
+                self._parameterNode.inputVolume, self.ui.trainingSegmentSelector.currentNode(),
+                self.ui.trainingSegmentSelector.currentSegmentID(), folder)
+            self.log(f"Added {len(added)} slices to {folder}.")
 
     def onTestConnection(self):
         with slicer.util.tryWithErrorDisplay("Connection to the TeViA server failed.", waitCursor=True):
             self.logic.setRemoteServer(self.ui.remoteUrlEdit.text, self.ui.remoteTokenEdit.text,
                                        self.ui.rememberTokenCheckBox.checked)
-            info = self.logic.testRemoteConnection()
+            call = self.logic.testRemoteConnectionAsync(onDone=self.onConnectionTested)
+            self.ui.testConnectionButton.enabled = False
+            self.log(f"Connecting to {self.logic.remoteUrl}...")
+            self._startCall(call)
+
+    def onConnectionTested(self, info, error):
+        self.ui.testConnectionButton.enabled = True
+        if error is not None:
+            self.log(f"Connection failed: {error}")
+            slicer.util.errorDisplay(f"Connection to the TeViA server failed: {error}")
+        else:
             self.log(f"Connected: {info.get('name')} {info.get('version')} on {info.get('device')}.")
 
     def log(self, message):
@@ -247,46 +343,57 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget):
 
 
 class TeViASegmentTest(ScriptedLoadableModuleTest):
-    """Self-test: segment a real volume into a new and an existing segmentation.
+    """Self-test: segment a real frontal chest X-ray (Resources/Testing, QaTa-COV19) into a new
+    and an existing segmentation, as the bundled model is meant to be used.
 
-    volumePath / model / worker (a running WorkerClient to reuse) can be set before runTest
-    (pytest does); inside Slicer the MRHead sample and the bundled default model are used.
+    model / worker (a running WorkerClient to reuse) can be set before runTest (pytest does).
+    With the bundled default model the infection segment must overlap the X-ray's
+    ground-truth infection mask.
     """
 
-    volumePath = None
     model = "default"
     worker = None
+    prompt = ("Bilateral pulmonary infection, two infected areas, upper middle left lung and "
+              "upper middle right lung.")
+    minimumDice = 0.5
 
     def runTest(self):
         slicer.mrmlScene.Clear(0)
         self.test_segment_new_and_existing()
 
-    def _volume(self):
-        if self.volumePath:
-            return slicer.modules.volumes.logic().AddArchetypeVolume(str(self.volumePath), "TeViATestVolume")
-        import SampleData
-
-        return SampleData.downloadSample("MRHead")
+    def _load(self, fileName):
+        path = Path(__file__).resolve().parent / "Resources" / "Testing" / fileName
+        return slicer.modules.volumes.logic().AddArchetypeVolume(str(path), f"TeViA test {Path(fileName).stem}")
 
     def test_segment_new_and_existing(self):
-        self.delayDisplay("Segmenting a volume from two prompts")
-        volumeNode = self._volume()
+        self.delayDisplay("Segmenting a chest X-ray")
+        volumeNode = self._load("chest-xray.nrrd")
         logic = TeViASegmentLogic(settingsStore=settings.JsonFileSettings(Path(tempfile.mkdtemp()) / "s.json"))
         logic.worker = self.worker or logic.worker
         try:
-            segmentationNode = logic.segment(volumeNode, "left lung\nright lung", model=self.model, device="cpu",
-                                             timeoutSeconds=300)
-            names = [segmentationNode.GetSegmentation().GetNthSegment(i).GetName() for i in range(2)]
-            self.assertEqual(names, ["left lung", "right lung"])
-            geometry = segmentationNode.GetSegmentation().GetConversionParameter("Reference image geometry")
+            segmentationNode = logic.segment(volumeNode, [self.prompt, "lower left lung infection"], model=self.model,
+                                             device="cpu", timeoutSeconds=300)
+            segmentation = segmentationNode.GetSegmentation()
+            names = [segmentation.GetNthSegment(i).GetName() for i in range(2)]
+            self.assertEqual(names, [scene.segment_name(self.prompt), "lower left lung infection"])
+            geometry = segmentation.GetConversionParameter("Reference image geometry")
             self.assertTrue(geometry, "the segmentation has the volume as reference geometry")
+            entry = segmentation.GetNthSegment(0).GetTag(segmentation.GetNthSegment(0).GetTerminologyEntryTagName(),
+                                                         tag := vtk.reference(""))
+            self.assertTrue(entry and "47351003^Infiltrate" in str(tag) and "39607008^Lung" in str(tag),
+                            f"coded as an infiltrate of the lungs, got {tag}")
             mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, scene.segment_ids(segmentationNode)[0],
-                                                              volumeNode)
+                                                              volumeNode) > 0
             self.assertEqual(mask.shape, slicer.util.arrayFromVolume(volumeNode).shape)
-            logic.segment(volumeNode, ["left lung"], segmentationNode, model=self.model, device="cpu",
+            if self.model == "default":
+                truth = slicer.util.arrayFromVolume(self._load("chest-xray-infection.nrrd")) > 127
+                dice = 2 * (mask & truth).sum() / max(mask.sum() + truth.sum(), 1)
+                self.delayDisplay(f"Dice with the ground-truth infection mask: {dice:.3f}")
+                self.assertGreater(dice, self.minimumDice, "the bundled model finds the infection")
+            logic.segment(volumeNode, ["lower left lung infection"], segmentationNode, model=self.model, device="cpu",
                           timeoutSeconds=300)
-            self.assertEqual(segmentationNode.GetSegmentation().GetNumberOfSegments(), 3)
-            self.assertEqual(segmentationNode.GetSegmentation().GetNthSegment(2).GetName(), "left lung (2)")
+            self.assertEqual(segmentation.GetNumberOfSegments(), 3)
+            self.assertEqual(segmentation.GetNthSegment(2).GetName(), "lower left lung infection (2)")
         finally:
             if self.worker is None:
                 logic.shutdown()

@@ -6,16 +6,20 @@ TeViASegment.py re-exports it as `TeViASegment.TeViASegmentLogic`, Slicer's conv
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
-from TeViASegmentLib import arguments, jobs, models, scene, settings, terminology, training_export
+from TeViASegmentLib import arguments, background, jobs, models, parameters, scene, settings, terminology, training_export
 from TeViASegmentLib.worker_client import WorkerClient
 
-__all__ = ["TeViASegmentLogic"]
+__all__ = ["TeViASegmentLogic", "CONNECTION_TEST_TIMEOUT_S"]
+
+#: A connection test gives up after this many seconds (it runs off the GUI thread anyway).
+CONNECTION_TEST_TIMEOUT_S = 10.0
 
 
 class TeViASegmentLogic(ScriptedLoadableModuleLogic):
@@ -43,6 +47,19 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         self.job: jobs.SegmentJob | None = None
         self.cancelGraceSeconds = jobs.CANCEL_GRACE_S
         self._loaded: tuple[str, str, str] | None = None
+        self.connectionTestTimeoutSeconds = CONNECTION_TEST_TIMEOUT_S
+        terminology.load_findings_terminology()
+
+    def getParameterNode(self):
+        """The scene's parameter node, wrapped (`parameters.TeViASegmentParameterNode`); in a
+        new one, the values come from the user's settings."""
+        node = super().getParameterNode()
+        fresh = not node.GetParameterNames()
+        wrapped = parameters.TeViASegmentParameterNode(node)
+        if fresh:
+            for name, value in parameters.initial_values(self.settings).items():
+                setattr(wrapped, name, value)
+        return wrapped
 
     def segment(self, volumeNode, prompts, segmentationNode=None, model="default", device="auto",
                 options=None, timeoutSeconds=None, precision="fp32"):
@@ -79,6 +96,11 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         options = arguments.checked_options(volumeNode, segmentationNode, device, options, precision)
         if self.job is not None and self.job.running:
             raise RuntimeError("A segmentation is already running: wait for it or cancel it first")
+        note = scene.conversion_note(volumeNode)
+        if note:
+            logging.getLogger(__name__).warning(note)
+            if onWarning:
+                onWarning(note)
 
         mirrorSides = terminology.sides_mirrored(options["convention"], scene.ijk_to_ras(volumeNode))
 
@@ -128,10 +150,12 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
             lambda cancelled: client.segment(voxels, ijkToRas, prompts, options, cancelled=cancelled),
             importer, **callbacks)
 
-    def _remoteClient(self):
+    def _remoteClient(self, timeout=None):
         from TeViASegmentLib.remote_client import RemoteClient
 
-        return RemoteClient(self.remoteUrl, self.remoteToken)
+        if not self.remoteUrl:
+            raise ValueError("No remote server URL: type the server's URL first")
+        return RemoteClient(self.remoteUrl, self.remoteToken, **({"timeout": timeout} if timeout else {}))
 
     def setRemoteServer(self, url, token=None, rememberToken=False):
         """Use a remote TeViA server (url) or, with url None/empty, the local worker."""
@@ -148,10 +172,23 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         self.settings.grant_consent(self.remoteUrl)
 
     def testRemoteConnection(self) -> dict:
-        """Health + info of the remote server (raises RemoteError with a clear message)."""
-        client = self._remoteClient()
+        """Health + info of the remote server (blocks; raises RemoteError with a clear message)."""
+        client = self._remoteClient(self.connectionTestTimeoutSeconds)
         client.health()
         return client.info()
+
+    def testRemoteConnectionAsync(self, onDone=None) -> background.BackgroundCall:
+        """`testRemoteConnection` on a background thread, giving up after
+        `connectionTestTimeoutSeconds`; onDone(info, error) is called by the call's poll()."""
+        client = self._remoteClient(self.connectionTestTimeoutSeconds)
+        return background.BackgroundCall(lambda report, cancelled: (client.health(), client.info())[1], onDone)
+
+    def downloadModelAsync(self, model, onProgress=None, onDone=None) -> background.BackgroundCall:
+        """Download a catalogue model on a background thread (cancel() stops it, nothing is
+        kept); onProgress(received, total) and onDone(folder, error) are called by poll()."""
+        return background.BackgroundCall(
+            lambda report, cancelled: self.models.download(model, progress=report, cancelled=cancelled),
+            onDone, onProgress)
 
     def examplePrompts(self, model="default") -> list[str]:
         """The model's example prompts (catalogue, else the model folder's model.json)."""
@@ -161,7 +198,17 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         """Append the slices holding a segment (axial, oriented as the worker slices them), its
         mask and prompt to a data set folder. The prompt defaults to the segment's own prompt.
         Returns the mask file names added.
+
+        Raises:
+            ValueError: no folder chosen (empty datasetDir: nothing is written, not even into
+                Slicer's working directory), or datasetDir is a file.
         """
+        if datasetDir is None or not str(datasetDir).strip() or str(datasetDir).strip() == ".":
+            raise ValueError("No data set folder chosen: choose the training set folder first "
+                             f"(for example {parameters.default_dataset_folder()})")
+        if Path(datasetDir).exists() and not Path(datasetDir).is_dir():
+            raise ValueError(f"datasetDir {str(datasetDir)!r} is a file, not a folder: choose a folder")
+        self.settings.set("datasetFolder", str(datasetDir))
         voxels, ijkToRas, mask, segmentPrompt = scene.segment_arrays(volumeNode, segmentationNode, segmentId)
         view = training_export.worker_slicing(ijkToRas, voxels.shape)
         return training_export.export_training_slices(voxels, mask, prompt or segmentPrompt, datasetDir,

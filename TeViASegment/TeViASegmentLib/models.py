@@ -2,7 +2,7 @@
 
 `Resources/Models/catalogue.json` lists the models the module offers:
 ```
-{"models": [{"name", "version", "url", "sha256", "size", "licence", "modality",
+{"models": [{"name", "version", "url", "sha256", "size", "licence", "modality", "target",
              "example_prompts": [...], "bundled": bool, "description"}]}
 ```
 A bundled model ships in `Resources/Models/<name>/` and needs no network. Any other model is
@@ -48,6 +48,7 @@ class ModelEntry:
     size: int = 0
     licence: str = ""
     modality: str = ""
+    target: str = ""
     example_prompts: tuple[str, ...] = field(default_factory=tuple)
     bundled: bool = False
     description: str = ""
@@ -152,6 +153,19 @@ class ModelStore:
             raise ValueError(f"model {model!r} {what}: download it with the Download button, "
                              "or choose a local model folder")
         return str(folder)
+
+    def purpose(self, model: str) -> str:
+        """What a model is for, "<modality>: <target>" (catalogue, else the folder's model.json;
+        "unknown" for what neither says)."""
+        if model in self.catalogue:
+            modality, target = self.catalogue[model].modality, self.catalogue[model].target
+        else:
+            try:
+                card = json.loads((Path(model).expanduser() / "model.json").read_text(encoding="utf-8"))
+            except (ValueError, OSError):
+                card = {}
+            modality, target = str(card.get("modality", "")), str(card.get("target", ""))
+        return f"{modality or 'unknown modality'}: {target or 'unknown target'}"
 
     def example_prompts(self, model: str) -> list[str]:
         """Example prompts of a model: from the catalogue, else from its folder's model.json."""

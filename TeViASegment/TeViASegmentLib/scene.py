@@ -20,6 +20,8 @@ from TeViASegmentLib import terminology
 
 __all__ = [
     "volume_arrays",
+    "conversion_note",
+    "LUMINANCE_WEIGHTS",
     "ijk_to_ras",
     "write_worker_input",
     "segment_name",
@@ -36,29 +38,56 @@ MAX_SEGMENT_NAME_CHARS = 48
 PROMPT_TAG = "TeViA.prompt"
 
 
+#: RGB -> luminance weights of vtkImageLuminance (Slicer's Vector to Scalar Volume module).
+LUMINANCE_WEIGHTS = (0.30, 0.59, 0.11)
+
+
+def _is_rgb(volume_node) -> bool:
+    image = volume_node.GetImageData()
+    return (volume_node.IsA("vtkMRMLVectorVolumeNode") and image is not None
+            and image.GetNumberOfScalarComponents() in (3, 4))
+
+
+def conversion_note(volume_node) -> str | None:
+    """A note for the user when a volume is segmented as a conversion of itself (an RGB image
+    as its luminance), or None."""
+    if volume_node is None or not _is_rgb(volume_node):
+        return None
+    return (f"Volume {volume_node.GetName()!r} is an RGB image: it is segmented as its luminance "
+            "(0.30 R + 0.59 G + 0.11 B). To convert it another way, use the Vector to Scalar Volume module "
+            "and segment the result.")
+
+
 def volume_arrays(volume_node) -> tuple[np.ndarray, np.ndarray]:
-    """The voxels and geometry of a scalar volume node.
+    """The voxels and geometry of a scalar volume node (an RGB(A) image: its luminance).
 
     Args:
-        volume_node: a vtkMRMLScalarVolumeNode with image data.
+        volume_node: a vtkMRMLScalarVolumeNode with image data, or an RGB(A) vector volume.
 
     Returns:
         (voxels, ijk_to_ras): voxels is a copy of the image, shape (K, J, I), the volume's dtype;
         ijk_to_ras is a float64 (4, 4) matrix from (I, J, K, 1) to RAS millimetres.
 
     Raises:
-        ValueError: when the node is not a scalar volume or holds no image data.
+        ValueError: when the node is not a scalar volume, is a label map, holds no image data,
+            or has several components that are not RGB(A).
     """
     if volume_node is None or not volume_node.IsA("vtkMRMLScalarVolumeNode"):
         got = None if volume_node is None else volume_node.GetClassName()
         raise ValueError(f"volume_node must be a scalar volume node, got {got}")
+    if volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise ValueError(f"volume_node {volume_node.GetName()!r} is a label map, not an image: "
+                         "choose the image volume to segment")
     if volume_node.GetImageData() is None:
         raise ValueError(f"volume_node {volume_node.GetName()!r} holds no image data: load a volume first")
     voxels = np.array(slicer.util.arrayFromVolume(volume_node), copy=True)
+    if _is_rgb(volume_node):
+        luminance = np.tensordot(voxels[..., :3].astype(np.float64), LUMINANCE_WEIGHTS, axes=([-1], [0]))
+        voxels = (np.rint(luminance) if np.issubdtype(voxels.dtype, np.integer) else luminance).astype(voxels.dtype)
     if voxels.ndim != 3:
         raise ValueError(
-            f"volume_node {volume_node.GetName()!r} has voxel array shape {voxels.shape}; "
-            "only single-component 3D volumes can be segmented")
+            f"volume_node {volume_node.GetName()!r} ({volume_node.GetClassName()}) has voxel array shape "
+            f"{voxels.shape}; only single-component 3D volumes and RGB images can be segmented")
     return voxels, ijk_to_ras(volume_node)
 
 
@@ -210,7 +239,7 @@ def import_labelmap(labelmap_kji: np.ndarray, labels: dict[int, str], volume_nod
     Raises:
         ValueError: when the labelmap's shape differs from the volume's, or labels is empty.
     """
-    volume_shape = tuple(slicer.util.arrayFromVolume(volume_node).shape)
+    volume_shape = tuple(reversed(volume_node.GetImageData().GetDimensions()))
     if tuple(labelmap_kji.shape) != volume_shape:
         raise ValueError(f"labelmap_kji has shape {labelmap_kji.shape}, expected the volume's {volume_shape}")
     if not labels:

@@ -63,6 +63,19 @@ def test_segment_a_real_volume_into_a_new_then_an_existing_segmentation(logic, v
     assert all(after[key] == value for key, value in before.items()), "existing segments unchanged"
 
 
+def test_an_rgb_image_is_segmented_as_its_luminance_with_a_warning(logic, slicer_scene):
+    from test_logic_widgets import XRAY, _rgb_volume
+
+    volume, _ = _rgb_volume(sitk.GetArrayFromImage(sitk.ReadImage(str(XRAY))))
+    warnings = []
+    job = logic.segmentAsync(volume, ["lower left lung infection"], model=logic.model, device="cpu",
+                             onWarning=warnings.append)
+    node = job.wait(300)
+    assert any("segmented as its luminance" in w for w in warnings)
+    mask = slicer.util.arrayFromSegmentBinaryLabelmap(node, node.GetSegmentation().GetNthSegmentID(0), volume)
+    assert mask.shape == (1, 224, 224)
+
+
 def test_bf16_precision_reloads_the_worker_model_and_back(logic, volume):
     logic.segment(volume, ["lower left lung"], model=logic.model, device="cpu", precision="bf16", timeoutSeconds=300)
     assert logic.workerInfo["precision"] == "bf16"
@@ -98,16 +111,17 @@ def test_a_model_the_worker_cannot_load_gives_a_clear_error(logic, volume, slice
     assert node.GetSegmentation().GetNumberOfSegments() == 1, "the next request loads the good model again"
 
 
-def test_module_self_test_runs_under_pytest(slicer_scene, tiny_model_dir, worker):
+def test_module_self_test_runs_under_pytest(slicer_scene, worker):
     import TeViASegment
 
     test = TeViASegment.TeViASegmentTest()
-    test.volumePath = shared_path("volumes", "spleen-ct", "ct.nii.gz")
-    test.model = str(tiny_model_dir)
     test.worker = worker
-    test.runTest()
+    test.runTest()  # the bundled model on the module's chest X-ray, with its Dice check
     nodes = slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode")
     assert nodes.GetNumberOfItems() == 1 and nodes.GetItemAsObject(0).GetSegmentation().GetNumberOfSegments() == 3
+    test.minimumDice = 1.01
+    with pytest.raises(AssertionError, match="the bundled model finds the infection"):
+        test.runTest()
 
 
 def test_bundled_default_model_segments_chest_xrays_loaded_in_slicer(worker, slicer_scene, tmp_path):
