@@ -257,12 +257,15 @@ def code_prompt(prompt: str, terminology_logic=None, mirror_sides: bool = False)
 
 def load_findings_terminology(terminology_logic=None) -> str | None:
     """Load TERMINOLOGY_FILE into Slicer's terminology logic (once), so Segment Editor lists
-    the findings; returns its context name, or None without a terminology logic."""
+    the findings; returns its context name, or None without a terminology logic (or when
+    Slicer refuses the file: logged, the module keeps working)."""
     logic = terminology_logic if terminology_logic is not None else _default_terminology_logic()
     if logic is None:
         return None
     if not logic.IsTerminologyContextLoaded(FINDINGS_CONTEXT):
         name = logic.LoadTerminologyFromFile(str(TERMINOLOGY_FILE))
         if name != FINDINGS_CONTEXT:
-            raise RuntimeError(f"Slicer could not load the terminology file {TERMINOLOGY_FILE} (got {name!r})")
+            logger.error("Slicer could not load the terminology file %s (got %r): segments keep their codes, "
+                         "but Segment Editor will not list the findings", TERMINOLOGY_FILE, name)
+            return None
     return FINDINGS_CONTEXT

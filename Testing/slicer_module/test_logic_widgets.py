@@ -217,3 +217,28 @@ def test_each_model_says_what_it_is_for(tmp_path, tiny_model_dir):
     assert store.purpose("default") == "chest x-ray (frontal): COVID-19 infection (lung opacities)"
     assert store.purpose(str(tiny_model_dir)) == "chest x-ray: unknown target"
     assert store.purpose(str(tmp_path)) == "unknown modality: unknown target"
+
+
+class _RecordingWrapper:
+    """Stands in for Slicer's parameterNodeWrapper (absent from slicer-core): stores each
+    value as text in the parameter node, as the wrapper's serializers do."""
+
+    def __init__(self, node):
+        object.__setattr__(self, "node", node)
+
+    def __setattr__(self, name, value):
+        self.node.SetParameter(name, str(getattr(value, "value", value)))
+
+
+def test_the_parameter_node_takes_the_settings_only_when_new(logic, slicer_scene, monkeypatch):
+    """A new scene's parameter node starts from the user's settings; one restored from a saved
+    scene keeps what it holds."""
+    node = slicer_scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+    monkeypatch.setattr(type(logic).__mro__[1], "getParameterNode", lambda self: node, raising=False)
+    monkeypatch.setattr(parameters, "TeViASegmentParameterNode", _RecordingWrapper)
+    logic.settings.set("device", "cpu")
+    logic.getParameterNode()
+    assert node.GetParameter("device") == "cpu" and node.GetParameter("model") == "default"
+    node.SetParameter("device", "cuda")
+    logic.getParameterNode()
+    assert node.GetParameter("device") == "cuda", "a restored parameter node is not overwritten"

@@ -159,3 +159,11 @@ def test_coding_a_prompt_is_fast(slicer_terminologies):
     cached = (time.perf_counter() - start) / len(prompts)
     assert again == first
     assert uncached < 0.05 and cached < 0.005, (uncached, cached)
+
+
+def test_a_terminology_file_slicer_refuses_is_logged_not_fatal(tmp_path, monkeypatch, caplog):
+    broken = tmp_path / "broken.term.json"
+    broken.write_text("{}")
+    monkeypatch.setattr(terminology, "TERMINOLOGY_FILE", broken)
+    assert terminology.load_findings_terminology(slicer.vtkSlicerTerminologiesModuleLogic()) is None
+    assert "could not load the terminology file" in caplog.text
