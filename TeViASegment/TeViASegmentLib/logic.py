@@ -18,6 +18,8 @@ from TeViASegmentLib.worker_client import WorkerClient
 
 __all__ = ["TeViASegmentLogic", "CONNECTION_TEST_TIMEOUT_S"]
 
+logger = logging.getLogger(__name__)
+
 #: A connection test gives up after this many seconds (it runs off the GUI thread anyway).
 CONNECTION_TEST_TIMEOUT_S = 10.0
 
@@ -98,10 +100,9 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError("A segmentation is already running: wait for it or cancel it first")
         note = scene.conversion_note(volumeNode)
         if note:
-            logging.getLogger(__name__).warning(note)
+            logger.warning(note)
             if onWarning:
                 onWarning(note)
-
         mirrorSides = terminology.sides_mirrored(options["convention"], scene.ijk_to_ras(volumeNode))
 
         def importer(labelmap, labels, warnings):
