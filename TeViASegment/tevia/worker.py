@@ -14,10 +14,12 @@ import json
 import logging
 import os
 import queue
+import reprlib
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -30,7 +32,7 @@ from tevia.volume.errors import InputError
 from tevia.volume.io import input_signature, read_input
 from tevia.volume.writers import check_output_path, write_labelmap
 
-__all__ = ["PROTOCOL_VERSION", "ERROR_CODES", "RequestError", "Worker", "main"]
+__all__ = ["PROTOCOL_VERSION", "ERROR_CODES", "MAX_REQUEST_CHARS", "RequestError", "Worker", "main"]
 
 log = logging.getLogger("tevia.worker")
 
@@ -38,6 +40,9 @@ PROTOCOL_VERSION = 1
 ERROR_CODES = ("bad_request", "not_found", "unsupported_format", "bad_input", "model_error",
                "out_of_memory", "cancelled", "internal")
 _REQUEST_TYPES = ("load", "segment", "cancel", "ping", "shutdown")
+MAX_REQUEST_CHARS = 1 << 20
+"""Longest request line; a longer one is skipped unparsed (requests hold paths and prompts only)."""
+_shown = reprlib.Repr(maxlevel=2, maxstring=60, maxother=60, maxlist=4, maxdict=4).repr
 
 
 @dataclass
@@ -51,27 +56,48 @@ class _KeptInput:
 
 
 class RequestError(Exception):
-    """An error answered with an ``error`` event of the given protocol code."""
+    """An error answered with an ``error`` event of the given protocol code (and request id, if known)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.request_id = request_id
 
 
 def parse_request(line: str) -> dict[str, Any]:
-    """Parse and check one request line (id and type); raises RequestError("bad_request")."""
+    """Parse and check one request line (id, type, a cancel's target); raises RequestError("bad_request").
+
+    The error carries the request's id once the line is a JSON object with a valid id.
+    """
     try:
         request = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise RequestError("bad_request", f"malformed JSON request line ({error}): send one JSON object per line") from error
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, a too-long integer, too deep nesting
+        raise RequestError("bad_request", f"malformed JSON request line ({_shown(str(error))}): send one "
+                                          "JSON object (not nested more than a few levels) per line") from None
     if not isinstance(request, dict):
         raise RequestError("bad_request", f"a request must be a JSON object, got {type(request).__name__}")
-    if not isinstance(request.get("id"), str) or not request["id"]:
-        raise RequestError("bad_request", f"a request needs a non-empty string 'id', got {request.get('id')!r}")
-    if request.get("type") not in _REQUEST_TYPES:
+    request_id = request.get("id")
+    if not isinstance(request_id, str) or not request_id:
+        raise RequestError("bad_request", f"a request needs a non-empty string 'id', got {_shown(request_id)}")
+    if not isinstance(request.get("type"), str) or request["type"] not in _REQUEST_TYPES:
         raise RequestError("bad_request", f"request type must be one of {', '.join(_REQUEST_TYPES)}, "
-                                          f"got {request.get('type')!r}")
+                                          f"got {_shown(request.get('type'))}", request_id)
+    target = request.get("target")
+    if request["type"] == "cancel" and (not isinstance(target, str) or not target):
+        raise RequestError("bad_request", f"cancel needs 'target', the string id of a running or queued request, "
+                                          f"got {_shown(target)}", request_id)
     return request
+
+
+def _lines(stream: IO[str]) -> Iterator[str | None]:
+    """The stream's lines, each at most MAX_REQUEST_CHARS long; None for a longer line (skipped)."""
+    while line := stream.readline(MAX_REQUEST_CHARS + 1):
+        if len(line) <= MAX_REQUEST_CHARS or line.endswith("\n"):
+            yield line
+            continue
+        while (rest := stream.readline(MAX_REQUEST_CHARS)) and not rest.endswith("\n"):
+            pass
+        yield None
 
 
 class Worker:
@@ -102,26 +128,41 @@ class Worker:
             self._events.flush()
 
     def read_requests(self, stream: IO[str]) -> None:
-        """Reader thread: parse lines, handle cancels at once, queue the rest; EOF means shutdown."""
-        for line in stream:
-            if not line.strip():
-                continue
-            try:
-                request = parse_request(line)
-            except RequestError as error:
-                self.emit(None, "error", code=error.code, message=str(error))
-                continue
-            if request["type"] == "cancel":
-                self._cancel(request)
-                continue
+        """Reader thread: parse lines, handle cancels at once, queue the rest; EOF means shutdown.
+
+        A bad line is answered with a ``bad_request`` error and skipped: no line stops the
+        reader, and whatever ends it (end of input, a read error) ends the worker.
+        """
+        try:
+            for line in _lines(stream):
+                try:
+                    self._take(line)
+                except RequestError as error:
+                    self.emit(error.request_id, "error", code=error.code, message=str(error))
+                except Exception as error:  # a bug: the worker must not go deaf
+                    log.error("request line failed:\n%s", traceback.format_exc())
+                    self.emit(None, "error", code="internal", message=f"{type(error).__name__}: {error}")
+        finally:
             with self._state_lock:
-                self._pending.add(request["id"])
-                if request["type"] == "shutdown":
-                    self._cancelled.update(self._pending - {request["id"]})
-            self._requests.put(request)
+                self._cancelled.update(self._pending)
+            self._requests.put(None)
+
+    def _take(self, line: str | None) -> None:
+        """Handle one request line: a cancel at once, other requests into the queue."""
+        if line is None:
+            raise RequestError("bad_request", f"request line longer than {MAX_REQUEST_CHARS} characters: "
+                                              "skipped; send paths (e.g. raw voxels as .npy), not data")
+        if not line.strip():
+            return
+        request = parse_request(line)
+        if request["type"] == "cancel":
+            self._cancel(request)
+            return
         with self._state_lock:
-            self._cancelled.update(self._pending)
-        self._requests.put(None)
+            self._pending.add(request["id"])
+            if request["type"] == "shutdown":
+                self._cancelled.update(self._pending - {request["id"]})
+        self._requests.put(request)
 
     def _cancel(self, request: dict[str, Any]) -> None:
         target = request.get("target")
@@ -178,7 +219,7 @@ class Worker:
         model, device = request.get("model", "default"), request.get("device", "auto")
         if not isinstance(model, str) or not model or not isinstance(device, str):
             raise RequestError("bad_request", f"load needs 'model' (name or folder) and 'device' strings, "
-                                              f"got model={model!r}, device={device!r}")
+                                              f"got model={_shown(model)}, device={_shown(device)}")
         self.emit(request["id"], "result", **self._load(model, device, request.get("precision", "fp32")))
 
     def _load(self, model: str, device: str, precision: str = "fp32") -> dict[str, Any]:
@@ -209,22 +250,26 @@ class Worker:
 
     def _segment_request(self, request: dict[str, Any]) -> tuple[Any, list[str], Path, SegmentOptions]:
         source, prompts, output = request.get("input"), request.get("prompts"), request.get("output")
-        if source is None or not isinstance(output, str) or not output:
-            raise RequestError("bad_request", "segment needs 'input' (a path or {\"npy\", \"geometry\"}), "
-                                              "'prompts' (list of strings) and 'output' (a path)")
-        inputs = [source] if isinstance(source, str) else list(source.values()) if isinstance(source, dict) else []
-        relative = [p for p in [output, *inputs] if isinstance(p, str) and not os.path.isabs(p)]
+        raw = isinstance(source, dict) and set(source) == {"npy", "geometry"}
+        inputs = [source] if isinstance(source, str) else list(source.values()) if raw else []
+        if not inputs or not all(isinstance(p, str) and p for p in inputs) or not isinstance(output, str) or not output:
+            raise RequestError("bad_request", "segment needs 'input' (a path or {\"npy\": path, \"geometry\": "
+                                              "path}), 'prompts' (list of strings) and 'output' (a path), got input "
+                                              f"{_shown(source)} and output {_shown(output)}")
+        relative = [p for p in [output, *inputs] if not os.path.isabs(p)]
         if relative:
             raise RequestError("bad_request", f"paths must be absolute (the worker's folder is not the "
                                               f"client's), got {relative}")
-        if not isinstance(prompts, list):
-            raise RequestError("bad_request", f"'prompts' must be a list of strings, got {prompts!r}")
+        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+            raise RequestError("bad_request", f"'prompts' must be a list of strings, got {_shown(prompts)}")
+        for key in ("model", "device"):
+            if not isinstance(request.get(key, ""), str):
+                raise RequestError("bad_request", f"'{key}' must be a string, got {_shown(request[key])}")
         try:
             options = SegmentOptions.from_dict(request.get("options"))
         except (TypeError, ValueError) as error:
             raise RequestError("bad_request", f"bad options: {error}") from error
-        paths = tuple(p for p in inputs if isinstance(p, str))
-        return source, prompts, check_output_path(output, inputs=paths), options
+        return source, prompts, check_output_path(output, inputs=tuple(inputs)), options
 
     def _handle_segment(self, request: dict[str, Any]) -> None:
         request_id = request["id"]

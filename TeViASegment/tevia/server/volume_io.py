@@ -7,7 +7,8 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from tevia.volume.errors import VolumeTooLargeError
+from tevia.volume.completeness import check_complete
+from tevia.volume.errors import BadInputError, VolumeTooLargeError
 from tevia.volume.io import check_memory
 
 __all__ = ["VolumeError", "VolumeTooLargeError", "read_uploaded_volume", "write_labelmap"]
@@ -79,7 +80,8 @@ def read_uploaded_volume(upload: Path, max_voxels: int) -> sitk.Image:
         max_voxels: most voxels accepted.
 
     Raises:
-        VolumeError: not NRRD/NIfTI, a NRRD with detached data, too many voxels, or unreadable.
+        VolumeError: not NRRD/NIfTI, a NRRD with detached data, too many voxels, data shorter
+            than the header declares, or unreadable.
         VolumeTooLargeError: the volume would not fit the server's free memory
             (tevia.volume.io.check_memory, as in the worker).
     """
@@ -100,7 +102,10 @@ def read_uploaded_volume(upload: Path, max_voxels: int) -> sitk.Image:
         if reader.GetDimension() not in (2, 3):
             raise VolumeError(f"the volume has {reader.GetDimension()} dimensions; send a 2D or 3D image")
         check_memory(size, 4 * reader.GetNumberOfComponents())
+        check_complete(path, name="the uploaded volume")
         return reader.Execute()
+    except BadInputError as error:  # truncated (ITK would fill the missing voxels with zeros) or corrupt
+        raise VolumeError(str(error)) from None
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[-1][:300] if str(error).strip() else "unknown error"
         raise VolumeError(f"the volume could not be read as {suffix}: {first_line}") from None

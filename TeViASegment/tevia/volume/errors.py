@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["InputError", "UnsupportedFormatError", "BadInputError", "VolumeTooLargeError"]
+__all__ = ["InputError", "UnsupportedFormatError", "BadInputError", "TruncatedVolumeError", "VolumeTooLargeError"]
 
 
 class InputError(ValueError):
@@ -21,6 +21,10 @@ class BadInputError(InputError):
     """Readable input that cannot be segmented (4D, all NaN, empty prompt, ...)."""
 
     code = "bad_input"
+
+
+class TruncatedVolumeError(BadInputError):
+    """A volume file whose voxel data are shorter than its header declares (a cut copy or download)."""
 
 
 class VolumeTooLargeError(InputError):

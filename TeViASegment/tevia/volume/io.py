@@ -12,12 +12,12 @@ import logging
 import os
 import re
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from tevia.volume.completeness import check_complete
 from tevia.volume.errors import BadInputError, UnsupportedFormatError, VolumeTooLargeError
 from tevia.volume.geometry import image_from_array
 
@@ -87,22 +87,6 @@ def check_memory(size: tuple[int, ...], bytes_per_voxel: int, budget_bytes: int 
             f"{needed / 1024**3:.1f} GiB but only {budget / 1024**3:.1f} GiB are available: crop or "
             "downsample it (e.g. Slicer's Crop Volume module) and try again"
         )
-
-
-def _check_gzip_complete(path: Path) -> None:
-    """Raise BadInputError when a gzip file is truncated or damaged (ITK zero-fills silently)."""
-    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                decompressor.decompress(chunk, 1 << 20)
-                while decompressor.unconsumed_tail:
-                    decompressor.decompress(decompressor.unconsumed_tail, 1 << 20)
-    except zlib.error as error:
-        raise BadInputError(f"cannot read {path}: the file is corrupt ({error})") from error
-    if not decompressor.eof:
-        raise BadInputError(f"cannot read {path}: the file is corrupt or truncated (its gzip stream "
-                            "ends early); copy or export it again")
 
 
 def _component_bytes(pixel_id: int) -> int:
@@ -185,6 +169,8 @@ def read_image(path: str | os.PathLike, budget_bytes: int | None = None) -> tupl
         FileNotFoundError: the path does not exist.
         UnsupportedFormatError: unknown extension, or a file no reader understands.
         BadInputError: a corrupt file or a 4D volume.
+        TruncatedVolumeError: a file whose data are shorter than its header declares (a
+            :class:`BadInputError`).
         VolumeTooLargeError: the volume cannot fit the memory budget.
     """
     path = Path(path)
@@ -199,19 +185,19 @@ def read_image(path: str | os.PathLike, budget_bytes: int | None = None) -> tupl
             f"cannot read {path.name}: the extension {extension or '(none)'!r} is not supported; "
             f"use one of {', '.join(READ_EXTENSIONS)}, a DICOM series folder, or .npy + geometry JSON"
         )
-    if path.name.lower().endswith(".gz"):
-        _check_gzip_complete(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as error:
+        check_complete(path)  # a cut file explains a header ITK cannot read better than "corrupt"
         raise BadInputError(f"cannot read {path}: the file is corrupt or not a valid "
                             f"{extension} file ({str(error).strip().splitlines()[-1]})") from error
     size = reader.GetSize()
     _check_dimension(reader.GetDimension(), size, str(path))
     check_memory(size, reader.GetNumberOfComponents() * _component_bytes(reader.GetPixelID()),
                  budget_bytes)
+    check_complete(path)
     try:
         image = reader.Execute()
     except RuntimeError as error:

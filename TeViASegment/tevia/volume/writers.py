@@ -1,7 +1,10 @@
-"""Writing labelmaps: NIfTI/NRRD/MHA/PNG (+ JSON sidecar), Slicer .seg.nrrd, raw .npy.
+"""Writing labelmaps: NIfTI/NRRD/MHA/PNG, Slicer .seg.nrrd, raw .npy, each with a JSON sidecar.
 
 Every file is written to a temporary file next to its destination and renamed into place, so a
-failure or a cancel never leaves a half-written file under the user's name.
+failure or a cancel never leaves a half-written file under the user's name. The sidecar of
+``x.nii.gz`` is ``x.tevia.json``: it cannot replace a BIDS sidecar ``x.json`` or a raw input's
+geometry ``x.json``, and it never replaces an input or a ``.tevia.json`` file that TeViA did not
+write (its ``tevia_sidecar`` field marks the ones it did).
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ __all__ = [
     "SEGMENT_COLORS",
     "atomic_path",
     "check_output_path",
+    "SIDECAR_SUFFIX",
     "sidecar_path",
-    "write_json",
     "write_labelmap",
 ]
 
@@ -37,13 +40,31 @@ SEGMENT_COLORS = (
     (0.61, 0.35, 0.71), (0.10, 0.74, 0.74), (0.95, 0.50, 0.13), (0.91, 0.40, 0.62),
 )
 """RGB colours (0..1) of segments 1, 2, ... in .seg.nrrd files, cycling."""
+SIDECAR_SUFFIX = ".tevia.json"
+_SIDECAR_MARK = "tevia_sidecar"  # the field (value: its format version) that marks a sidecar TeViA wrote
+_MAX_SIDECAR_BYTES = 16 * 1024**2
 
 
 def sidecar_path(output: str | os.PathLike) -> Path:
-    """The JSON sidecar of an output: its name with the (double) extension replaced by .json."""
+    """The JSON sidecar of an output: its name with the (double) extension replaced by .tevia.json."""
     output = Path(output)
     extension = file_extension(output)
-    return output.with_name(output.name[: len(output.name) - len(extension)] + ".json")
+    return output.with_name(output.name[: len(output.name) - len(extension)] + SIDECAR_SUFFIX)
+
+
+def _written_by_tevia(path: Path) -> bool:
+    """Whether an existing file is a sidecar TeViA wrote (a JSON object with the sidecar mark)."""
+    try:
+        if not path.is_file() or path.stat().st_size > _MAX_SIDECAR_BYTES:
+            return False
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(content, dict) and _SIDECAR_MARK in content
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and os.path.samefile(a, b)
 
 
 def check_output_path(output: str | os.PathLike, image: sitk.Image | None = None,
@@ -53,7 +74,8 @@ def check_output_path(output: str | os.PathLike, image: sitk.Image | None = None
     Raises:
         UnsupportedFormatError: the extension cannot be written (or .png for a 3D volume).
         FileNotFoundError: the output folder does not exist.
-        BadInputError: the output would overwrite one of ``inputs``.
+        BadInputError: the output or its sidecar (:func:`sidecar_path`) would overwrite one of
+            ``inputs``, or the sidecar would replace a file that TeViA did not write.
     """
     output = Path(output)
     extension = file_extension(output)
@@ -64,9 +86,16 @@ def check_output_path(output: str | os.PathLike, image: sitk.Image | None = None
                                      "PNG holds one 2D slice; use .nii.gz, .nrrd or .seg.nrrd")
     if not output.parent.is_dir():
         raise FileNotFoundError(f"the output folder {output.parent} does not exist: create it first")
-    for source in inputs:
-        if Path(source).exists() and Path(source).resolve() == output.resolve():
+    sidecar = sidecar_path(output)
+    for source in map(Path, inputs):
+        if _same_file(source, output):
             raise BadInputError(f"the output {output} is the input file: choose another output path")
+        if _same_file(source, sidecar):
+            raise BadInputError(f"the output's JSON sidecar {sidecar} is the input file {source}: choose another "
+                                "output name")
+    if (sidecar.exists() or sidecar.is_symlink()) and not _written_by_tevia(sidecar):
+        raise BadInputError(f"{sidecar} exists and TeViA did not write it, but it is where the JSON sidecar of "
+                            f"{output.name} goes: move that file or choose another output name")
     return output
 
 
@@ -83,12 +112,6 @@ def atomic_path(destination: Path) -> Iterator[Path]:
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
-
-
-def write_json(destination: Path, content: dict[str, Any]) -> None:
-    """Write a JSON file atomically."""
-    with atomic_path(destination) as temporary:
-        temporary.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _write_seg_nrrd(labelmap: sitk.Image, labels: dict[int, str], path: Path) -> None:
@@ -130,7 +153,7 @@ def _writer(extension: str, labelmap: sitk.Image, labels: dict[int, str]) -> Cal
 
 def write_labelmap(labelmap: sitk.Image, output: str | os.PathLike, labels: dict[int, str],
                    metadata: dict[str, Any]) -> list[Path]:
-    """Write a uint8 labelmap and its JSON sidecar, each atomically.
+    """Write a uint8 labelmap and its JSON sidecar atomically: both are in place, or neither is new.
 
     Args:
         labelmap: uint8 image with the input's geometry (label i = segment i, 0 = background).
@@ -141,12 +164,16 @@ def write_labelmap(labelmap: sitk.Image, output: str | os.PathLike, labels: dict
         metadata: Extra sidecar fields (prompts, convention, warnings, ...).
 
     Returns:
-        The paths written: the output, then its sidecar.
+        The paths written: the output, then its sidecar (:func:`sidecar_path`).
+
+    Raises:
+        The errors of :func:`check_output_path`.
     """
     output = check_output_path(output, labelmap)
-    with atomic_path(output) as temporary:
-        _writer(file_extension(output), labelmap, labels)(temporary)
     sidecar = sidecar_path(output)
-    write_json(sidecar, {"output": output.name, "labels": {str(k): v for k, v in sorted(labels.items())},
-                         **metadata})
+    content = {_SIDECAR_MARK: 1, "output": output.name, "labels": {str(k): v for k, v in sorted(labels.items())},
+               **metadata}
+    with atomic_path(output) as temporary_output, atomic_path(sidecar) as temporary_sidecar:
+        _writer(file_extension(output), labelmap, labels)(temporary_output)
+        temporary_sidecar.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return [output, sidecar]
