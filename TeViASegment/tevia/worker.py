@@ -42,7 +42,9 @@ ERROR_CODES = ("bad_request", "not_found", "unsupported_format", "bad_input", "m
 _REQUEST_TYPES = ("load", "segment", "cancel", "ping", "shutdown")
 MAX_REQUEST_CHARS = 1 << 20
 """Longest request line; a longer one is skipped unparsed (requests hold paths and prompts only)."""
-_shown = reprlib.Repr(maxlevel=2, maxstring=60, maxother=60, maxlist=4, maxdict=4).repr
+_REPR = reprlib.Repr()  # a client's value in a message: nested and long values elided
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 2, 60, 60, 4, 4
+_shown = _REPR.repr
 
 
 @dataclass
@@ -72,7 +74,7 @@ def parse_request(line: str) -> dict[str, Any]:
     try:
         request = json.loads(line)
     except (ValueError, RecursionError) as error:  # JSONDecodeError, a too-long integer, too deep nesting
-        raise RequestError("bad_request", f"malformed JSON request line ({_shown(str(error))}): send one "
+        raise RequestError("bad_request", f"malformed JSON request line ({str(error)[:120]}): send one "
                                           "JSON object (not nested more than a few levels) per line") from None
     if not isinstance(request, dict):
         raise RequestError("bad_request", f"a request must be a JSON object, got {type(request).__name__}")

@@ -23,7 +23,7 @@ def test_single_input_multi_prompt(tiny_model_dir, ct_path, tmp_path, capsys):
     assert code == 0
     labelmap = sitk.ReadImage(str(out))
     assert same_geometry(labelmap, sitk.ReadImage(str(ct_path)))
-    sidecar = json.loads((tmp_path / "masks" / "ct.json").read_text())
+    sidecar = json.loads((tmp_path / "masks" / "ct.tevia.json").read_text())
     assert sidecar["labels"] == {"1": "liver", "2": long_prompt}
     assert sidecar["options"]["window"] == "soft-tissue"
     counts = np.bincount(sitk.GetArrayViewFromImage(labelmap).ravel(), minlength=3)
@@ -52,9 +52,9 @@ def test_csv_cohort_with_a_failing_row(tiny_model_dir, volumes_dir, tmp_path, ca
     assert code == 1
     err = capsys.readouterr().err
     assert "missing.nii.gz" in err and "1 of 4 case(s) failed" in err
-    ct = json.loads((tmp_path / "out" / "ct.json").read_text())
+    ct = json.loads((tmp_path / "out" / "ct.tevia.json").read_text())
     assert ct["labels"] == {"1": "liver", "2": "spleen"}
-    assert json.loads((tmp_path / "out" / "spinalcord-t2.json").read_text())["labels"] == {"1": "spinal cord"}
+    assert json.loads((tmp_path / "out" / "spinalcord-t2.tevia.json").read_text())["labels"] == {"1": "spinal cord"}
     png, _ = read_image(tmp_path / "out" / "slice.png")
     assert same_geometry(png, read_image(volumes_dir / "totalseg-ct-slice15.png")[0])
 
@@ -74,3 +74,21 @@ def test_unknown_model(ct_path, tmp_path, capsys):
                   "--out", str(tmp_path / "m.nii.gz"), "--device", "cpu"])
     assert code == 2 and "cannot load model 'no-such-model'" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sidecars_never_replace_files_tevia_did_not_write(tiny_model_dir, ct_path, tmp_path, capsys):
+    """A BIDS sidecar ct.json next to the output ct.nii.gz is kept; a foreign ct.tevia.json stops the case."""
+    out = tmp_path / "derivatives"
+    out.mkdir()
+    (out / "ct.json").write_text('{"Modality": "CT"}')
+    (out / "ct.tevia.json").write_text('{"mine": true}')
+    run = ["predict", "--model", str(tiny_model_dir), "--input", str(ct_path), "--text", "liver",
+           "--out", str(out / "ct.nii.gz"), "--device", "cpu"]
+    assert tevia(run) == 1
+    assert "ct.tevia.json exists and TeViA did not write it" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["ct.json", "ct.tevia.json"]
+    assert (out / "ct.tevia.json").read_text() == '{"mine": true}'
+    (out / "ct.tevia.json").unlink()
+    assert tevia(run) == 0
+    assert (out / "ct.json").read_text() == '{"Modality": "CT"}'
+    assert json.loads((out / "ct.tevia.json").read_text())["labels"] == {"1": "liver"}

@@ -1,12 +1,6 @@
 """The worker as a real subprocess speaking JSON lines: load, segment, cache, cancel, every bad input."""
 import json
-import os
-import queue
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,74 +8,7 @@ import SimpleITK as sitk
 
 from tevia.volume.geometry import ijk_to_ras, same_geometry
 from volume_fixtures import ct_path, volumes_dir  # noqa: F401 (pytest fixtures)
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-class WorkerProcess:
-    """``python -m tevia.worker`` with a reader thread collecting its stdout events."""
-
-    def __init__(self):
-        env = dict(os.environ, PYTHONPATH=str(REPO / "TeViASegment"), OMP_NUM_THREADS="1",
-                   HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-        self.process = subprocess.Popen([sys.executable, "-m", "tevia.worker", "--threads", "1"],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, encoding="utf-8", env=env)
-        self.events: queue.Queue = queue.Queue()
-        self.non_protocol: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self.process.stderr.read, daemon=True).start()
-        self.ready = self.next_event(timeout=120)
-
-    def _read(self):
-        for line in self.process.stdout:
-            try:
-                self.events.put(json.loads(line))
-            except json.JSONDecodeError:
-                self.non_protocol.append(line)
-        self.events.put(None)
-
-    def next_event(self, timeout=60):
-        event = self.events.get(timeout=timeout)
-        assert event is not None, "the worker exited"
-        return event
-
-    def send(self, request):
-        self.process.stdin.write((request if isinstance(request, str) else json.dumps(request)) + "\n")
-        self.process.stdin.flush()
-
-    def until_done(self, request_id, timeout=120):
-        """Events of one request up to its final one (result, error or cancelled)."""
-        seen = []
-        deadline = time.monotonic() + timeout
-        while True:
-            event = self.next_event(timeout=max(0.1, deadline - time.monotonic()))
-            if event["id"] != request_id:
-                continue
-            seen.append(event)
-            if event["event"] in ("result", "error", "cancelled"):
-                return seen
-
-    def request(self, request, timeout=120):
-        self.send(request)
-        return self.until_done(request["id"], timeout)
-
-    def close(self):
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
-
-
-@pytest.fixture(scope="module")
-def worker(tiny_model_dir):
-    process = WorkerProcess()
-    loaded = process.request({"id": "load", "type": "load", "model": str(tiny_model_dir), "device": "cpu"})
-    assert loaded[-1]["event"] == "result", loaded
-    yield process
-    process.process.stdin.close()  # end of input (e.g. Slicer died): the worker exits cleanly
-    assert process.process.wait(20) == 0
-    assert process.non_protocol == []
-    process.close()
+from worker_process import WorkerProcess, worker  # noqa: F401 (a pytest fixture)
 
 
 def _alive(worker):
@@ -106,7 +33,7 @@ def test_segment_then_second_prompt_hits_the_cache(worker, ct_path, tmp_path):
     assert same_geometry(labelmap, sitk.ReadImage(str(ct_path)))
     counts = np.bincount(sitk.GetArrayViewFromImage(labelmap).ravel(), minlength=3)
     assert result["voxels"] == {"liver": counts[1], "spleen": counts[2]}
-    sidecar = json.loads((tmp_path / "a.json").read_text())
+    sidecar = json.loads((tmp_path / "a.tevia.json").read_text())
     assert sidecar["labels"] == result["labels"] and sidecar["convention"] == "patient"
     second = worker.request({"id": "s2", "type": "segment", "input": str(ct_path), "prompts": ["kidney"],
                              "output": str(tmp_path / "b.nii.gz"), "options": {"threshold": 0.4649}})[-1]
@@ -167,6 +94,8 @@ def bad_files(tmp_path_factory, ct_path):
     folder = tmp_path_factory.mktemp("bad")
     ct = sitk.ReadImage(str(ct_path))
     (folder / "truncated.nii.gz").write_bytes(ct_path.read_bytes()[:3000])
+    sitk.WriteImage(ct, str(folder / "short.nii"))
+    (folder / "short.nii").write_bytes((folder / "short.nii").read_bytes()[:-4096])
     (folder / "notes.txt").write_text("not an image")
     sitk.WriteImage(sitk.JoinSeries([ct, ct]), str(folder / "four_d.nii.gz"))
     sitk.WriteImage(sitk.Compose(ct, ct), str(folder / "vector.nrrd"))
@@ -189,7 +118,8 @@ def _raw(folder, name):
 # (case, input, prompts, expected final event/code, text expected in a warning or the message)
 BAD = [
     ("missing", "missing.nii.gz", ["liver"], "not_found", "not found"),
-    ("corrupt", "truncated.nii.gz", ["liver"], "bad_input", "corrupt"),
+    ("cut-gzip", "truncated.nii.gz", ["liver"], "bad_input", "truncated"),
+    ("short-nii", "short.nii", ["liver"], "bad_input", "but it holds only"),
     ("unsupported", "notes.txt", ["liver"], "unsupported_format", "not supported"),
     ("4d", "four_d.nii.gz", ["liver"], "bad_input", "4D"),
     ("multi-component", "vector.nrrd", ["liver"], "result", "first"),

@@ -28,13 +28,14 @@ def labelmap(ct_path):
 def test_image_formats_keep_geometry_and_sidecar(tmp_path, labelmap, extension):
     out = tmp_path / f"mask{extension}"
     written = write_labelmap(labelmap, out, LABELS, {"warnings": ["w"]})
-    assert written == [out, tmp_path / "mask.json"]
+    assert written == [out, tmp_path / "mask.tevia.json"]
     back = sitk.ReadImage(str(out))
     assert same_geometry(back, labelmap) and back.GetPixelID() == sitk.sitkUInt8
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(labelmap))
-    sidecar = json.loads((tmp_path / "mask.json").read_text())
+    sidecar = json.loads((tmp_path / "mask.tevia.json").read_text())
     assert sidecar["labels"] == {"1": "bone", "2": "lung air"} and sidecar["warnings"] == ["w"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, "mask.json"])
+    assert sidecar["tevia_sidecar"] == 1 and sidecar["output"] == out.name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, "mask.tevia.json"])
 
 
 def test_npy_is_kji(tmp_path, labelmap):
@@ -113,4 +114,45 @@ def test_check_output_path(tmp_path, ct_path):
         check_output_path(tmp_path / "m.txt")
     with pytest.raises(BadInputError, match="is the input"):
         check_output_path(ct_path, inputs=(ct_path,))
-    assert sidecar_path(tmp_path / "a.seg.nrrd") == tmp_path / "a.json"
+    assert sidecar_path(tmp_path / "a.seg.nrrd") == tmp_path / "a.tevia.json"
+    assert sidecar_path(tmp_path / "a.nii.gz") == tmp_path / "a.tevia.json"
+
+
+def test_a_bids_sidecar_next_to_the_output_is_kept(tmp_path, labelmap):
+    bids = tmp_path / "sub-01_T1w.json"
+    bids.write_text('{"RepetitionTime": 2.3}')
+    written = write_labelmap(labelmap, tmp_path / "sub-01_T1w.nii.gz", LABELS, {})
+    assert written[1] == tmp_path / "sub-01_T1w.tevia.json"
+    assert bids.read_text() == '{"RepetitionTime": 2.3}'
+
+
+@pytest.mark.parametrize("content", ['{"RepetitionTime": 2.3}', "notes, not JSON", "[1, 2]"])
+def test_a_sidecar_path_that_tevia_did_not_write_is_refused(tmp_path, labelmap, content):
+    foreign = tmp_path / "mask.tevia.json"
+    foreign.write_text(content)
+    with pytest.raises(BadInputError, match="TeViA did not write it.*move that file or choose another output"):
+        write_labelmap(labelmap, tmp_path / "mask.nii.gz", LABELS, {})
+    assert foreign.read_text() == content and sorted(tmp_path.iterdir()) == [foreign]
+
+
+def test_a_second_run_replaces_its_own_output_and_sidecar(tmp_path, labelmap):
+    out = tmp_path / "mask.nrrd"
+    write_labelmap(labelmap, out, LABELS, {"run": 1})
+    write_labelmap(labelmap, out, LABELS, {"run": 2})
+    assert json.loads((tmp_path / "mask.tevia.json").read_text())["run"] == 2
+
+
+def test_the_sidecar_may_not_be_an_input(tmp_path, labelmap):
+    geometry = tmp_path / "v.tevia.json"
+    geometry.write_text('{"ijk_to_ras": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}')
+    with pytest.raises(BadInputError, match="sidecar .*v.tevia.json is the input file"):
+        check_output_path(tmp_path / "v.nii.gz", labelmap, inputs=(tmp_path / "v.npy", geometry))
+
+
+def test_a_failed_write_keeps_the_previous_output_and_sidecar(tmp_path, labelmap):
+    plane = labelmap[:, :, 15]
+    write_labelmap(plane, tmp_path / "plane.png", LABELS, {})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(RuntimeError):
+        write_labelmap(sitk.Cast(plane, sitk.sitkFloat64), tmp_path / "plane.png", {1: "other"}, {})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
