@@ -75,7 +75,7 @@ def parse_request(line: str) -> dict[str, Any]:
         request = json.loads(line)
     except (ValueError, RecursionError) as error:  # JSONDecodeError, a too-long integer, too deep nesting
         raise RequestError("bad_request", f"malformed JSON request line ({str(error)[:120]}): send one "
-                                          "JSON object (not nested more than a few levels) per line") from None
+                                          "JSON object per line") from None
     if not isinstance(request, dict):
         raise RequestError("bad_request", f"a request must be a JSON object, got {type(request).__name__}")
     request_id = request.get("id")
@@ -261,11 +261,11 @@ class Worker:
         relative = [p for p in [output, *inputs] if not os.path.isabs(p)]
         if relative:
             raise RequestError("bad_request", f"paths must be absolute (the worker's folder is not the "
-                                              f"client's), got {relative}")
+                                              f"client's), got {_shown(relative)}")
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
             raise RequestError("bad_request", f"'prompts' must be a list of strings, got {_shown(prompts)}")
         for key in ("model", "device"):
-            if not isinstance(request.get(key, ""), str):
+            if request.get(key) is not None and not isinstance(request[key], str):
                 raise RequestError("bad_request", f"'{key}' must be a string, got {_shown(request[key])}")
         try:
             options = SegmentOptions.from_dict(request.get("options"))
@@ -278,7 +278,7 @@ class Worker:
         source, prompts, output, options = self._segment_request(request)
         model = request.get("model")
         if model is not None and model != self.model or self.segmenter is None:
-            self._load(model or "default", request.get("device", "auto"))
+            self._load(model or "default", request.get("device") or "auto")
         began = time.perf_counter()
         self.emit(request_id, "progress", stage="read", done=0, total=1)
         image, warnings, reused = self.read(source)

@@ -81,6 +81,19 @@ def test_a_complete_gzip_stream_of_a_cut_nifti_is_refused(tmp_path, source):
         read_image(tmp_path / "short.nii.gz")
 
 
+def test_a_gzip_file_of_several_members_is_whole(tmp_path, source):
+    """Concatenated gzip members (cat a.gz b.gz, bgzip) are one stream to gzip readers and to ITK."""
+    sitk.WriteImage(source, str(tmp_path / "v.nii"))
+    plain = (tmp_path / "v.nii").read_bytes()
+    members = [gzip.compress(plain[start:start + 100_000]) for start in range(0, len(plain), 100_000)]
+    (tmp_path / "members.nii.gz").write_bytes(b"".join(members))
+    image, _ = read_image(tmp_path / "members.nii.gz")
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(source))
+    (tmp_path / "members.nii.gz").write_bytes(b"".join(members[:-1]))
+    with pytest.raises(TruncatedVolumeError, match="holds only"):
+        read_image(tmp_path / "members.nii.gz")
+
+
 @pytest.mark.parametrize("keep", [100, 2000, 200_000])
 def test_a_cut_gzip_stream_is_refused_wherever_it_is_cut(tmp_path, keep):
     path = tmp_path / "broken.nii.gz"

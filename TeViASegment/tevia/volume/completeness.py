@@ -62,7 +62,11 @@ class _Data:
 
 
 def _stream(path: Path, wbits: int, label: str, start: int = 0) -> tuple[int, bytes, bool]:
-    """(decompressed length, its first bytes, whether the stream ends) of a compressed stream."""
+    """(decompressed length, its first bytes, whether the stream ends) of a compressed stream.
+
+    Gzip files may hold several members one after the other (as gzip readers, ITK's included,
+    accept): they count as one stream.
+    """
     decompressor = zlib.decompressobj(wbits)
     length, head = 0, b""
 
@@ -74,10 +78,17 @@ def _stream(path: Path, wbits: int, label: str, start: int = 0) -> tuple[int, by
     try:
         with open(path, "rb") as handle:
             handle.seek(start)
-            while not decompressor.eof and (chunk := handle.read(_CHUNK)):
-                take(decompressor.decompress(chunk, _CHUNK))
-                while decompressor.unconsumed_tail and not decompressor.eof:
-                    take(decompressor.decompress(decompressor.unconsumed_tail, _CHUNK))
+            data = handle.read(_CHUNK)
+            while data:
+                if decompressor.eof:  # after a gzip member: another one (cat a.gz b.gz, bgzip), or trailing bytes
+                    data += handle.read(_CHUNK) if len(data) < 2 else b""
+                    if wbits != _GZIP or not data.startswith(b"\x1f\x8b"):
+                        break
+                    decompressor = zlib.decompressobj(wbits)
+                take(decompressor.decompress(data, _CHUNK))
+                data = decompressor.unconsumed_tail or decompressor.unused_data or handle.read(_CHUNK)
+            if not decompressor.eof:
+                take(decompressor.flush())
     except zlib.error as error:
         raise BadInputError(f"cannot read {label}: the file is corrupt ({error}); copy or export it again") from error
     return length, head, decompressor.eof
