@@ -73,7 +73,7 @@ def test_streamed_oversized_upload_is_cut_at_the_limit_with_413(serve):
     ([("volume", b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4000 4000 4000\nencoding: raw\nendian: little\n\n", "v.nrrd"),
       ("text", b"liver", None)], "this server accepts at most"),
     ([("volume", b"NRRD0004\ntype: short\ndimension: 3\nsizes: 20 20 20\nencoding: raw\nendian: little\n\n" + bytes(10), "v.nrrd"),
-      ("text", b"liver", None)], "could not be read as .nrrd"),
+      ("text", b"liver", None)], "is truncated: its header declares 16,000 bytes"),
     ([("volume", b"x", "v.nrrd"), ("volume", b"y", "w.nrrd"), ("text", b"liver", None)], "more than one `volume`"),
     ([("volume", b"x", "v.nrrd"), ("path", b"/etc/passwd", None)], "unknown form field 'path'"),
     ([("volume", b"x", "v.nrrd")] + [("text", f"p{i}".encode(), None) for i in range(17)], "more than 16 `text`"),
