@@ -197,10 +197,12 @@ def read_image(path: str | os.PathLike, budget_bytes: int | None = None) -> tupl
     _check_dimension(reader.GetDimension(), size, str(path))
     check_memory(size, reader.GetNumberOfComponents() * _component_bytes(reader.GetPixelID()),
                  budget_bytes)
-    check_complete(path)
+    if extension in (".nii", ".nii.gz"):
+        check_complete(path)  # ITK fills the missing voxels of a cut NIfTI with zeros, without a word
     try:
         image = reader.Execute()
     except RuntimeError as error:
+        check_complete(path)  # ITK refuses a cut NRRD/MetaImage: say so with the bytes declared and held
         raise BadInputError(f"cannot read {path}: the file is corrupt or truncated "
                             f"({str(error).strip().splitlines()[-1]})") from error
     return _to_scalar(_drop_singleton_4d(image), extension, warnings), warnings
