@@ -127,3 +127,13 @@ def test_big_endian_nifti_headers_are_sized_too(tmp_path, source):
     (tmp_path / "big-endian.nii").write_bytes(bytes(data[:-2]))
     with pytest.raises(TruncatedVolumeError, match=f"holds only {_data_bytes(source) - 2:,} bytes"):
         check_complete(tmp_path / "big-endian.nii")
+
+
+def test_a_text_metaimage_is_not_sized_as_binary(tmp_path):
+    values = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    header = ("ObjectType = Image\nNDims = 3\nBinaryData = False\nDimSize = 4 3 2\nElementType = MET_FLOAT\n"
+              "ElementDataFile = LOCAL\n")
+    (tmp_path / "text.mha").write_text(header + " ".join(str(int(v)) for v in values.ravel()) + "\n")
+    check_complete(tmp_path / "text.mha")  # 62 characters hold the 96 bytes of floats
+    image, _ = read_image(tmp_path / "text.mha")
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), values)

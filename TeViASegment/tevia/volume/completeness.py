@@ -199,7 +199,8 @@ def _metaimage_data(path: Path, label: str) -> _Data | None:
     except ValueError:
         return None
     located = _locate(path, label, fields.get("elementdatafile", ""), header_bytes)
-    if located is None or expected is None or (compressed and skip):
+    text = fields.get("binarydata", "true").lower() == "false"
+    if located is None or expected is None or text or (compressed and skip):
         return None
     file, label, start = located
     if compressed:
