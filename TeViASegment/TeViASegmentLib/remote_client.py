@@ -1,14 +1,17 @@
 """Client of the TeViA inference server (`tevia serve`), for Slicer's remote mode.
 
 Standard library + numpy + SimpleITK only (no requests/httpx inside Slicer). Volumes go up
-as a compressed NRRD (ITK's LPS frame) in a multipart POST /v1/segment; the labelmap comes
-back as NIfTI with the label-to-prompt map in the X-TeViA-Labels header (docs/SERVER.md).
+as a compressed NRRD (ITK's LPS frame) in a multipart POST /v1/segment; the answer (API
+version 2) is one JSON body: the label-to-prompt map, warnings and the labelmap as base64
+NIfTI (docs/SERVER.md).
 Arrays are in numpy K, J, I order, as slicer.util.arrayFromVolume gives them, with the
 volume's 4x4 IJK-to-RAS matrix.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import http.client
 import json
 import select
@@ -25,10 +28,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["RemoteError", "RemoteCancelled", "RemoteClient", "API_VERSION", "LABELS_HEADER"]
+__all__ = ["RemoteError", "RemoteCancelled", "RemoteClient", "API_VERSION"]
 
-API_VERSION = 1
-LABELS_HEADER = "X-TeViA-Labels"
+API_VERSION = 2
 _CHUNK = 1 << 20
 _POLL_SECONDS = 0.2
 _CONNECT_TIMEOUT = 15.0
@@ -171,11 +173,12 @@ class RemoteClient:
                 raise RemoteError(f"the volume is too large for the server at {self.url} ({length / 2**20:.1f} MB "
                                   f"compressed, limit {limit / 2**20:.0f} MB): crop or resample it, or ask the "
                                   f"server's administrator to raise --max-upload-mb")
-            answer_path = Path(folder) / "labelmap.nii.gz"
-            headers = self._request("POST", "/v1/segment", parts, content_type, length, answer_path, cancelled)
-            labels, warnings = self._labels(headers)
+            answer_path = Path(folder) / "answer.json"
+            self._request("POST", "/v1/segment", parts, content_type, length, answer_path, cancelled)
+            labelmap_path = Path(folder) / "labelmap.nii.gz"
+            labels, warnings = self._read_answer(answer_path, labelmap_path)
             try:
-                answer = sitk.ReadImage(str(answer_path))
+                answer = sitk.ReadImage(str(labelmap_path))
             except RuntimeError as error:
                 raise RemoteError(f"the server's answer is not a readable NIfTI labelmap ({error})") from None
         difference = _same_geometry(answer, image)
@@ -196,7 +199,7 @@ class RemoteClient:
         return http.client.HTTPConnection(host, port, timeout=timeout)
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json, application/gzip"}
+        headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
@@ -214,7 +217,7 @@ class RemoteClient:
         return answer
 
     def _request(self, method: str, path: str, parts: list[bytes | Path], content_type: str | None, length: int,
-                 answer: Path, cancelled: Callable[[], bool] | None) -> http.client.HTTPMessage:
+                 answer: Path, cancelled: Callable[[], bool] | None) -> None:
         """Send a request, stream the body of a 200 answer into `answer`; RemoteError otherwise."""
         cancelled = cancelled or (lambda: False)
         deadline = time.monotonic() + self.timeout
@@ -246,7 +249,6 @@ class RemoteClient:
                     if time.monotonic() > deadline:
                         raise RemoteError(f"no complete answer from {self.url} within {self.timeout:.0f} s")
                     file.write(chunk)
-            return response.headers
         except RemoteError:
             raise
         except ssl.SSLCertVerificationError as error:
@@ -323,16 +325,26 @@ class RemoteClient:
             return f"no TeViA server at {self.url} (404 for {path}): check the URL"
         return f"the server at {self.url} answered {status}: {detail or response.reason}"
 
-    @staticmethod
-    def _labels(headers: http.client.HTTPMessage) -> tuple[dict[int, str], list[str]]:
-        raw = headers.get(LABELS_HEADER)
+    def _read_answer(self, answer: Path, labelmap: Path) -> tuple[dict[int, str], list[str]]:
+        """Labels and warnings of a /v1/segment answer; its labelmap is written to `labelmap`."""
         try:
-            payload = json.loads(raw) if raw else None
+            payload = json.loads(answer.read_bytes())
+            version = payload.get("api")
+        except (ValueError, AttributeError):
+            payload, version = None, None
+        if version != API_VERSION:
+            raise RemoteError(f"the server at {self.url} answered in API version {version!r}; this module speaks "
+                              f"{API_VERSION}: update the TeViA extension or the server so they match")
+        try:
             labels = {int(label): str(prompt) for label, prompt in payload["labels"].items()}
             warnings = [str(w) for w in payload.get("warnings", [])]
-        except (ValueError, TypeError, KeyError, AttributeError):
-            raise RemoteError(f"the server's answer lacks a valid {LABELS_HEADER} header: is it a TeViA "
-                              f"server of a matching version?") from None
+            encoded = payload["labelmap"]
+            if encoded.get("format") != "nii.gz" or encoded.get("encoding") != "base64":
+                raise ValueError(encoded.get("format"), encoded.get("encoding"))
+            labelmap.write_bytes(base64.b64decode(encoded["data"], validate=True))
+        except (ValueError, TypeError, KeyError, AttributeError, binascii.Error):
+            raise RemoteError(f"the server's answer lacks valid labels or a base64 .nii.gz labelmap: is it a TeViA "
+                              f"server of API version {API_VERSION}?") from None
         return labels, warnings
 
 

@@ -40,6 +40,14 @@ STEP_SECONDS = 0.4
 """Target duration of one model step, so a cancel is seen within about a second."""
 _CONVENTIONS = ("patient", "image")
 _MAX_PROMPTS = 255
+_MAX_BATCH = 4096
+_MAX_MIN_SIZE = 2**31 - 1
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message, cut to 60 characters (options may come from anyone)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass
@@ -71,23 +79,23 @@ class SegmentOptions:
     convention: str = "patient"
 
     def __post_init__(self) -> None:
-        if self.slice_axis not in SLICE_AXES:
-            raise ValueError(f"slice_axis must be one of {', '.join(SLICE_AXES)}, got {self.slice_axis!r}")
+        if not isinstance(self.slice_axis, str) or self.slice_axis not in SLICE_AXES:
+            raise ValueError(f"slice_axis must be one of {', '.join(SLICE_AXES)}, got {_shown(self.slice_axis)}")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
                 or not 0.0 < float(self.threshold) < 1.0:
-            raise ValueError(f"threshold must be a number between 0 and 1 (exclusive), got {self.threshold!r}")
-        for name in ("batch_size", "min_size"):
+            raise ValueError(f"threshold must be a number between 0 and 1 (exclusive), got {_shown(self.threshold)}")
+        for name, low, high in (("batch_size", 1, _MAX_BATCH), ("min_size", 0, _MAX_MIN_SIZE)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "batch_size" else 0):
-                raise ValueError(f"{name} must be an integer >= {1 if name == 'batch_size' else 0}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} must be an integer from {low} to {high}, got {_shown(value)}")
         for name in ("largest_component", "fill_holes"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be true or false, got {_shown(getattr(self, name))}")
         if isinstance(self.window, list):
             self.window = tuple(self.window)
         parse_window(self.window)
-        if self.convention not in _CONVENTIONS:
-            raise ValueError(f"convention must be 'patient' or 'image', got {self.convention!r}")
+        if not isinstance(self.convention, str) or self.convention not in _CONVENTIONS:
+            raise ValueError(f"convention must be 'patient' or 'image', got {_shown(self.convention)}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "SegmentOptions":

@@ -6,6 +6,7 @@ one would shadow it. Test modules import the fixtures they use from this module.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ _VOLUMES = {  # committed sample (Testing/data/volumes) -> the same file in the 
     "spinalcord-t2.nii.gz": ("spinalcord-t2-mri", "t2.nii.gz"),
 }
 
-__all__ = ["real_volume", "cropped_volume", "TOKEN", "LiveServer", "auth", "multipart_body", "raw_request", "read_labelmap", "labels_header",
+__all__ = ["real_volume", "cropped_volume", "TOKEN", "LiveServer", "auth", "multipart_body", "raw_request", "read_answer",
            "occupy_worker", "same_geometry", "wait_until",
            "segmenter", "serve", "module_server", "certificate"]
 
@@ -32,10 +33,14 @@ TOKEN = "test-token-0123456789abcdef"
 
 
 class LiveServer:
-    """A uvicorn server running `app` on a free loopback port, in a daemon thread."""
+    """A uvicorn server running `app` on a free loopback port, in a daemon thread, configured as
+    `tevia serve` configures it (tevia.server.transport.uvicorn_config)."""
 
-    def __init__(self, app, ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None) -> None:
+    def __init__(self, app, ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None,
+                 log_level: str = "warning") -> None:
         import uvicorn
+
+        from tevia.server.transport import uvicorn_config
 
         self.app = app
         self._socket = socket.socket()
@@ -43,8 +48,8 @@ class LiveServer:
         self.port = self._socket.getsockname()[1]
         scheme = "https" if ssl_certfile else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", ssl_certfile=ssl_certfile and str(ssl_certfile),
-                                ssl_keyfile=ssl_keyfile and str(ssl_keyfile))
+        config = uvicorn_config(app, app.state.settings, "127.0.0.1", self.port, ssl_certfile=ssl_certfile,
+                                ssl_keyfile=ssl_keyfile, log_level=log_level)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]}, daemon=True)
 
@@ -109,16 +114,14 @@ def raw_request(port: int, head: str, body: bytes = b"", timeout: float = 20) ->
     return int(lines[0].split()[1]), headers, payload
 
 
-def read_labelmap(content: bytes, folder: Path) -> sitk.Image:
-    """The NIfTI answer of /v1/segment as an ITK image."""
+def read_answer(answer, folder: Path) -> tuple[dict, sitk.Image]:
+    """The JSON answer of /v1/segment (API 2): (its fields, the labelmap as an ITK image)."""
+    assert answer.headers["content-type"] == "application/json", answer.headers
+    payload = json.loads(answer.content)
+    assert payload["api"] == 2 and payload["labelmap"]["format"] == "nii.gz"
     path = folder / "answer.nii.gz"
-    path.write_bytes(content)
-    return sitk.ReadImage(str(path))
-
-
-def labels_header(headers) -> dict:
-    """The decoded X-TeViA-Labels header."""
-    return json.loads(headers["x-tevia-labels"])
+    path.write_bytes(base64.b64decode(payload["labelmap"]["data"]))
+    return payload, sitk.ReadImage(str(path))
 
 
 def wait_until(condition: Callable[[], bool], seconds: float = 20) -> bool:

@@ -43,7 +43,7 @@ def test_the_right_token_opens_info(module_server):
     assert answer.status_code == 200
     info = answer.json()
     assert info["model"] == "tiny-test" and info["device"] == "cpu" and info["side_convention"] == "image"
-    assert info["example_prompts"] and info["api"] == 1
+    assert info["example_prompts"] and info["api"] == 2
     assert info["limits"]["max_upload_bytes"] == 8 * 2**20
 
 

@@ -1,4 +1,4 @@
-"""POST /v1/segment round trips on real volumes: geometry, labels header, feature cache, logs."""
+"""POST /v1/segment round trips on real volumes: geometry, the JSON answer, feature cache, logs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from server_helpers import (TOKEN, auth, cropped_volume, labels_header, module_server, read_labelmap,  # noqa: F401 (fixtures)
+from server_helpers import (TOKEN, auth, cropped_volume, module_server, read_answer,  # noqa: F401 (fixtures)
                             real_volume, same_geometry, segmenter)
 
 
@@ -31,10 +31,9 @@ def test_round_trip_keeps_geometry_and_answers_every_prompt(module_server, tmp_p
     options = {"threshold": 0.3, "slice_axis": "axial"}
     answer = _segment(module_server, upload, ["liver", "spleen"], options)
     assert answer.status_code == 200, answer.text
-    labelmap = read_labelmap(answer.content, tmp_path)
+    header, labelmap = read_answer(answer, tmp_path)
     assert same_geometry(labelmap, source)
     assert labelmap.GetPixelID() == sitk.sitkUInt8
-    header = labels_header(answer.headers)
     assert header["labels"] == {"1": "liver", "2": "spleen"}
     assert [p["original"] for p in header["prompts"]] == ["liver", "spleen"]
     voxels = np.bincount(sitk.GetArrayViewFromImage(labelmap).ravel(), minlength=3)
@@ -48,16 +47,19 @@ def test_a_second_prompt_on_the_same_volume_reuses_the_cached_features(module_se
     first = _segment(module_server, path, ["kidney"], {"slice_axis": "coronal"})
     second = _segment(module_server, path, ["left kidney"], {"slice_axis": "coronal"})
     assert (first.status_code, second.status_code) == (200, 200)
-    assert labels_header(first.headers)["timings"]["cache_hit"] == 0.0
-    assert labels_header(second.headers)["timings"]["cache_hit"] == 1.0
+    assert first.json()["timings"]["cache_hit"] == 0.0
+    assert second.json()["timings"]["cache_hit"] == 1.0
 
 
-def test_labels_header_is_ascii_json_for_non_ascii_prompts(module_server):
-    answer = _segment(module_server, real_volume("totalseg-ct.nii.gz"), ["rein gauche élargi"])
-    assert answer.status_code == 200
-    raw = answer.headers["x-tevia-labels"]
-    assert raw.isascii() and "\\u00e9" in raw
-    assert json.loads(raw)["labels"] == {"1": "rein gauche élargi"}
+def test_the_label_map_travels_in_the_body_and_the_headers_stay_small(module_server, tmp_path):
+    prompts = [f"{organ}の病変、{side}に二か所" for organ in ("肝臓", "脾臓", "左腎", "右腎") for side in ("前方", "後方")]
+    answer = _segment(module_server, real_volume("totalseg-ct.nii.gz"), prompts)
+    assert answer.status_code == 200, answer.text
+    payload, labelmap = read_answer(answer, tmp_path)
+    assert payload["labels"] == {str(i + 1): p for i, p in enumerate(prompts)}
+    assert [p["original"] for p in payload["prompts"]] == prompts
+    assert sum(len(k) + len(v) for k, v in answer.headers.items()) < 300
+    assert labelmap.GetSize() == (122, 101, 30)
 
 
 def test_logs_hold_no_token_no_prompt_and_no_voxels(module_server, caplog):

@@ -1,16 +1,22 @@
 """The FastAPI application: /v1/health, /v1/info, /v1/segment.
 
-`create_app(segmenter, settings)` builds it; `tevia serve` runs it on uvicorn, and tests
-build it directly.
+`create_app(segmenter, settings)` builds it; `tevia serve` runs it on uvicorn (see
+`tevia.server.transport`), and tests build it directly.
+
+A /v1/segment request goes: token and Content-Length checks (`_Guard`), an upload slot
+(`max_uploads`, 503 beyond), the body streamed to disk, prompts and options checked, the
+volume's header checked against the voxel and memory limits, a place in the queue (503
+beyond `queue_limit`), then, on the inference thread, the voxels decoded, segmented and the
+labelmap encoded. Only then is a volume in memory, one at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import json
 import logging
-import shutil
-import tempfile
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,19 +30,20 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tevia.device import is_out_of_memory
-from tevia.pipeline import Cancelled
+from tevia.pipeline import Cancelled, SegmentOptions
 from tevia.server.auth import bearer_matches
-from tevia.server.engine import SegmentationService
-from tevia.server.jobs import InferenceQueue, QueueFull
+from tevia.server.engine import API_VERSION, SegmentationService
+from tevia.server.jobs import InferenceQueue, Job, QueueFull
 from tevia.server.settings import ServerSettings
+from tevia.server.tempfiles import new_request_folder, open_temp_root, remove_path
 from tevia.server.upload import UploadError, read_segment_form
-from tevia.server.volume_io import VolumeError, VolumeTooLargeError, read_uploaded_volume, write_labelmap
+from tevia.server.validation import options_from, prompts_from
+from tevia.server.volume_io import UploadedVolume, VolumeError, VolumeTooLargeError, inspect_upload, public_message
 
-__all__ = ["create_app", "LABELS_HEADER", "OPEN_PATHS"]
+__all__ = ["create_app", "OPEN_PATHS"]
 
 logger = logging.getLogger(__name__)
 
-LABELS_HEADER = "X-TeViA-Labels"
 OPEN_PATHS = frozenset({"/v1/health"})
 _POLL_SECONDS = 0.25
 
@@ -75,51 +82,13 @@ class _Guard:
         await self.app(scope, receive, send)
 
 
-def _prompts(texts: list[str], settings: ServerSettings) -> list[str]:
-    if not texts:
-        raise HTTPException(422, "no `text` field: send one or more prompts, e.g. text=liver")
-    prompts = [text.strip() for text in texts]
-    for index, prompt in enumerate(prompts):
-        if not prompt:
-            raise HTTPException(422, f"`text` field {index + 1} is empty; every prompt needs some words")
-        if len(prompt) > settings.max_prompt_chars:
-            raise HTTPException(422, f"`text` field {index + 1} has {len(prompt)} characters; the limit is "
-                                     f"{settings.max_prompt_chars}")
-        if any(ord(ch) < 32 for ch in prompt):
-            raise HTTPException(422, f"`text` field {index + 1} holds control characters; send plain text")
-    return prompts
 
 
-def _options(raw: str | None) -> dict[str, Any]:
-    if raw is None or not raw.strip():
-        return {}
-    try:
-        options = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise HTTPException(422, f"the `options` field is not valid JSON ({error.msg} at character "
-                                 f"{error.pos}); send a JSON object such as {{\"threshold\": 0.5}}") from None
-    if not isinstance(options, dict):
-        raise HTTPException(422, f"the `options` field must be a JSON object, got {type(options).__name__}")
-    return options
-
-
-def _labels_header(result: Any) -> str:
-    payload = {
-        "labels": {str(label): prompt for label, prompt in result.labels.items()},
-        "prompts": result.prompts,
-        "warnings": result.warnings,
-        "voxels": result.voxels,
-        "timings": {name: round(float(value), 4) for name, value in result.timings.items()},
-    }
-    return json.dumps(payload, ensure_ascii=True, separators=(",", ":"), default=str)
-
-
-def _make_temp_root(settings: ServerSettings) -> tuple[Path, bool]:
-    if settings.temp_dir is None:
-        return Path(tempfile.mkdtemp(prefix="tevia-serve-")), True
-    root = Path(settings.temp_dir)
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return root, False
+def _answer_body(summary: dict[str, Any], labelmap: bytes) -> bytes:
+    """The JSON answer of API version 2: the summary and the labelmap (.nii.gz, base64)."""
+    answer = {"api": API_VERSION, **summary,
+              "labelmap": {"format": "nii.gz", "encoding": "base64", "data": base64.b64encode(labelmap).decode("ascii")}}
+    return json.dumps(answer, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
 
 
 def create_app(segmenter: Any, settings: ServerSettings | None = None) -> FastAPI:
@@ -133,18 +102,23 @@ def create_app(segmenter: Any, settings: ServerSettings | None = None) -> FastAP
     Returns:
         The FastAPI app. `app.state.queue` is its InferenceQueue, `app.state.temp_root` its
         temporary folder; both are released when the app shuts down.
+
+    Raises:
+        ValueError: `settings.temp_dir` is not a private folder of this user (see
+            tevia.server.tempfiles.open_temp_root).
     """
     settings = settings or ServerSettings()
+    temp_root, owns_temp_root = open_temp_root(settings.temp_dir)
     service = SegmentationService(segmenter, settings.feature_cache_bytes)
-    temp_root, owns_temp_root = _make_temp_root(settings)
     queue = InferenceQueue(settings.queue_limit)
+    uploads = asyncio.Semaphore(settings.max_uploads)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
         queue.stop()
         if owns_temp_root:
-            shutil.rmtree(temp_root, ignore_errors=True)
+            remove_path(temp_root)
 
     app = FastAPI(title="TeViA inference server", version=service.info()["version"], lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
@@ -161,47 +135,54 @@ def create_app(segmenter: Any, settings: ServerSettings | None = None) -> FastAP
     async def info() -> dict[str, Any]:
         limits = {"max_upload_bytes": settings.max_upload_bytes, "max_prompts": settings.max_prompts,
                   "max_prompt_chars": settings.max_prompt_chars, "max_voxels": settings.max_voxels,
-                  "queue_limit": settings.queue_limit, "request_timeout": settings.request_timeout}
+                  "memory_budget_bytes": settings.memory_budget_bytes, "queue_limit": settings.queue_limit,
+                  "max_uploads": settings.max_uploads, "request_timeout": settings.request_timeout}
         return {**service.info(), "limits": limits}
 
     @app.post("/v1/segment")
     async def segment(request: Request) -> Response:
+        if uploads.locked():
+            raise HTTPException(503, f"the server is receiving {settings.max_uploads} uploads already; retry "
+                                     f"in a few seconds", headers={"Retry-After": str(queue.retry_after()),
+                                                                   "Connection": "close"})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.request_timeout
-        folder = Path(tempfile.mkdtemp(prefix="request-", dir=temp_root))
+        folder = new_request_folder(temp_root)
+        job: Job | None = None
         try:
-            try:
-                image, prompts, options = await _read_request(request, folder, settings, service)
-            except ClientDisconnect:
-                logger.info("client disconnected during the upload")
-                return Response(status_code=499)
+            async with uploads:
+                try:
+                    volume, prompts, options = await _admit(request, folder, settings)
+                except ClientDisconnect:
+                    logger.info("client disconnected during the upload")
+                    return Response(status_code=499)
+                try:
+                    job = queue.submit(functools.partial(service.segment, volume, prompts, options, folder))
+                except QueueFull as error:
+                    raise HTTPException(503, str(error), headers={"Retry-After": str(error.retry_after)}) from None
             started = time.perf_counter()
-            try:
-                job = queue.submit(lambda cancelled: service.run(image, prompts, options, cancelled))
-            except QueueFull as error:
-                raise HTTPException(503, str(error), headers={"Retry-After": str(error.retry_after)}) from None
-            result = await _wait(queue, job, request, deadline, settings.request_timeout)
-            if result is None:
+            outcome = await _wait(queue, job, request, deadline, settings.request_timeout)
+            if outcome is None:
                 return Response(status_code=499)
-            output = folder / "labelmap.nii.gz"
-            await run_in_threadpool(write_labelmap, result.labelmap, output)
-            body = output.read_bytes()
-            logger.info("segmented a %s volume for %d prompt(s) in %.2f s", "x".join(map(str, image.GetSize())),
+            summary, labelmap = outcome
+            logger.info("segmented a %s volume for %d prompt(s) in %.2f s", "x".join(map(str, volume.size)),
                         len(prompts), time.perf_counter() - started)
-            return Response(body, media_type="application/gzip",
-                            headers={LABELS_HEADER: _labels_header(result),
-                                     "Content-Disposition": 'attachment; filename="labelmap.nii.gz"'})
+            return Response(_answer_body(summary, labelmap), media_type="application/json")
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            if job is None:
+                remove_path(folder)
+            else:  # the inference thread may still use the folder: remove it once the job is over
+                job.future.add_done_callback(lambda _: remove_path(folder))
 
     return app
 
 
-async def _read_request(request: Request, folder: Path, settings: ServerSettings,
-                        service: SegmentationService) -> tuple[Any, list[str], Any]:
-    """Read and validate a /v1/segment request: (ITK image in LPS, prompts, SegmentOptions).
+async def _admit(request: Request, folder: Path, settings: ServerSettings
+                 ) -> tuple[UploadedVolume, list[str], SegmentOptions]:
+    """Read a /v1/segment request and check it without decoding any voxel.
 
-    The upload is written into `folder` and deleted once read.
+    The upload is written into `folder`; its header is read and checked against the voxel
+    and memory limits.
 
     Raises:
         HTTPException: 408, 413 or 422 with a message saying what was wrong.
@@ -212,32 +193,30 @@ async def _read_request(request: Request, folder: Path, settings: ServerSettings
             request.stream(), request.headers.get("content-type"), folder,
             max_body_bytes=settings.max_upload_bytes, max_prompt_chars=settings.max_prompt_chars,
             max_prompts=settings.max_prompts), timeout=settings.request_timeout)
+        if form.volume is None or form.volume_bytes == 0:
+            raise UploadError(422, "no `volume` file: send the volume as a NRRD or NIfTI file in the `volume` field")
+        prompts = prompts_from(form.texts, settings)
+        options = options_from(form.options)
     except UploadError as error:
         raise HTTPException(error.status, error.message) from None
     except asyncio.TimeoutError:
         raise HTTPException(408, f"the upload did not finish within the server's request timeout "
                                  f"({settings.request_timeout:.0f} s)") from None
-    if form.volume is None or form.volume_bytes == 0:
-        raise HTTPException(422, "no `volume` file: send the volume as a NRRD or NIfTI file in the `volume` field")
-    prompts = _prompts(form.texts, settings)
     try:
-        options = service.parse_options(_options(form.options))
-    except ValueError as error:
-        raise HTTPException(422, f"bad `options`: {error}") from None
-    try:
-        image = await run_in_threadpool(read_uploaded_volume, form.volume, settings.max_voxels)
+        volume = await run_in_threadpool(inspect_upload, form.volume, settings.max_voxels,
+                                         settings.memory_budget_bytes)
     except VolumeTooLargeError as error:
         raise HTTPException(413, str(error)) from None
     except VolumeError as error:
         raise HTTPException(422, str(error)) from None
-    finally:
-        for upload in folder.iterdir():
-            upload.unlink()
-    return image, prompts, options
+    return volume, prompts, options
 
 
-async def _wait(queue: InferenceQueue, job: Any, request: Request, deadline: float, timeout: float) -> Any:
-    """The job's result; None when the client went away; HTTPException on timeout or failure."""
+async def _wait(queue: InferenceQueue, job: Job, request: Request, deadline: float, timeout: float) -> Any:
+    """The job's result; None when the client went away; HTTPException on timeout or failure.
+
+    Error messages carry no server path (tevia.server.volume_io.public_message).
+    """
     loop = asyncio.get_running_loop()
     waiter = asyncio.wrap_future(job.future)
     while not waiter.done():
@@ -258,10 +237,13 @@ async def _wait(queue: InferenceQueue, job: Any, request: Request, deadline: flo
         return waiter.result()
     if isinstance(error, Cancelled):
         return None
+    if isinstance(error, VolumeTooLargeError):
+        raise HTTPException(413, public_message(str(error)))
     if isinstance(error, ValueError):
-        raise HTTPException(422, f"the volume or prompts cannot be segmented: {error}")
+        raise HTTPException(422, f"the volume or prompts cannot be segmented: {public_message(str(error))}")
     if is_out_of_memory(error):
         raise HTTPException(503, "the server ran out of GPU memory on this volume; retry later or send a smaller "
                                  "volume", headers={"Retry-After": str(queue.retry_after())})
     logger.error("segmentation failed", exc_info=error)
-    raise HTTPException(500, f"the segmentation failed on the server ({type(error).__name__}: {error})")
+    raise HTTPException(500, f"the segmentation failed on the server ({type(error).__name__}); the server's log "
+                             f"has the details")

@@ -10,6 +10,7 @@ from pathlib import Path
 from tevia.device import add_precision_argument
 from tevia.server.auth import LOOPBACK_HOST, TOKEN_ENV, check_bind, load_token
 from tevia.server.settings import ServerSettings
+from tevia.server.tempfiles import open_temp_root
 
 __all__ = ["configure_parser", "main", "settings_from_args", "DEFAULT_PORT"]
 
@@ -33,8 +34,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="largest accepted request body in MB (413 beyond it)")
     parser.add_argument("--queue-limit", type=int, default=defaults.queue_limit,
                         help="requests that may wait behind the running one (503 + Retry-After beyond it)")
+    parser.add_argument("--max-uploads", type=int, default=defaults.max_uploads,
+                        help="requests whose body may be arriving at once (503 + Retry-After beyond it)")
+    parser.add_argument("--memory-budget-mb", type=int, default=defaults.memory_budget_bytes // 2**20,
+                        help="memory one request's volume may take while decoded and segmented, every copy "
+                             "counted (413 beyond it, before decoding)")
     parser.add_argument("--request-timeout", type=float, default=defaults.request_timeout,
                         help="seconds per request, upload and inference together")
+    parser.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                        help="open connections served at once (503 beyond them)")
+    parser.add_argument("--head-timeout", type=float, default=defaults.head_timeout,
+                        help="seconds a connection may take to send a request's line and headers")
     parser.add_argument("--cache-mb", type=int, default=defaults.feature_cache_bytes // 2**20,
                         help="image-feature cache bound in MiB (as the worker's --cache-mb)")
     parser.add_argument("--ssl-certfile", type=Path, help="TLS certificate (PEM); serve HTTPS with --ssl-keyfile")
@@ -48,7 +58,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
     Raises:
         ValueError: a refused combination (no token without --insecure-no-token, the flag off
-            127.0.0.1, half a TLS pair, missing files, bad numbers), saying what to do.
+            127.0.0.1, half a TLS pair, missing files, bad numbers, a --temp-dir others can
+            write), saying what to do.
     """
     token = load_token(args.token_file)
     check_bind(args.host, token, args.insecure_no_token)
@@ -62,9 +73,13 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         raise ValueError(f"--port must be 0..65535, got {args.port}")
     if not args.max_upload_mb > 0:
         raise ValueError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    if args.temp_dir is not None:
+        open_temp_root(args.temp_dir)
     return ServerSettings(token=token, max_upload_bytes=int(args.max_upload_mb * 2**20),
-                          queue_limit=args.queue_limit, request_timeout=args.request_timeout,
-                          feature_cache_bytes=args.cache_mb * 2**20, temp_dir=args.temp_dir)
+                          queue_limit=args.queue_limit, max_uploads=args.max_uploads,
+                          memory_budget_bytes=args.memory_budget_mb * 2**20, request_timeout=args.request_timeout,
+                          feature_cache_bytes=args.cache_mb * 2**20, temp_dir=args.temp_dir,
+                          max_connections=args.max_connections, head_timeout=args.head_timeout)
 
 
 def _is_loopback(host: str) -> bool:
@@ -91,6 +106,7 @@ def main(args: argparse.Namespace) -> int:
     from tevia.checkpoint import CheckpointError
     from tevia.inference import Segmenter
     from tevia.server.app import create_app
+    from tevia.server.transport import uvicorn_config
 
     if args.ssl_certfile is None and not _is_loopback(args.host):
         logger.warning("serving plain HTTP on %s: the token and the volumes travel unencrypted; "
@@ -104,7 +120,7 @@ def main(args: argparse.Namespace) -> int:
     scheme = "https" if args.ssl_certfile else "http"
     logger.info("serving model %s on %s://%s:%d (token %s)", segmenter.spec.name, scheme, args.host, args.port,
                 "required" if settings.token else "NOT required")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=logging.getLogger().getEffectiveLevel(),
-                ssl_certfile=args.ssl_certfile and str(args.ssl_certfile),
-                ssl_keyfile=args.ssl_keyfile and str(args.ssl_keyfile), server_header=False)
+    config = uvicorn_config(app, settings, args.host, args.port, ssl_certfile=args.ssl_certfile,
+                            ssl_keyfile=args.ssl_keyfile, log_level=logging.getLogger().getEffectiveLevel())
+    uvicorn.Server(config).run()
     return 0

@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import SimpleITK as sitk
-
 from tevia import __version__
-from tevia.pipeline import FeatureCache, SegmentOptions, SegmentResult, segment_volume
+from tevia.pipeline import FeatureCache, SegmentOptions, segment_volume
+from tevia.server.volume_io import UploadedVolume, encode_labelmap, read_uploaded_volume
 
 __all__ = ["SegmentationService", "API_VERSION"]
 
 logger = logging.getLogger(__name__)
 
-API_VERSION = 1
+API_VERSION = 2
+"""Version of the HTTP API; 2: the answer is one JSON body holding the label map and the labelmap."""
 
 
 class SegmentationService:
     """Runs `tevia.pipeline.segment_volume` on one loaded model with a shared feature cache.
 
-    Only the inference queue's worker thread calls `run`, so the model runs one request at a
-    time, as in the worker process.
+    Only the inference queue's worker thread calls `segment`, so the model runs one request
+    at a time, as in the worker process, and only one decoded volume is held at a time.
 
     Args:
         segmenter: a loaded `tevia.inference.Segmenter`.
@@ -49,13 +51,33 @@ class SegmentationService:
             "example_prompts": list(spec.example_prompts),
         }
 
-    @staticmethod
-    def parse_options(options: dict[str, Any]) -> SegmentOptions:
-        """Validate request options (ValueError naming the bad key and value)."""
-        return SegmentOptions.from_dict(options)
+    def segment(self, volume: UploadedVolume, prompts: list[str], options: SegmentOptions, folder: Path,
+                cancelled: Callable[[], bool]) -> tuple[dict[str, Any], bytes]:
+        """Decode an inspected upload, segment it for each prompt and encode the labelmap.
 
-    def run(self, image: sitk.Image, prompts: list[str], options: SegmentOptions,
-            cancelled: Callable[[], bool]) -> SegmentResult:
-        """Segment `image` (LPS, as read by ITK) for each prompt; raises pipeline.Cancelled."""
-        return segment_volume(self.segmenter, image, prompts, options, cancelled=cancelled,
-                              feature_cache=self.feature_cache)
+        The decoded volume and the labelmap image live only inside this call.
+
+        Returns:
+            (summary: labels, prompts, warnings, voxels, timings; the labelmap as .nii.gz bytes).
+
+        Raises:
+            ValueError: the voxels cannot be read or segmented (message without server paths).
+            VolumeTooLargeError: the volume does not fit the memory available now.
+            tevia.pipeline.Cancelled: `cancelled()` turned True.
+        """
+        began = time.perf_counter()
+        image, warnings = read_uploaded_volume(volume)
+        read_seconds = time.perf_counter() - began
+        result = segment_volume(self.segmenter, image, prompts, options, cancelled=cancelled,
+                                feature_cache=self.feature_cache)
+        del image
+        labelmap = encode_labelmap(result.labelmap, folder)
+        timings = {**result.timings, "read": read_seconds}
+        summary = {
+            "labels": {str(label): prompt for label, prompt in result.labels.items()},
+            "prompts": result.prompts,
+            "warnings": warnings + result.warnings,
+            "voxels": result.voxels,
+            "timings": {name: round(float(value), 4) for name, value in timings.items()},
+        }
+        return summary, labelmap

@@ -137,6 +137,7 @@ class InferenceQueue:
             finally:
                 with self._cond:
                     self._running = None
+                job = None  # hold nothing of a finished request (its answer) while waiting for the next
 
     def _run(self, job: Job) -> None:
         start = time.perf_counter()

@@ -25,6 +25,7 @@ __all__ = [
     "READ_EXTENSIONS",
     "available_memory_bytes",
     "check_memory",
+    "component_bytes",
     "file_extension",
     "read_image",
     "read_raw_volume",
@@ -89,7 +90,7 @@ def check_memory(size: tuple[int, ...], bytes_per_voxel: int, budget_bytes: int 
         )
 
 
-def _component_bytes(pixel_id: int) -> int:
+def component_bytes(pixel_id: int) -> int:
     """Bytes per component of an ITK pixel type, from its name ("vector of 16-bit ...")."""
     match = re.search(r"(\d+)-bit", sitk.GetPixelIDValueAsString(pixel_id))
     return int(match.group(1)) // 8 if match else 8
@@ -195,7 +196,7 @@ def read_image(path: str | os.PathLike, budget_bytes: int | None = None) -> tupl
                             f"{extension} file ({str(error).strip().splitlines()[-1]})") from error
     size = reader.GetSize()
     _check_dimension(reader.GetDimension(), size, str(path))
-    check_memory(size, reader.GetNumberOfComponents() * _component_bytes(reader.GetPixelID()),
+    check_memory(size, reader.GetNumberOfComponents() * component_bytes(reader.GetPixelID()),
                  budget_bytes)
     if extension in (".nii", ".nii.gz"):
         check_complete(path)  # ITK fills the missing voxels of a cut NIfTI with zeros, without a word

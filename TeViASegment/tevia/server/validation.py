@@ -1,0 +1,72 @@
+"""Checks of a /v1/segment request's `text` and `options` fields, before any voxel is read."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tevia.pipeline import SegmentOptions
+from tevia.server.settings import ServerSettings
+from tevia.server.upload import UploadError
+
+__all__ = ["prompts_from", "options_from"]
+
+_SCALARS = (str, int, float, bool, type(None))
+_MAX_LIST = 16
+_MAX_DETAIL = 300
+_EXAMPLE = '{"threshold": 0.5, "window": [40, 400]}'
+
+
+def prompts_from(texts: list[str], settings: ServerSettings) -> list[str]:
+    """The prompts, stripped.
+
+    Raises:
+        UploadError: 422 for no prompt, an empty or too long one, or control characters.
+    """
+    if not texts:
+        raise UploadError(422, "no `text` field: send one or more prompts, e.g. text=liver")
+    prompts = [text.strip() for text in texts]
+    for index, prompt in enumerate(prompts):
+        if not prompt:
+            raise UploadError(422, f"`text` field {index + 1} is empty; every prompt needs some words")
+        if len(prompt) > settings.max_prompt_chars:
+            raise UploadError(422, f"`text` field {index + 1} has {len(prompt)} characters; the limit is "
+                                   f"{settings.max_prompt_chars}")
+        if any(ord(ch) < 32 for ch in prompt):
+            raise UploadError(422, f"`text` field {index + 1} holds control characters; send plain text")
+    return prompts
+
+
+def _is_flat(value: Any) -> bool:
+    """A JSON scalar, or a short list of scalars: the only shapes an option takes."""
+    if isinstance(value, _SCALARS):
+        return True
+    return isinstance(value, list) and len(value) <= _MAX_LIST and all(isinstance(v, _SCALARS) for v in value)
+
+
+def options_from(raw: str | None) -> SegmentOptions:
+    """The `options` field as SegmentOptions, every option's type and range checked.
+
+    Raises:
+        UploadError: 422 saying which option is wrong and what it must be.
+    """
+    if raw is None or not raw.strip():
+        return SegmentOptions()
+    try:
+        values = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise UploadError(422, f"the `options` field is not valid JSON ({error.msg} at character {error.pos}); "
+                               f"send a JSON object such as {_EXAMPLE}") from None
+    except RecursionError:
+        raise UploadError(422, f"the `options` field nests too deeply; send a flat JSON object such as "
+                               f"{_EXAMPLE}") from None
+    if not isinstance(values, dict):
+        raise UploadError(422, f"the `options` field must be a JSON object, got {type(values).__name__}")
+    for key, value in values.items():
+        if not _is_flat(value):
+            raise UploadError(422, f"bad `options`: {key[:40]!r} must be a number, text, true/false or a list "
+                                   f"of at most {_MAX_LIST} numbers, got a nested {type(value).__name__}")
+    try:
+        return SegmentOptions.from_dict(values)
+    except ValueError as error:
+        raise UploadError(422, f"bad `options`: {str(error)[:_MAX_DETAIL]}") from None
