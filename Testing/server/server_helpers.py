@@ -26,7 +26,7 @@ _VOLUMES = {  # committed sample (Testing/data/volumes) -> the same file in the 
 }
 
 __all__ = ["real_volume", "cropped_volume", "TOKEN", "LiveServer", "auth", "multipart_body", "raw_request", "read_answer",
-           "occupy_worker", "same_geometry", "wait_until",
+           "occupy_worker", "same_geometry", "wait_until", "ResidentMemory",
            "segmenter", "serve", "module_server", "certificate"]
 
 TOKEN = "test-token-0123456789abcdef"
@@ -122,6 +122,42 @@ def read_answer(answer, folder: Path) -> tuple[dict, sitk.Image]:
     path = folder / "answer.nii.gz"
     path.write_bytes(base64.b64decode(payload["labelmap"]["data"]))
     return payload, sitk.ReadImage(str(path))
+
+
+class ResidentMemory:
+    """Samples this process's resident memory (VmRSS) every 5 ms while active: `peak_growth`
+    is the most it rose above its value on entry, in bytes (Linux /proc)."""
+
+    def __init__(self) -> None:
+        self.start = self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def now() -> int:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS in /proc/self/status")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.now())
+
+    def __enter__(self) -> "ResidentMemory":
+        self.start = self.peak = self.now()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.peak = max(self.peak, self.now())
+
+    @property
+    def peak_growth(self) -> int:
+        return self.peak - self.start
 
 
 def wait_until(condition: Callable[[], bool], seconds: float = 20) -> bool:

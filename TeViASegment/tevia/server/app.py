@@ -35,7 +35,7 @@ from tevia.server.auth import bearer_matches
 from tevia.server.engine import API_VERSION, SegmentationService
 from tevia.server.jobs import InferenceQueue, Job, QueueFull
 from tevia.server.settings import ServerSettings
-from tevia.server.tempfiles import new_request_folder, open_temp_root, remove_path
+from tevia.server.tempfiles import RequestFolder, open_temp_root, remove_path
 from tevia.server.upload import UploadError, read_segment_form
 from tevia.server.validation import options_from, prompts_from
 from tevia.server.volume_io import UploadedVolume, VolumeError, VolumeTooLargeError, inspect_upload, public_message
@@ -101,7 +101,8 @@ def create_app(segmenter: Any, settings: ServerSettings | None = None) -> FastAP
 
     Returns:
         The FastAPI app. `app.state.queue` is its InferenceQueue, `app.state.temp_root` its
-        temporary folder; both are released when the app shuts down.
+        temporary folder (both released when the app shuts down), `app.state.uploads` the
+        semaphore of upload slots.
 
     Raises:
         ValueError: `settings.temp_dir` is not a private folder of this user (see
@@ -125,6 +126,7 @@ def create_app(segmenter: Any, settings: ServerSettings | None = None) -> FastAP
     app.state.queue = queue
     app.state.temp_root = temp_root
     app.state.settings = settings
+    app.state.uploads = uploads
     app.add_middleware(_Guard, token=settings.token, max_body_bytes=settings.max_upload_bytes)
 
     @app.get("/v1/health")
@@ -147,12 +149,12 @@ def create_app(segmenter: Any, settings: ServerSettings | None = None) -> FastAP
                                                                    "Connection": "close"})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.request_timeout
-        folder = new_request_folder(temp_root)
+        folder = RequestFolder(temp_root)
         job: Job | None = None
         try:
             async with uploads:
                 try:
-                    volume, prompts, options = await _admit(request, folder, settings)
+                    volume, prompts, options = await _admit(request, folder.path, settings)
                 except ClientDisconnect:
                     logger.info("client disconnected during the upload")
                     return Response(status_code=499)
@@ -170,9 +172,9 @@ def create_app(segmenter: Any, settings: ServerSettings | None = None) -> FastAP
             return Response(_answer_body(summary, labelmap), media_type="application/json")
         finally:
             if job is None:
-                remove_path(folder)
+                folder.remove()
             else:  # the inference thread may still use the folder: remove it once the job is over
-                job.future.add_done_callback(lambda _: remove_path(folder))
+                job.future.add_done_callback(lambda _: folder.remove())
 
     return app
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from tevia import __version__
 from tevia.pipeline import FeatureCache, SegmentOptions, segment_volume
+from tevia.server.tempfiles import RequestFolder
 from tevia.server.volume_io import UploadedVolume, encode_labelmap, read_uploaded_volume
 
 __all__ = ["SegmentationService", "API_VERSION"]
@@ -51,7 +51,7 @@ class SegmentationService:
             "example_prompts": list(spec.example_prompts),
         }
 
-    def segment(self, volume: UploadedVolume, prompts: list[str], options: SegmentOptions, folder: Path,
+    def segment(self, volume: UploadedVolume, prompts: list[str], options: SegmentOptions, folder: RequestFolder,
                 cancelled: Callable[[], bool]) -> tuple[dict[str, Any], bytes]:
         """Decode an inspected upload, segment it for each prompt and encode the labelmap.
 
@@ -66,7 +66,7 @@ class SegmentationService:
             tevia.pipeline.Cancelled: `cancelled()` turned True.
         """
         began = time.perf_counter()
-        image, warnings = read_uploaded_volume(volume)
+        image, warnings = read_uploaded_volume(volume, folder)
         read_seconds = time.perf_counter() - began
         result = segment_volume(self.segmenter, image, prompts, options, cancelled=cancelled,
                                 feature_cache=self.feature_cache)

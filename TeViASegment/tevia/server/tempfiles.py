@@ -9,7 +9,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["open_temp_root", "new_request_folder", "remove_path"]
+__all__ = ["open_temp_root", "RequestFolder", "remove_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +51,54 @@ def open_temp_root(temp_dir: Path | None) -> tuple[Path, bool]:
     return root, False
 
 
-def new_request_folder(root: Path) -> Path:
-    """A fresh folder (mode 0700) inside `root` for one request's files."""
-    return Path(tempfile.mkdtemp(prefix="request-", dir=root))
+class RequestFolder:
+    """A fresh folder (mode 0700) inside the server's root for one request's files.
+
+    It remembers the folder's identity (device, inode): if the folder is later replaced (by a
+    link to another place, say), `file` refuses to name files in it and `remove` deletes only
+    the replacement link, never what it points to.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="request-", dir=root))
+        info = os.lstat(self.path)
+        self._identity = (info.st_dev, info.st_ino)
+
+    def intact(self) -> bool:
+        """Whether the path is still the folder this object created."""
+        try:
+            info = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        return stat.S_ISDIR(info.st_mode) and (info.st_dev, info.st_ino) == self._identity
+
+    def file(self, name: str) -> Path:
+        """The path of `name` inside the folder.
+
+        Raises:
+            RuntimeError: the folder was removed or replaced.
+        """
+        if not self.intact():
+            raise RuntimeError("the request's temporary folder was removed or replaced")
+        return self.path / name
+
+    def remove_file(self, name: str) -> None:
+        """Delete `name` from the folder if the folder is still the one created."""
+        if self.intact():
+            remove_path(self.path / name)
+
+    def remove(self) -> None:
+        """Delete the folder and its files; a replacement (link or file) is removed, not followed."""
+        if not self.intact() and os.path.lexists(self.path):
+            logger.warning("the temporary folder %s was replaced; removing the replacement only", self.path.name)
+        remove_path(self.path)
 
 
 def remove_path(path: Path) -> None:
     """Delete a file, link or folder tree without following symbolic links.
 
-    A link is removed, never its target (also for a request folder swapped for a link);
-    links inside a folder are removed as links (shutil.rmtree's rule). Missing paths are
-    fine; other failures are logged, not raised.
+    A link is removed, never its target; links inside a folder are removed as links
+    (shutil.rmtree's rule). Missing paths are fine; other failures are logged, not raised.
     """
     try:
         info = os.lstat(path)

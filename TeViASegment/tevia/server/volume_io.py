@@ -15,6 +15,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from tevia.server.tempfiles import RequestFolder
 from tevia.volume.errors import VolumeTooLargeError
 from tevia.volume.io import available_memory_bytes, check_memory, component_bytes, read_image
 
@@ -155,7 +156,7 @@ def inspect_upload(upload: Path, max_voxels: int, budget_bytes: int) -> Uploaded
     return UploadedVolume(path, size, components, per_component, voxels * per_voxel)
 
 
-def read_uploaded_volume(volume: UploadedVolume) -> tuple[sitk.Image, list[str]]:
+def read_uploaded_volume(volume: UploadedVolume, folder: RequestFolder) -> tuple[sitk.Image, list[str]]:
     """Decode an inspected upload (tevia.volume.io.read_image: the checks of the worker and the CLI),
     then delete the file.
 
@@ -165,20 +166,21 @@ def read_uploaded_volume(volume: UploadedVolume) -> tuple[sitk.Image, list[str]]
     Raises:
         ValueError: the voxels cannot be read (corrupt, truncated, 4D); the message names no server path.
         VolumeTooLargeError: the volume no longer fits the memory available now.
+        RuntimeError: the request folder was replaced.
     """
     try:
-        return read_image(volume.path)
+        return read_image(folder.file(volume.path.name))
     except ValueError as error:
         raise type(error)(public_message(str(error), volume.path)) from None
     finally:
-        volume.path.unlink(missing_ok=True)
+        folder.remove_file(volume.path.name)
 
 
-def encode_labelmap(labelmap: sitk.Image, folder: Path) -> bytes:
+def encode_labelmap(labelmap: sitk.Image, folder: RequestFolder) -> bytes:
     """A uint8 labelmap as gzip-compressed NIfTI bytes (written through a file in `folder`, then deleted)."""
-    path = folder / "labelmap.nii.gz"
+    path = folder.file("labelmap.nii.gz")
     try:
         sitk.WriteImage(labelmap, str(path), useCompression=True)
         return path.read_bytes()
     finally:
-        path.unlink(missing_ok=True)
+        folder.remove_file(path.name)
