@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import socket
 import threading
 import time
@@ -171,3 +173,50 @@ def test_concurrent_clients_all_get_their_own_answer(module_server, small_volume
         thread.join(120)
     assert sorted(results) == [0, 1, 2, 3]
     assert all(results[i][1] == {1: f"organ {i}"} for i in range(4))
+
+
+def test_eight_japanese_prompts_round_trip(module_server, small_volume):
+    prompts = [f"{organ}の{where}に広がる淡いすりガラス影、二か所" for organ in ("右肺", "左肺", "肝臓", "脾臓")
+               for where in ("上部", "下部")]
+    labelmap, labels, _ = RemoteClient(module_server.url, TOKEN, timeout=120).segment(*small_volume, prompts, {})
+    assert labels == {index + 1: prompt for index, prompt in enumerate(prompts)}
+    assert labelmap.shape == small_volume[0].shape
+
+
+class _OtherVersionServer(http.server.BaseHTTPRequestHandler):
+    """A server of another API version (no such server exists yet): /v1/info says `info_api`,
+    /v1/segment answers a JSON body of API version 3."""
+
+    info_api = 2
+
+    def _json(self, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._json({"api": self.info_api, "limits": {}})
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._json({"api": 3, "labels": {"1": "liver"}, "labelmap": {"format": "nii.gz", "encoding": "base64",
+                                                                     "data": ""}})
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.parametrize("info_api, message", [(1, "speaks API version 1"), (2, "answered in API version 3")])
+def test_the_client_refuses_a_server_or_an_answer_of_another_api_version(small_volume, info_api, message):
+    handler = type("Handler", (_OtherVersionServer,), {"info_api": info_api})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            with pytest.raises(RemoteError, match=message):
+                RemoteClient(f"http://127.0.0.1:{server.server_port}", TOKEN).segment(*small_volume, ["liver"], {})
+        finally:
+            server.shutdown()

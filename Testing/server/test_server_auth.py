@@ -132,7 +132,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_tevia_serve_runs_https_with_a_token_file(tiny_model_dir, tmp_path, certificate):
+def test_tevia_serve_runs_https_with_a_token_file_and_logs_no_token(tiny_model_dir, tmp_path, certificate):
     cert, key = certificate
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
@@ -148,10 +148,14 @@ def test_tevia_serve_runs_https_with_a_token_file(tiny_model_dir, tmp_path, cert
         assert httpx.get(f"{url}/v1/info", verify=trust).status_code == 401
         info = httpx.get(f"{url}/v1/info", headers=auth(), verify=trust).json()
         assert info["model"] == "tiny-test" and info["precision"] == "bf16"
+        assert httpx.get(f"{url}/v1/info?token={TOKEN}", verify=trust).status_code == 401
+        assert httpx.get(f"{url}/v1/{TOKEN}/info", verify=trust).status_code == 401
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=30)
     assert "token required" in output and TOKEN not in output
+    assert '"GET /v1/info?<redacted> HTTP/1.1" 401' in output  # the access log, redacted
+    assert '"GET <other path> HTTP/1.1" 401' in output
 
 
 def test_insecure_no_token_settings_serve_loopback_without_a_token(serve, tmp_path):
