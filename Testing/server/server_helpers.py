@@ -27,7 +27,7 @@ _VOLUMES = {  # committed sample (Testing/data/volumes) -> the same file in the 
 
 __all__ = ["real_volume", "cropped_volume", "TOKEN", "LiveServer", "auth", "multipart_body", "raw_request", "read_answer",
            "occupy_worker", "same_geometry", "wait_until", "ResidentMemory",
-           "segmenter", "serve", "module_server", "certificate"]
+           "segmenter", "serve", "module_server", "small_nrrd", "certificate"]
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -217,6 +217,15 @@ def serve(segmenter, tmp_path) -> Iterator[Callable[..., LiveServer]]:
     yield start
     for server in servers:
         server.__exit__()
+
+
+@pytest.fixture(scope="module")
+def small_nrrd(tmp_path_factory) -> bytes:
+    """A real CT crop (TotalSegmentator example CT, 40x40x6 voxels) as NRRD bytes."""
+    image = sitk.ReadImage(str(real_volume("totalseg-ct.nii.gz")))[40:80, 30:70, 10:16]
+    path = tmp_path_factory.mktemp("vol") / "crop.nrrd"
+    sitk.WriteImage(image, str(path), useCompression=True)
+    return path.read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import SimpleITK as sitk
 
 from server_helpers import (auth, multipart_body, occupy_worker, raw_request, real_volume, segmenter,  # noqa: F401
-                            serve, wait_until)
+                            serve, small_nrrd, wait_until)
 
 from tevia.server import ServerSettings, create_app
 
@@ -38,15 +37,6 @@ def _post(server, volume: bytes) -> httpx.Response:
     body, content_type = multipart_body([("volume", volume, "v.bin"), ("text", b"liver", None)])
     return httpx.post(f"{server.url}/v1/segment", content=body, timeout=60,
                       headers={**auth(), "Content-Type": content_type})
-
-
-@pytest.fixture(scope="module")
-def small_nrrd(tmp_path_factory) -> bytes:
-    """A real CT crop (TotalSegmentator example CT, 40x40x6 voxels) as NRRD bytes."""
-    image = sitk.ReadImage(str(real_volume("totalseg-ct.nii.gz")))[40:80, 30:70, 10:16]
-    path = tmp_path_factory.mktemp("vol") / "crop.nrrd"
-    sitk.WriteImage(image, str(path), useCompression=True)
-    return path.read_bytes()
 
 
 def test_idle_slow_and_trickling_connections_are_closed_at_the_head_timeout(serve):

@@ -9,19 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import SimpleITK as sitk
 
 from server_helpers import (auth, module_server, multipart_body, occupy_worker, raw_request,  # noqa: F401
-                            real_volume, segmenter, serve, wait_until)
-
-
-@pytest.fixture(scope="module")
-def small_nrrd(tmp_path_factory) -> bytes:
-    """A real CT crop (TotalSegmentator example CT, 40x40x6 voxels) as NRRD bytes."""
-    image = sitk.ReadImage(str(real_volume("totalseg-ct.nii.gz")))[40:80, 30:70, 10:16]
-    path = tmp_path_factory.mktemp("vol") / "crop.nrrd"
-    sitk.WriteImage(image, str(path), useCompression=True)
-    return path.read_bytes()
+                            segmenter, serve, small_nrrd, wait_until)
 
 
 def _post(server, fields, headers=None, timeout=60) -> httpx.Response:
