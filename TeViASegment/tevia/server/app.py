@@ -39,6 +39,7 @@ from tevia.server.tempfiles import RequestFolder, open_temp_root, remove_path
 from tevia.server.upload import UploadError, read_segment_form
 from tevia.server.validation import options_from, prompts_from
 from tevia.server.volume_io import UploadedVolume, VolumeError, VolumeTooLargeError, inspect_upload, public_message
+from tevia.volume.errors import InputError
 
 __all__ = ["create_app", "OPEN_PATHS"]
 
@@ -241,6 +242,8 @@ async def _wait(queue: InferenceQueue, job: Job, request: Request, deadline: flo
         return None
     if isinstance(error, VolumeTooLargeError):
         raise HTTPException(413, public_message(str(error)))
+    if isinstance(error, InputError):  # messages written for the user: a truncated file, a repeated prompt
+        raise HTTPException(422, public_message(str(error)))
     if isinstance(error, ValueError):
         raise HTTPException(422, f"the volume or prompts cannot be segmented: {public_message(str(error))}")
     if is_out_of_memory(error):

@@ -56,9 +56,10 @@ class UploadedVolume:
 
 
 def public_message(text: str, upload: Path | None = None) -> str:
-    """`text` without server paths: the upload becomes "the uploaded volume", other absolute paths "<path>"."""
+    """`text` without server paths: the upload (its path or its file name, which the server chose)
+    becomes "the uploaded volume", other absolute paths "<path>"."""
     if upload is not None:
-        for form in {str(upload), str(upload.resolve())}:
+        for form in (str(upload.resolve()), str(upload), upload.name):
             text = text.replace(form, "the uploaded volume")
     return _ABSOLUTE_PATH.sub("<path>", text)
 
