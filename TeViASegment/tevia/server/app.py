@@ -83,12 +83,10 @@ class _Guard:
         await self.app(scope, receive, send)
 
 
-
-
 def _answer_body(summary: dict[str, Any], labelmap: bytes) -> bytes:
     """The JSON answer of API version 2: the summary and the labelmap (.nii.gz, base64)."""
-    answer = {"api": API_VERSION, **summary,
-              "labelmap": {"format": "nii.gz", "encoding": "base64", "data": base64.b64encode(labelmap).decode("ascii")}}
+    encoded = base64.b64encode(labelmap).decode("ascii")
+    answer = {"api": API_VERSION, **summary, "labelmap": {"format": "nii.gz", "encoding": "base64", "data": encoded}}
     return json.dumps(answer, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
 
 

@@ -43,16 +43,10 @@ class UploadedVolume:
     Attributes:
         path: the file, renamed to the suffix its content shows (.nrrd, .nii, .nii.gz).
         size: voxels per dimension, as the header declares.
-        components: components per voxel.
-        component_bytes: bytes per component.
-        needed_bytes: the memory estimate it was admitted with.
     """
 
     path: Path
     size: tuple[int, ...]
-    components: int
-    component_bytes: int
-    needed_bytes: int
 
 
 def public_message(text: str, upload: Path | None = None) -> str:
@@ -154,7 +148,7 @@ def inspect_upload(upload: Path, max_voxels: int, budget_bytes: int) -> Uploaded
             f"{error} ({components} component(s) of {per_component} byte(s) per voxel, "
             f"{_READER_COPIES[image_io]} cop{'y' if _READER_COPIES[image_io] == 1 else 'ies'} while reading {suffix}; "
             f"this server allows {budget_bytes / 1024**3:.1f} GiB per request)") from None
-    return UploadedVolume(path, size, components, per_component, voxels * per_voxel)
+    return UploadedVolume(path, size)
 
 
 def read_uploaded_volume(volume: UploadedVolume, folder: RequestFolder) -> tuple[sitk.Image, list[str]]:
