@@ -50,7 +50,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ssl-certfile", type=Path, help="TLS certificate (PEM); serve HTTPS with --ssl-keyfile")
     parser.add_argument("--ssl-keyfile", type=Path, help="TLS private key (PEM)")
     parser.add_argument("--temp-dir", type=Path,
-                        help="the server's own temporary folder (default: a fresh folder in the system's)")
+                        help="the server's own temporary folder, created with mode 0700 if missing; refused if "
+                             "it is a link, another user's or writable by others (default: a fresh folder in the "
+                             "system's)")
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
