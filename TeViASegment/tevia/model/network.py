@@ -11,12 +11,15 @@ import torch.nn.functional as F
 from monai.networks.blocks import SubpixelUpsample
 from torch import nn
 
-from tevia.model.alignment import foreground_vectors
-from tevia.model.decoder import GuidedDecoderStage
+from tevia.model.alignment import FOREGROUND_POOLINGS, foreground_vectors
+from tevia.model.decoder import GuidedDecoderStage, StageOptions
 from tevia.model.prototype import HistoricPrototype
 from tevia.model.vision import VisionEncoder
 
-__all__ = ["TeViANet", "NetworkOutput"]
+__all__ = ["TeViANet", "NetworkOutput", "HEAD_ACTIVATIONS", "PIXEL_NORMALISATIONS"]
+
+HEAD_ACTIVATIONS = ("gelu", "none")
+PIXEL_NORMALISATIONS = ("mean_std", "per_image")
 
 
 @dataclass
@@ -38,15 +41,31 @@ class TeViANet(nn.Module):
         stage_tokens: tokens per decoder stage (3 values).
         in_channels: image channels the network takes (1 is repeated to 3).
         pixel_mean, pixel_std: the encoder's per-channel normalisation (3 values each).
+        stage_options: the decoder stages' architecture choices (tevia.model.decoder.StageOptions).
+        head_activation: "gelu" or "none" after the subpixel upsampling.
+        foreground_pooling: "average" or "resize" (tevia.model.alignment).
+        prototype_range_eps: "clamp" or "add" (tevia.model.prototype.HistoricPrototype).
+        pixel_normalisation: "mean_std" (pixel_mean / pixel_std) or "per_image" (each image's
+            channels to zero mean and unit variance, the reference's NormalizeIntensity).
     """
 
     def __init__(self, encoder: VisionEncoder, text_tokens: int, text_dim: int, neck_channels: list[int],
                  stage_tokens: list[int], in_channels: int = 1, head_channels: int = 24, self_heads: int = 1,
                  cross_heads: int = 4, momentum: float = 0.99,
-                 pixel_mean: list[float] = (0.485, 0.456, 0.406), pixel_std: list[float] = (0.229, 0.224, 0.225)) -> None:
+                 pixel_mean: list[float] = (0.485, 0.456, 0.406), pixel_std: list[float] = (0.229, 0.224, 0.225),
+                 stage_options: StageOptions = StageOptions(), head_activation: str = "gelu",
+                 foreground_pooling: str = "average", prototype_range_eps: str = "clamp",
+                 pixel_normalisation: str = "mean_std") -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+        for name, value, allowed in (("head_activation", head_activation, HEAD_ACTIVATIONS),
+                                     ("foreground_pooling", foreground_pooling, FOREGROUND_POOLINGS),
+                                     ("pixel_normalisation", pixel_normalisation, PIXEL_NORMALISATIONS)):
+            if value not in allowed:
+                raise ValueError(f"model.{name} must be one of {allowed}, got {value!r}")
+        self.foreground_pooling = foreground_pooling
+        self.pixel_normalisation = pixel_normalisation
         if len(stage_tokens) != 3:
             raise ValueError(f"stage_tokens must have 3 values (one per decoder stage), got {stage_tokens}")
         self.encoder = encoder
@@ -66,13 +85,14 @@ class TeViANet(nn.Module):
         # Stages run from the coarsest map: width[3] -> width[2] -> width[1] -> width[0].
         self.stage_widths = [widths[3], widths[2], widths[1]]
         self.stages = nn.ModuleList(
-            GuidedDecoderStage(widths[3 - i], widths[2 - i], text_tokens, text_dim, stage_tokens[i], self_heads, cross_heads)
+            GuidedDecoderStage(widths[3 - i], widths[2 - i], text_tokens, text_dim, stage_tokens[i], self_heads,
+                               cross_heads, stage_options)
             for i in range(3)
         )
         self.upsample = SubpixelUpsample(2, widths[0], head_channels, scale_factor=4)
-        self.head_act = nn.GELU()
+        self.head_act = nn.GELU() if head_activation == "gelu" else nn.Identity()
         self.out = nn.Conv2d(head_channels, 1, 1)
-        self.prototype = HistoricPrototype(self.stage_widths, momentum)
+        self.prototype = HistoricPrototype(self.stage_widths, momentum, prototype_range_eps)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1))
 
@@ -82,9 +102,7 @@ class TeViANet(nn.Module):
             raise ValueError(f"image must be (B, {self.in_channels}, H, W), got {tuple(image.shape)}")
         if image.shape[-1] % 32 or image.shape[-2] % 32:
             raise ValueError(f"image height and width must be divisible by 32, got {tuple(image.shape[-2:])}")
-        if self.in_channels == 1:
-            image = image.expand(-1, 3, -1, -1)
-        image = (image - self.pixel_mean) / self.pixel_std
+        image = self._normalise(image)
         if image.device.type == "cpu":
             # oneDNN runs the encoder's convolutions faster on NHWC (channels_last) tensors.
             image = image.contiguous(memory_format=torch.channels_last)
@@ -92,6 +110,15 @@ class TeViANet(nn.Module):
         if self.neck is not None:
             feats = [n(f) for n, f in zip(self.neck, feats)]
         return feats
+
+    def _normalise(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, in_channels, H, W) in [0, 1] -> the encoder's (B, 3, H, W) input."""
+        if self.in_channels == 1:
+            image = image.expand(-1, 3, -1, -1)
+        if self.pixel_normalisation == "mean_std":
+            return (image - self.pixel_mean) / self.pixel_std
+        std, mean = torch.std_mean(image, dim=(-2, -1), keepdim=True, correction=0)
+        return (image - mean) / torch.where(std == 0, torch.ones_like(std), std)
 
     def decode(self, feats: list[torch.Tensor], text: torch.Tensor) -> NetworkOutput:
         """feats from encode_image; text (B, T, D) or (1, T, D) broadcast over the batch."""
@@ -130,8 +157,7 @@ class TeViANet(nn.Module):
         upsampling module, position codes computed afresh. The computation the fast paths must
         match (Testing/engine/test_fast_paths.py) and that bench/bench_engine.py times as the
         reference code's way of running this architecture."""
-        x = image.expand(-1, 3, -1, -1) if self.in_channels == 1 else image
-        feats = self.encoder(((x - self.pixel_mean) / self.pixel_std).contiguous())
+        feats = self.encoder(self._normalise(image).contiguous())
         if self.neck is not None:
             feats = [n(f) for n, f in zip(self.neck, feats)]
         feats = [f.contiguous() for f in feats]
@@ -146,4 +172,4 @@ class TeViANet(nn.Module):
 
     def foreground(self, output: NetworkOutput, mask: torch.Tensor) -> list[torch.Tensor]:
         """Per-stage foreground representations (B, width_i) of a batch with its ground truth."""
-        return foreground_vectors(output.head_features, mask, self.stage_widths)
+        return foreground_vectors(output.head_features, mask, self.stage_widths, self.foreground_pooling)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["HistoricPrototype"]
+__all__ = ["HistoricPrototype", "RANGE_EPS"]
+
+RANGE_EPS = ("clamp", "add")
 
 OFF, COLLECTING, ACTIVE = 0, 1, 2
 
@@ -23,14 +25,19 @@ class HistoricPrototype(nn.Module):
     Args:
         widths: the width of each decoder stage (e.g. [768, 384, 192]).
         momentum: weight of the old prototype in a momentum update.
+        range_eps: how the min-max normalisation guards a zero range: "clamp" divides by
+            max(max - min, 1e-6), "add" (the reference's) by max - min + 1e-6.
     """
 
-    def __init__(self, widths: list[int], momentum: float = 0.99) -> None:
+    def __init__(self, widths: list[int], momentum: float = 0.99, range_eps: str = "clamp") -> None:
         super().__init__()
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if range_eps not in RANGE_EPS:
+            raise ValueError(f"model.prototype_range_eps must be one of {RANGE_EPS}, got {range_eps!r}")
         self.widths = list(widths)
         self.momentum = momentum
+        self.range_eps = range_eps
         self.register_buffer("state", torch.tensor(OFF, dtype=torch.long))
         self.register_buffer("count", torch.tensor(0, dtype=torch.long))
         for i, w in enumerate(self.widths):
@@ -90,4 +97,5 @@ class HistoricPrototype(nn.Module):
         if not self.active:
             return None
         v = self.vector(stage)
-        return (v - v.min()) / (v.max() - v.min()).clamp_min(1e-6)
+        spread = v.max() - v.min()
+        return (v - v.min()) / (spread.clamp_min(1e-6) if self.range_eps == "clamp" else spread + 1e-6)

@@ -48,9 +48,14 @@ class VisionEncoder(nn.Module):
 
 
 class HFBackboneEncoder(VisionEncoder):
-    """A Hugging Face backbone with 4 output stages (strides 4..32)."""
+    """A Hugging Face backbone with 4 output stages (strides 4..32).
 
-    def __init__(self, source: str, pretrained: bool = True) -> None:
+    stage_norms: keep the LayerNorm that backbone classes such as ConvNeXt's and Swin's put on
+        each output stage; False gives the raw stage outputs (the model's `hidden_states[1:]`,
+        what the reference code feeds its decoder).
+    """
+
+    def __init__(self, source: str, pretrained: bool = True, stage_norms: bool = True) -> None:
         super().__init__()
         from transformers import AutoBackbone, AutoConfig
 
@@ -67,6 +72,13 @@ class HFBackboneEncoder(VisionEncoder):
             config.out_indices = [stages.index(s) for s in out_features]
             self.backbone = AutoBackbone.from_config(config)
         self.channels = list(self.backbone.channels)
+        if not stage_norms:
+            norms = getattr(self.backbone, "hidden_states_norms", None)
+            if not isinstance(norms, nn.ModuleDict):
+                raise ValueError(f"model.vision.stage_norms=false: the backbone of {source!r} "
+                                 f"({type(self.backbone).__name__}) has no per-stage norms to leave out")
+            for stage in list(norms.keys()):
+                norms[stage] = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.backbone(pixel_values=x).feature_maps)
@@ -143,8 +155,10 @@ def build_vision_encoder(config: VisionConfig) -> VisionEncoder:
     if config.kind == "hf":
         if not config.source:
             raise ValueError("model.vision.source is empty: give a folder, a hub id or a config folder")
-        return HFBackboneEncoder(config.source, config.pretrained)
+        return HFBackboneEncoder(config.source, config.pretrained, config.stage_norms)
     if config.kind == "mobilenet_v2":
+        if not config.stage_norms:
+            raise ValueError("model.vision.stage_norms=false applies to Hugging Face backbones (kind 'hf') only")
         return MobileNetV2Encoder(config.pretrained)
     raise ValueError(f"model.vision.kind must be 'hf' or 'mobilenet_v2', got {config.kind!r}")
 
