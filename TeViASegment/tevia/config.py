@@ -108,7 +108,18 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation, schedule, prototype warm-up, early stopping and logging."""
+    """Optimisation, schedule, prototype warm-up, early stopping and logging.
+
+    Where the reference code trains differently (docs/FIDELITY.md):
+    loss: "dice_ce" (Dice + cross-entropy on logits) or "dice" (the reference's in effect).
+    alignment_skip_empty: leave samples with an empty mask out of the alignment loss (false:
+        count them, as the reference does).
+    augmentation: "affine" or "zoom" (the reference's RandZoom), when `augment` is true.
+    checkpoint_monitor: "val_dice" (highest) or "val_loss" (lowest, the reference's), for the
+        kept checkpoint and early stopping.
+    prototype_warmup_epochs: the prototype collects during epoch index warmup - 1 and is on
+        from index warmup; the reference's is 21 (collects in epoch 20, on after it).
+    """
 
     max_epochs: int = 20
     batch_size: int = 16
@@ -130,8 +141,19 @@ class TrainConfig:
     modality: str = ""
     licence: str = ""
     augment: bool = True
+    augmentation: str = "affine"
+    loss: str = "dice_ce"
+    alignment_skip_empty: bool = True
+    checkpoint_monitor: str = "val_dice"
     val_every_n_epochs: int = 1
     limit_train_batches: float = 1.0
+
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("augmentation", ("affine", "zoom")), ("loss", ("dice_ce", "dice")),
+                              ("checkpoint_monitor", ("val_dice", "val_loss"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
 @dataclass

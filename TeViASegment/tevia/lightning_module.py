@@ -1,48 +1,22 @@
 """The LightningModule: a thin shell (steps, optimiser, logged metrics) around TeViANet.
 
-Loss = DiceCE(logits, mask) + alignment_weight x alignment. The historic prototype collects
-during the last warm-up epoch, switches on at its end, then follows each training batch with
-momentum. Validation never touches it.
+Loss = DiceCE(logits, mask) (or Dice alone: `train.loss`) + alignment_weight x alignment. The
+historic prototype collects during the last warm-up epoch, switches on at its end, then follows
+each training batch with momentum. Validation never touches it.
 """
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
-import torch.nn.functional as F
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 
+from tevia.augment import augment
 from tevia.config import TrainConfig
 from tevia.model.alignment import alignment_loss
 from tevia.model.network import TeViANet
 
-__all__ = ["LitTeViA", "augment_batch"]
-
-
-def augment_batch(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random small affine (rotation +-10 deg, scale 0.9-1.1, shift +-6%) and intensity jitter.
-
-    No flips: the descriptions name sides. image (B, C, H, W) in [0, 1], mask (B, 1, H, W).
-    """
-    b = image.shape[0]
-    dev = image.device
-
-    def uniform(lo: float, hi: float) -> torch.Tensor:
-        return torch.rand(b, generator=generator).to(dev) * (hi - lo) + lo
-
-    angle = uniform(-math.pi / 18, math.pi / 18)
-    scale = uniform(0.9, 1.1)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, uniform(-0.06, 0.06)], 1),
-                         torch.stack([sin, cos, uniform(-0.06, 0.06)], 1)], 1)
-    grid = F.affine_grid(theta, list(image.shape), align_corners=False)
-    image = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    mask = (F.grid_sample(mask, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
-    gain = uniform(0.85, 1.15).view(b, 1, 1, 1)
-    bias = uniform(-0.08, 0.08).view(b, 1, 1, 1)
-    return (image * gain + bias).clamp(0, 1), mask
+__all__ = ["LitTeViA"]
 
 
 class LitTeViA(L.LightningModule):
@@ -54,7 +28,9 @@ class LitTeViA(L.LightningModule):
         self.register_buffer("text_table", table, persistent=False)
         self.text_index = index
         self.config = config
-        self.loss_fn = DiceCELoss(sigmoid=True)
+        # "dice" is what the reference code trains on in effect: its DiceCELoss on probabilities,
+        # under its MONAI version, has a zero cross-entropy term for one channel.
+        self.loss_fn = DiceCELoss(sigmoid=True) if config.loss == "dice_ce" else DiceLoss(sigmoid=True)
         self._val: dict[str, float] = {}
 
     def _text(self, texts: list[str]) -> torch.Tensor:
@@ -82,11 +58,11 @@ class LitTeViA(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         image, mask = batch["image"], batch["mask"]
         if self.config.augment:
-            image, mask = augment_batch(image, mask)
+            image, mask = augment(self.config.augmentation, image, mask)
         out = self.network(image, self._text(batch["text"]))
         seg_loss = self.loss_fn(out.logits, mask)
         fg = self.network.foreground(out, mask)
-        align = alignment_loss(out.stage_text, fg, mask)
+        align = alignment_loss(out.stage_text, fg, mask, self.config.alignment_skip_empty)
         loss = seg_loss + self.config.alignment_weight * align
         proto = self.network.prototype
         if proto.collecting or proto.active:

@@ -1,7 +1,7 @@
 """`tevia train --config FILE.yaml [key=value ...]`: train TeViA with PyTorch Lightning.
 
 CPU, one GPU, or many GPUs and nodes (DDP) through Lightning's own flags in the `train`
-section (accelerator, devices, num_nodes, strategy). Best checkpoint by validation Dice,
+section (accelerator, devices, num_nodes, strategy). Best checkpoint by validation Dice (or loss),
 early stopping, `--resume`, `--init MODEL` to fine-tune, CSV + TensorBoard logs, a PNG of
 the curves, and at the end the best weights exported as a model folder (tevia.checkpoint).
 """
@@ -160,12 +160,13 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
 
     on_gpu = torch.cuda.is_available() and tc.accelerator in ("auto", "gpu", "cuda")
     precision = tc.precision if tc.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
-    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_dice", mode="max",
+    monitor, mode = tc.checkpoint_monitor, ("max" if tc.checkpoint_monitor == "val_dice" else "min")
+    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
                            save_last=True, save_top_k=1)
     trainer = L.Trainer(
         max_epochs=tc.max_epochs, accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes,
         strategy=tc.strategy, precision=precision, default_root_dir=out, deterministic=False,
-        callbacks=[ckpt, EarlyStopping(monitor="val_dice", mode="max", patience=tc.early_stopping_patience)],
+        callbacks=[ckpt, EarlyStopping(monitor=monitor, mode=mode, patience=tc.early_stopping_patience)],
         logger=[CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="tensorboard", version="")],
         check_val_every_n_epoch=tc.val_every_n_epochs, limit_train_batches=tc.limit_train_batches,
         log_every_n_steps=10, enable_progress_bar=True,
@@ -184,8 +185,9 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
     best = ckpt.best_model_path or str(last)
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     network.load_state_dict({k.removeprefix("network."): v for k, v in state.items() if k.startswith("network.")})
-    metrics = {"val_dice_global": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
-               "epochs": trainer.current_epoch, "best_checkpoint": Path(best).name}
+    score = float(ckpt.best_model_score) if ckpt.best_model_score is not None else None
+    metrics = {"val_dice_global" if monitor == "val_dice" else "val_loss": score,
+               "epochs": trainer.current_epoch, "best_checkpoint": Path(best).name, "checkpoint_monitor": monitor}
     folder = export_model(network, config, out / "model",
                           model_metadata(config, text_encoder.folder, _texts(train_ds), metrics))
     if metrics_csv.is_file():

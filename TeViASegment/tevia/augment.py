@@ -1,0 +1,65 @@
+"""Training augmentations on a batch (B, C, H, W) image in [0, 1] with its (B, 1, H, W) mask.
+
+`train.augmentation` chooses one: "affine" (the project's) or "zoom" (the reference code's
+MONAI RandZoomd: with probability 0.1 per image a centred zoom by 0.95-1.2, bicubic for the
+image, nearest for the mask, edge padding, the size kept). Neither flips: descriptions name sides.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["AUGMENTATIONS", "augment_batch", "zoom_batch", "augment"]
+
+AUGMENTATIONS = ("affine", "zoom")
+
+
+def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    return (torch.rand(n, generator=generator) * (hi - lo) + lo).to(device)
+
+
+def augment_batch(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random small affine (rotation +-10 deg, scale 0.9-1.1, shift +-6%) and intensity jitter."""
+    b, dev = image.shape[0], image.device
+    angle = _uniform(b, -math.pi / 18, math.pi / 18, generator, dev)
+    scale = _uniform(b, 0.9, 1.1, generator, dev)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, _uniform(b, -0.06, 0.06, generator, dev)], 1),
+                         torch.stack([sin, cos, _uniform(b, -0.06, 0.06, generator, dev)], 1)], 1)
+    grid = F.affine_grid(theta, list(image.shape), align_corners=False)
+    image = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    mask = (F.grid_sample(mask, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
+    gain = _uniform(b, 0.85, 1.15, generator, dev).view(b, 1, 1, 1)
+    bias = _uniform(b, -0.08, 0.08, generator, dev).view(b, 1, 1, 1)
+    return (image * gain + bias).clamp(0, 1), mask
+
+
+def zoom_batch(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
+               prob: float = 0.1, min_zoom: float = 0.95, max_zoom: float = 1.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image, with probability `prob`, zoomed about its centre by a factor in [min_zoom,
+    max_zoom] (> 1 magnifies); the others unchanged."""
+    b, dev = image.shape[0], image.device
+    chosen = (torch.rand(b, generator=generator) < prob).to(dev)
+    factor = torch.where(chosen, _uniform(b, min_zoom, max_zoom, generator, dev), torch.ones(b, device=dev))
+    if not bool(chosen.any()):
+        return image, mask
+    zeros = torch.zeros(b, device=dev)
+    theta = torch.stack([torch.stack([1 / factor, zeros, zeros], 1), torch.stack([zeros, 1 / factor, zeros], 1)], 1)
+    grid = F.affine_grid(theta.to(image.dtype), list(image.shape), align_corners=False)
+    zoomed = F.grid_sample(image, grid, mode="bicubic", padding_mode="border", align_corners=False).clamp(0, 1)
+    zoomed_mask = F.grid_sample(mask, grid, mode="nearest", padding_mode="border", align_corners=False)
+    keep = chosen.view(b, 1, 1, 1)
+    return torch.where(keep, zoomed, image), torch.where(keep, zoomed_mask, mask)
+
+
+def augment(kind: str, image: torch.Tensor, mask: torch.Tensor,
+            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The augmentation `kind` names ("affine" or "zoom")."""
+    if kind == "affine":
+        return augment_batch(image, mask, generator)
+    if kind == "zoom":
+        return zoom_batch(image, mask, generator)
+    raise ValueError(f"train.augmentation must be one of {AUGMENTATIONS}, got {kind!r}")
