@@ -18,8 +18,8 @@ Cases:
   fp32: reported beside the fp32 figures, never in their place. Paper configuration only unless
   --bf16-configs says otherwise.
 - ref_*: the same network (the project's decoder options, docs/FIDELITY.md) run the way the
-  reference code runs it (facts from ../shared/notes/reference-implementation.md), on this machine, so that ours and the
-  reference's way compare side by side: the frozen text encoder (BERT with its masked-LM head
+  reference code runs it (facts from ../shared/notes/reference-implementation.md), on this
+  machine, so that ours and the reference's way compare side by side: the frozen text encoder (BERT with its masked-LM head
   over the whole vocabulary, as the reference calls it) runs on every batch; the network runs
   its plain path (`TeViANet.forward_plain`: NCHW, MONAI's upsampling, fresh position codes);
   the optimiser is torch's default AdamW. Paper configuration only unless --reference-configs
