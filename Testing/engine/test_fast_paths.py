@@ -1,6 +1,7 @@
 """The engine's fast paths (channels_last on CPU, torch's pixel_shuffle before the head, the head's
 pooling as a depthwise convolution, cached position codes, fused AdamW) give the plain fp32 path's results within float tolerance, in
-inference and in training, for a ConvNeXt (Hugging Face) and a MobileNetV2 encoder."""
+inference and in training, for a ConvNeXt (Hugging Face) and a MobileNetV2 encoder, and with the
+reference code's architecture options (the `paper` preset's)."""
 
 import json
 
@@ -12,7 +13,7 @@ from tevia.config import ModelConfig, TextConfig, TrainConfig, VisionConfig
 from tevia.inference import Segmenter
 from tevia.lightning_module import LitTeViA
 from tevia.model.alignment import alignment_loss, foreground_vectors
-from tevia.model.build import build_network
+from tevia.model.build import REFERENCE_ARCHITECTURE, build_network
 from tevia.model.positions import cached_grid_positions, grid_positions
 
 torch.set_num_threads(1)
@@ -32,6 +33,10 @@ def _network(kind: str, tmp_path) -> torch.nn.Module:
     if kind == "convnext":
         config = ModelConfig(vision=VisionConfig("hf", _convnext_folder(tmp_path), False), text=TextConfig(max_tokens=8),
                              image_size=(64, 96), stage_tokens=[8, 4, 4])
+    elif kind == "reference":
+        config = ModelConfig(vision=VisionConfig("hf", _convnext_folder(tmp_path), False, stage_norms=False),
+                             text=TextConfig(max_tokens=8), image_size=(64, 96), stage_tokens=[8, 4, 4],
+                             **REFERENCE_ARCHITECTURE)
     else:
         config = ModelConfig(vision=VisionConfig("mobilenet_v2", "", False), text=TextConfig(max_tokens=8),
                              image_size=(64, 96), neck_channels=[16, 16, 32, 32], stage_tokens=[8, 4, 4])
@@ -50,7 +55,7 @@ def plain_forward(net, image: torch.Tensor, text: torch.Tensor):
     return out.logits, out.head_features, out.stage_text
 
 
-@pytest.mark.parametrize("kind", ["convnext", "mobilenet"])
+@pytest.mark.parametrize("kind", ["convnext", "mobilenet", "reference"])
 def test_inference_matches_plain_path(kind, tmp_path):
     net = _network(kind, tmp_path).eval()
     image, text = torch.rand(3, 1, 64, 96), torch.randn(1, 8, 32)
@@ -65,7 +70,7 @@ def test_inference_matches_plain_path(kind, tmp_path):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("kind", ["convnext", "mobilenet"])
+@pytest.mark.parametrize("kind", ["convnext", "mobilenet", "reference"])
 @pytest.mark.parametrize("dtype, grad_tolerance", [(torch.float64, 1e-9), (torch.float32, 1e-2)])
 def test_training_step_matches_plain_path(kind, dtype, grad_tolerance, tmp_path):
     """Loss and gradients of DiceCE + 0.1 x alignment agree with the plain path: to 1e-9 in
@@ -86,7 +91,7 @@ def test_training_step_matches_plain_path(kind, dtype, grad_tolerance, tmp_path)
             logits, stage_text, fg = out.logits, out.stage_text, net.foreground(out, mask)
         else:
             logits, head, stage_text = plain_forward(net, image, text)
-            fg = foreground_vectors(head, mask, net.stage_widths)
+            fg = foreground_vectors(head, mask, net.stage_widths, net.foreground_pooling)
         loss = loss_fn(logits, mask) + 0.1 * alignment_loss(stage_text, fg, mask)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
