@@ -15,6 +15,7 @@ from tevia.model.alignment import foreground_vectors, resize_layout
 from tevia.model.build import REFERENCE_ARCHITECTURE, build_network
 from tevia.model.positions import sequence_positions
 from tevia.model.prototype import HistoricPrototype
+from tevia.model.reference_names import load_reference_state_dict
 
 torch.set_num_threads(1)
 OPTIONS = [(k, v) for k, v in REFERENCE_ARCHITECTURE.items() if k not in ("foreground_pooling", "prototype_range_eps")]
@@ -128,6 +129,14 @@ def test_stage_norms_false_gives_convnext_raw_stage_outputs(tmp_path):
             feats = encoder(image)
             same = all(torch.allclose(f, r, atol=1e-6) for f, r in zip(feats, raw))
             assert same is (not stage_norms)
+        # A reference checkpoint's encoder (Lightning wrapper `model.`, TeViaSeg `encoder.model.`)
+        # loads under its own names; its final LayerNorm and the frozen BERT have no place here.
+        net = build_network(ModelConfig(vision=VisionConfig("hf", str(tmp_path), False, stage_norms=False)), 32)
+        state = {f"model.encoder.model.{k}": v for k, v in model.state_dict().items()}
+        state["model.text_encoder.model.embeddings.word_embeddings.weight"] = torch.zeros(2, 2)
+        missing = load_reference_state_dict(net, state)
+        assert not any(k.startswith("encoder.") for k in missing)
+        assert all(torch.allclose(f, r, atol=1e-6) for f, r in zip(net.encoder(image), raw))
     with pytest.raises(ValueError, match="Hugging Face backbones"):
         small_network(vision=VisionConfig("mobilenet_v2", "", False, stage_norms=False))
 
