@@ -293,11 +293,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job.state == "done":
             if self._parameterNode is not None:
                 self._parameterNode.outputSegmentation = job.result
-            self.log("Done.")
-        elif job.state == "cancelled":
-            self.log("Cancelled; the scene is unchanged.")
-        else:
-            self.log(f"Error: {job.error}")
+        self.log(self.logic.statusLine(job))
         self.onModelChanged()
 
     def onShow3D(self):

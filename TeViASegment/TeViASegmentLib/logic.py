@@ -16,12 +16,22 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 from TeViASegmentLib import arguments, background, jobs, models, parameters, scene, settings, terminology, training_export
 from TeViASegmentLib.worker_client import WorkerClient
 
-__all__ = ["TeViASegmentLogic", "CONNECTION_TEST_TIMEOUT_S"]
+__all__ = ["TeViASegmentLogic", "CONNECTION_TEST_TIMEOUT_S", "NOTICE_TAG", "DOMAIN_WARNING_PREFIX", "domain_notice"]
 
 logger = logging.getLogger(__name__)
 
 #: A connection test gives up after this many seconds (it runs off the GUI thread anyway).
 CONNECTION_TEST_TIMEOUT_S = 10.0
+NOTICE_TAG = "TeViA.Notice"
+"""Segment tag (and segmentation node attribute, for the latest run) holding the notice of an
+input unlike the model's training images."""
+DOMAIN_WARNING_PREFIX = "Unlike the training images: "
+"""How the engine's domain warnings start (tevia.domain.WARNING_PREFIX; the Slicer side imports no engine)."""
+
+
+def domain_notice(warnings: list[str]) -> str:
+    """The warnings that say the input is unlike the model's training images, joined ("" if none)."""
+    return " ".join(w for w in warnings if w.startswith(DOMAIN_WARNING_PREFIX))
 
 
 class TeViASegmentLogic(ScriptedLoadableModuleLogic):
@@ -106,7 +116,16 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         mirrorSides = terminology.sides_mirrored(options["convention"], scene.ijk_to_ras(volumeNode))
 
         def importer(labelmap, labels, warnings):
-            return scene.import_labelmap(labelmap, labels, volumeNode, segmentationNode, mirror_sides=mirrorSides)[0]
+            node, segmentIds = scene.import_labelmap(labelmap, labels, volumeNode, segmentationNode,
+                                                     mirror_sides=mirrorSides)
+            notice = domain_notice(warnings)
+            for segmentId in segmentIds if notice else []:
+                node.GetSegmentation().GetSegment(segmentId).SetTag(NOTICE_TAG, notice)
+            if notice:
+                node.SetAttribute(NOTICE_TAG, notice)
+            else:
+                node.RemoveAttribute(NOTICE_TAG)
+            return node
 
         def done(job):
             if job.state == "failed":
@@ -164,6 +183,15 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         self.remoteToken = token or None
         if self.remoteUrl:
             self.settings.save_remote(self.remoteUrl, self.remoteToken, rememberToken)
+
+    @staticmethod
+    def statusLine(job) -> str:
+        """The status line for a finished job: "Done.", with the notice when the input looked
+        unlike the model's training images (the segments are created all the same)."""
+        if job.state != "done":
+            return "Cancelled; the scene is unchanged." if job.state == "cancelled" else f"Error: {job.error}"
+        notice = domain_notice(job.warnings)
+        return f"Done. Notice: {notice.removeprefix(DOMAIN_WARNING_PREFIX)}" if notice else "Done."
 
     def remoteConsentNeeded(self) -> bool:
         """Whether the user must still agree to send volumes to the remote server."""

@@ -2,7 +2,8 @@
 
 model.json holds the architecture (the ModelConfig), the text encoder's source and the sha256
 of its weight files, preprocessing, training data, validation metrics, licence, example
-prompts, side convention and training vocabulary, and the sha256 of model.safetensors.
+prompts, side convention and training vocabulary, and the sha256 of model.safetensors (and,
+under "domain", of the optional domain.safetensors: see tevia.domain).
 Loading never unpickles anything: a truncated or tampered weights file is refused, and
 weights load strictly (missing or unexpected keys are an error that names them).
 """
@@ -25,7 +26,7 @@ from tevia.config import ModelConfig, from_dict, to_dict
 from tevia.model.network import TeViANet
 
 __all__ = ["CheckpointError", "MODELS_DIR", "FORMAT", "resolve_model", "available_models", "save_model",
-           "read_model_json", "load_network_weights", "sha256_file"]
+           "read_model_json", "update_model_json", "load_checked_tensors", "load_network_weights", "sha256_file"]
 
 log = logging.getLogger(__name__)
 
@@ -102,19 +103,35 @@ def read_model_json(folder: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
     return config, info
 
 
+def update_model_json(folder: str | Path, **entries: Any) -> None:
+    """Set top-level entries of a model folder's model.json atomically (temp file, then rename)."""
+    path = Path(folder) / "model.json"
+    read_model_json(folder)
+    info = json.loads(path.read_text())
+    info.update(entries)
+    tmp_json = path.with_suffix(".json.tmp")
+    tmp_json.write_text(json.dumps(info, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp_json, path)
+
+
+def load_checked_tensors(path: Path, expected_sha256: str | None, remedy: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file of a model folder, after checking it against the sha256
+    recorded in model.json (when one is); CheckpointError, ending with `remedy`, otherwise."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; {remedy}")
+    if expected_sha256 and sha256_file(path) != expected_sha256:
+        raise CheckpointError(f"{path} does not match the sha256 in model.json: the file is truncated or was "
+                              f"modified; {remedy}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); {remedy}") from exc
+
+
 def load_network_weights(network: TeViANet, folder: str | Path, info: dict[str, Any]) -> None:
     """Loads model.safetensors into the network after checking its sha256; strict keys."""
     weights = Path(folder) / "model.safetensors"
-    if not weights.is_file():
-        raise CheckpointError(f"{weights} is missing")
-    expected = info.get("weights_sha256")
-    if expected and sha256_file(weights) != expected:
-        raise CheckpointError(f"{weights} does not match the sha256 in model.json: the file is truncated or was "
-                              "modified; download or copy the model again")
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{weights} is not a readable safetensors file ({exc}); copy the model again") from exc
+    state = load_checked_tensors(weights, info.get("weights_sha256"), "download or copy the model again")
     own = network.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

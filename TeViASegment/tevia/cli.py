@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "evaluate": ("tevia.evaluate", "evaluate a model on a CSV split; writes metrics.json"),
     "predict": ("tevia.predict", "segment images or volumes from text prompts"),
     "serve": ("tevia.server", "run the HTTP inference server"),
+    "domain": ("tevia.domain_command", "describe a model's training images (flags inputs unlike them)"),
 }
 
 

@@ -139,6 +139,8 @@ class TrainConfig:
     out_dir: str = "runs/tevia"
     model_name: str = "tevia"
     modality: str = ""
+    dimensionality: str = "2d"
+    dicom_modalities: list[str] = field(default_factory=list)
     licence: str = ""
     augment: bool = True
     augmentation: str = "affine"

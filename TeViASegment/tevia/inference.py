@@ -17,6 +17,7 @@ import torch
 from tevia.checkpoint import CheckpointError, load_network_weights, read_model_json, resolve_model
 from tevia.data.text_cache import TextEmbeddingCache
 from tevia.device import PRECISIONS, check_precision
+from tevia.domain import DomainProfile
 from tevia.model.build import build_network, build_text_encoder
 from tevia.model.text import weight_files_sha256
 
@@ -97,7 +98,7 @@ class Segmenter:
     """A loaded TeViA model ready for inference (one call at a time)."""
 
     def __init__(self, network, text_encoder, spec: ModelSpec, device: torch.device, folder: Path | None = None,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", domain: DomainProfile | None = None) -> None:
         check_precision(precision, device)
         if precision == "bf16" and device.type == "cpu" and not _cpu_has_bf16():
             log.warning("precision bf16 on a CPU without AVX512-BF16 or AMX: bfloat16 is emulated there and "
@@ -108,6 +109,7 @@ class Segmenter:
         self.spec = spec
         self.device = device
         self.folder = folder
+        self.domain = domain
         self.text_cache = TextEmbeddingCache(self.text_encoder, max_items=4096)
 
     @classmethod
@@ -128,6 +130,10 @@ class Segmenter:
                 f"install the encoder named in {folder / 'model.json'}")
         network = build_network(config, text_encoder.hidden_size, pretrained_vision=False)
         load_network_weights(network, folder, info)
+        domain = DomainProfile.load(folder, info, sum(network.widths))
+        if domain is None:
+            log.warning("model %s carries no description of its training images: inputs unlike them cannot be "
+                        "detected (add one with tevia domain)", folder)
         spec = ModelSpec(
             name=info.get("name", folder.name),
             version=str(info.get("version", "")),
@@ -140,7 +146,7 @@ class Segmenter:
             threshold=float(info.get("threshold", 0.5)),
         )
         log.info("model %s loaded from %s on %s", spec.name, folder, dev)
-        return cls(network, text_encoder, spec, dev, folder, precision)
+        return cls(network, text_encoder, spec, dev, folder, precision, domain)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """(P, T, D) text hidden states, cached per string."""

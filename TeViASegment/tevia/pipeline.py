@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ import SimpleITK as sitk
 import torch
 
 from tevia.device import is_out_of_memory
+from tevia.domain import DomainCheck
 from tevia.prompts import prepare_prompt
 from tevia.volume.cache import FeatureCache, fingerprint
 from tevia.volume.errors import BadInputError
@@ -32,7 +33,7 @@ from tevia.volume.postprocess import postprocess_mask
 from tevia.volume.preprocess import PERCENTILES, IntensityScaler, parse_window
 
 __all__ = ["SegmentOptions", "SegmentResult", "Cancelled", "FeatureCache", "image_fingerprint",
-           "segment_volume", "STEP_SECONDS"]
+           "segment_volume", "encode_slices", "volume_slices", "STEP_SECONDS"]
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,9 @@ class SegmentResult:
         labels: Label value -> the prompt as typed.
         voxels: Prompt as typed -> its foreground voxel count in ``labelmap``.
         prompts: ``PreparedPrompt.to_dict()`` per prompt (text encoded, convention, mirrored, warnings).
-        warnings: Every warning (input, intensity, prompts), human readable.
+        warnings: Every warning (input, intensity, prompts, domain), human readable.
+        domain: Whether the input looks like the model's training images, per slice and in
+            sum (``tevia.domain.DomainCheck.summary``).
         timings: Seconds per stage: read, encode_text, encode_images, decode, postprocess, total;
             plus ``cache_hit`` (1.0 when the image features came from the feature cache).
     """
@@ -137,6 +140,7 @@ class SegmentResult:
     prompts: list[dict]
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    domain: dict[str, Any] = field(default_factory=dict)
 
 
 class _BatchSizer:
@@ -180,9 +184,9 @@ class _Run:
     """State of one :func:`segment_volume` call: the slice loop with cache, cancel and OOM back-off."""
 
     def __init__(self, segmenter: Any, slices: np.ndarray, labels: np.ndarray, scaler: IntensityScaler,
-                 text: torch.Tensor, options: SegmentOptions,
+                 text: torch.Tensor, options: SegmentOptions, domain: DomainCheck,
                  progress: Callable[[str, int, int], None], cancelled: Callable[[], bool]) -> None:
-        self.segmenter, self.slices, self.labels = segmenter, slices, labels
+        self.segmenter, self.slices, self.labels, self.domain = segmenter, slices, labels, domain
         self.scaler, self.text, self.options = scaler, text, options
         self.progress, self.cancelled = progress, cancelled
         self.sizer = _BatchSizer(options.batch_size)
@@ -226,6 +230,7 @@ class _Run:
                     local = start - int(offsets[index])
                     stop = start + min(self.sizer.size, len(cached[index]) - local)
                     features = cached[index][local:local + stop - start]
+                self.domain.add(start, features.maps)
                 self.decode(features, start, stop)
             except Exception as error:
                 if not is_out_of_memory(error):
@@ -279,6 +284,27 @@ def _intensity_scaling(array: np.ndarray, digest: str | None, window: str | tupl
     return scaler, list(warnings)
 
 
+def volume_slices(image: sitk.Image, slice_axis: str) -> tuple[sitk.Image, np.ndarray, SliceLayout, tuple[float, float]]:
+    """The image as 3D, a (K, J, I) view of its voxels (valid while that 3D image lives), how to
+    slice them, and the percentiles to scale them by."""
+    volume = as_3d(image)
+    array = sitk.GetArrayViewFromImage(volume)
+    layout = slice_layout(volume, slice_axis)
+    return volume, array, layout, (0.0, 100.0) if len(layout.view(array)) == 1 else PERCENTILES
+
+
+def encode_slices(segmenter: Any, image: sitk.Image, options: SegmentOptions | None = None) -> Iterator[Any]:
+    """The model's features of every slice, batch by batch, scaled as :func:`segment_volume` scales
+    them (no cache, no prompts): for describing and checking data sets (``tevia domain``)."""
+    options = options or SegmentOptions()
+    volume, array, layout, percentiles = volume_slices(image, options.slice_axis)
+    scaler, _ = IntensityScaler.from_volume(array, options.window, percentiles)
+    slices = layout.view(array)
+    for start in range(0, len(slices), options.batch_size):
+        batch = torch.from_numpy(scaler(slices[start:start + options.batch_size]))
+        yield segmenter.encode_images(resize_slices(batch, tuple(segmenter.spec.image_size)))
+
+
 def image_fingerprint(image: sitk.Image) -> str:
     """The fingerprint :func:`segment_volume` keys its feature cache with (voxels, shape, dtype)."""
     volume = as_3d(image)
@@ -323,11 +349,9 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
     cancelled = cancelled or (lambda: False)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise BadInputError(f"image must have scalar voxels, got {image.GetNumberOfComponentsPerPixel()} components")
-    volume = as_3d(image)
-    array = sitk.GetArrayViewFromImage(volume)
-    layout = slice_layout(volume, options.slice_axis)
+    volume, array, layout, percentiles = volume_slices(image, options.slice_axis)
     prepared = _prepare_prompts(segmenter, prompts, options, layout)
-    percentiles = (0.0, 100.0) if len(layout.view(array)) == 1 else PERCENTILES
+    domain = DomainCheck(getattr(segmenter, "domain", None), image, len(layout.view(array)))
     digest = None
     if feature_cache is not None:
         digest = voxels_fingerprint or fingerprint(array, torch.get_num_threads())
@@ -340,7 +364,7 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
         started = time.perf_counter()
         text = segmenter.encode_text([p.text for p in prepared])
         timings["encode_text"] = time.perf_counter() - started
-        run = _Run(segmenter, layout.view(array), layout.view(labels), scaler, text, options,
+        run = _Run(segmenter, layout.view(array), layout.view(labels), scaler, text, options, domain,
                    progress, cancelled)
         key = (id(segmenter), getattr(segmenter.spec, "name", ""), getattr(segmenter.spec, "version", ""),
                digest, layout, scaler.low, scaler.high)
@@ -362,6 +386,9 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
             view[kept & (view == 0)] = value
         progress("postprocess", len(label_values), len(label_values))
     timings["postprocess"] = time.perf_counter() - started
+    summary = domain.summary()
+    if summary["warning"]:
+        warnings.append(summary["warning"])
     counts = count_labels(labels, len(prompts))
     labelmap = sitk.GetImageFromArray(labels if image.GetDimension() == 3 else labels[0])
     labelmap.CopyInformation(image)
@@ -373,4 +400,5 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
         prompts=[p.to_dict() for p in prepared],
         warnings=warnings,
         timings=timings,
+        domain=summary,
     )

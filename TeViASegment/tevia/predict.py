@@ -135,7 +135,7 @@ def main(args: argparse.Namespace) -> int:
             write_labelmap(result.labelmap, case.output, result.labels, {
                 "model": args.model, "input": str(case.input), "convention": options.convention,
                 "prompts": result.prompts, "voxels": result.voxels, "options": options.to_dict(),
-                "warnings": warnings})
+                "warnings": warnings, "domain": result.domain})
         except (OSError, ValueError) as error:
             failures += 1
             tqdm.write(f"ERROR: {case.input}: {error}", file=sys.stderr)

@@ -23,7 +23,7 @@ from tevia.model.build import build_network, build_text_encoder
 from tevia.model.text import weight_files_sha256
 from tevia.prompts import build_vocabulary, normalise_prompt
 
-__all__ = ["configure_parser", "main", "train", "export_model"]
+__all__ = ["configure_parser", "main", "train", "export_model", "describe_training_images"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,16 @@ def export_model(network, config: Config, folder: Path, metadata: dict[str, Any]
     from tevia.checkpoint import save_model
 
     return save_model(folder, network, config.model, metadata)
+
+
+def describe_training_images(config: Config, folder: Path) -> None:
+    """Add the domain profile of the training images to an exported model folder (tevia.domain)."""
+    from tevia.domain_command import declaration_of, describe_model
+    from tevia.inference import Segmenter
+
+    segmenter = Segmenter.load(folder, device="auto")
+    describe_model(segmenter, folder, config.data.root, config.data.train_split, config.data.val_split,
+                   {"description": config.train.modality or "the training images", **declaration_of(config.train)})
 
 
 def plot_curves(metrics_csv: Path, out_png: Path) -> None:
@@ -190,6 +200,7 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
                "epochs": trainer.current_epoch, "best_checkpoint": Path(best).name, "checkpoint_monitor": monitor}
     folder = export_model(network, config, out / "model",
                           model_metadata(config, text_encoder.folder, _texts(train_ds), metrics))
+    describe_training_images(config, folder)
     if metrics_csv.is_file():
         plot_curves(metrics_csv, out / "curves.png")
     log.info("model exported to %s", folder)

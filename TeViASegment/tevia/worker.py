@@ -305,11 +305,12 @@ class Worker:
         began = time.perf_counter()
         write_labelmap(result.labelmap, output, result.labels, {
             "model": self.model, "convention": options.convention, "prompts": result.prompts,
-            "voxels": result.voxels, "options": options.to_dict(), "warnings": all_warnings})
+            "voxels": result.voxels, "options": options.to_dict(), "warnings": all_warnings,
+            "domain": result.domain})
         result.timings["write"] = time.perf_counter() - began
         result.timings["total"] += result.timings["write"]
         self.emit(request_id, "result", output=str(output), labels={str(k): v for k, v in result.labels.items()},
-                  voxels=result.voxels, prompts=result.prompts, warnings=all_warnings,
+                  voxels=result.voxels, prompts=result.prompts, warnings=all_warnings, domain=result.domain,
                   cache_hit=bool(result.timings.get("cache_hit")), input_reused=reused,
                   timings={k: round(v, 4) for k, v in result.timings.items()})
 

@@ -48,6 +48,8 @@ def test_train_cli_exports_resumes_and_fine_tunes(tmp_path):
     assert info["format"] == "tevia-model/1" and info["side_convention"] == "image"
     assert "lung" in info["vocabulary"] and info["example_prompts"]
     assert info["text_encoder"]["sha256"]  # the frozen encoder is referenced by hash, not copied
+    assert info["domain"]["file"] == "domain.safetensors" and info["domain"]["calibration"]["val_images"] == 20
+    assert (out / "model" / "domain.safetensors").is_file()  # the training images' description, for the check
     assert (out / "curves.png").stat().st_size > 0
     assert (out / "logs" / "metrics.csv").is_file()
     assert (out / "checkpoints" / "last.ckpt").is_file()

@@ -337,6 +337,11 @@ class CSVSegmentationDataset(torch.utils.data.Dataset):
         """The CSV row number (spreadsheet numbering, header = 1) of each item."""
         return [row.row for row in self._rows]
 
+    @property
+    def image_paths(self) -> list[Path]:
+        """The image file of each item."""
+        return [row.image for row in self._rows]
+
     def __len__(self) -> int:
         return len(self._rows)
 

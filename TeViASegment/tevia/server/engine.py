@@ -58,7 +58,7 @@ class SegmentationService:
         The decoded volume and the labelmap image live only inside this call.
 
         Returns:
-            (summary: labels, prompts, warnings, voxels, timings; the labelmap as .nii.gz bytes).
+            (summary: labels, prompts, warnings, domain, voxels, timings; the labelmap as .nii.gz bytes).
 
         Raises:
             ValueError: the voxels cannot be read or segmented (message without server paths).
@@ -77,6 +77,7 @@ class SegmentationService:
             "labels": {str(label): prompt for label, prompt in result.labels.items()},
             "prompts": result.prompts,
             "warnings": warnings + result.warnings,
+            "domain": result.domain,
             "voxels": result.voxels,
             "timings": {name: round(float(value), 4) for name, value in timings.items()},
         }

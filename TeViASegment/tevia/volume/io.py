@@ -23,6 +23,7 @@ from tevia.volume.geometry import image_from_array
 
 __all__ = [
     "READ_EXTENSIONS",
+    "DICOM_MODALITY",
     "available_memory_bytes",
     "check_memory",
     "component_bytes",
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 READ_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg",
                    ".dcm", ".tif", ".tiff", ".bmp")
+DICOM_MODALITY = "0008|0060"
+"""Metadata key of the DICOM Modality (CT, MR, CR, DX, ...), kept on images read from DICOM."""
 _RGB_FORMATS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # Bytes held per voxel while segmenting, besides the input: the uint8 labelmap, one uint8 mask
 # per post-processing step, and the output writer's copy.
@@ -152,7 +155,10 @@ def _read_dicom_folder(folder: Path, budget_bytes: int | None, warnings: list[st
         image = reader.Execute()
     except RuntimeError as error:
         raise BadInputError(f"could not read the DICOM series in {folder}: {error}") from error
-    return _to_scalar(image, ".dcm", warnings)
+    image = _to_scalar(image, ".dcm", warnings)
+    if first.HasMetaDataKey(DICOM_MODALITY):  # the modality tells the domain check what this is
+        image.SetMetaData(DICOM_MODALITY, first.GetMetaData(DICOM_MODALITY))
+    return image
 
 
 def read_image(path: str | os.PathLike, budget_bytes: int | None = None) -> tuple[sitk.Image, list[str]]:

@@ -1,0 +1,219 @@
+"""Is an input like the model's training images? A check that costs nothing extra at inference.
+
+A model folder may carry a domain profile (``domain.safetensors``, described under "domain"
+in model.json): what the model was trained on (a description such as "2D frontal chest
+X-rays", the dimensionality "2d" or "slices", the DICOM modalities of its training images)
+and the statistics of its image features over the training images: the mean and a whitening
+matrix (inverse square root of a shrunk covariance) of the globally average-pooled feature
+maps the vision encoder computes anyway for the decoder. The score of a slice is the RMS of
+its whitened features (a Mahalanobis distance divided by sqrt(D): about 1 for training
+images); a slice scoring above the threshold, calibrated on the validation split to at most
+1% false alarms, "looks unlike" the training images.
+
+Metadata counts too: a 3D volume given to a 2D model, a DICOM Modality the model was not
+trained on. Nothing is refused: the pipeline segments as usual and adds a warning (starting
+with :data:`WARNING_PREFIX`, which the Slicer module recognises) and a ``domain`` summary.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from safetensors.torch import save_file
+
+from tevia.checkpoint import CheckpointError, load_checked_tensors, sha256_file, update_model_json
+from tevia.volume.io import DICOM_MODALITY
+
+__all__ = ["DOMAIN_FILE", "WARNING_PREFIX", "DIMENSIONALITIES", "DomainProfile", "DomainCheck", "pooled_features",
+           "slice_ranges"]
+
+log = logging.getLogger(__name__)
+
+DOMAIN_FILE = "domain.safetensors"
+WARNING_PREFIX = "Unlike the training images: "
+"""Every domain warning starts with this (the Slicer module shows those as a notice)."""
+DIMENSIONALITIES = ("2d", "slices")
+"""2d: trained on single 2D images (a 3D volume is unlike them); slices: on slices of volumes."""
+_SHRINKAGE = 0.05
+
+
+def pooled_features(maps: list[torch.Tensor]) -> torch.Tensor:
+    """(B, D) float32 on the CPU: each map (B, C_i, H_i, W_i) averaged over space, concatenated."""
+    return torch.cat([m.float().mean(dim=(2, 3)) for m in maps], dim=1).cpu()
+
+
+@dataclass
+class DomainProfile:
+    """What a model was trained on and the statistics of its pooled image features.
+
+    Attributes:
+        description: What the training images are, e.g. "2D frontal chest X-rays".
+        dimensionality: One of :data:`DIMENSIONALITIES`.
+        dicom_modalities: DICOM Modality codes of the training images (e.g. ["CR", "DX"]);
+            empty when unknown (then the modality is not checked).
+        mean: (D,) mean pooled features of the training images.
+        whitening: (D, D) inverse square root of their shrunk covariance.
+        threshold: Score above which a slice looks unlike the training images.
+        calibration: How it was computed (data, counts, false-alarm rate on val, ...).
+    """
+
+    description: str
+    dimensionality: str
+    dicom_modalities: list[str]
+    mean: torch.Tensor
+    whitening: torch.Tensor
+    threshold: float
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.dimensionality not in DIMENSIONALITIES:
+            raise ValueError(f"dimensionality must be one of {', '.join(DIMENSIONALITIES)}, got {self.dimensionality!r}")
+        dim = self.mean.shape[0]
+        if self.mean.ndim != 1 or tuple(self.whitening.shape) != (dim, dim):
+            raise ValueError(f"mean must be (D,) and whitening (D, D), got {tuple(self.mean.shape)} and "
+                             f"{tuple(self.whitening.shape)}")
+
+    @classmethod
+    def fit(cls, train: torch.Tensor, val: torch.Tensor, description: str, dimensionality: str,
+            dicom_modalities: list[str], false_alarms: float = 0.01, **calibration: Any) -> "DomainProfile":
+        """Fit on pooled training features (N, D); threshold: the val score that at most
+        ``false_alarms`` of the val features (M, D) exceed."""
+        if train.ndim != 2 or train.shape[0] < 2 or val.ndim != 2 or len(val) < 1 or val.shape[1] != train.shape[1]:
+            raise ValueError(f"need at least 2 training and 1 val feature rows of the same width, got "
+                             f"train {tuple(train.shape)} and val {tuple(val.shape)}")
+        if train.shape[0] <= train.shape[1]:
+            log.warning("only %d training images for %d features: the description is rough", *train.shape)
+        train = train.double()
+        mean = train.mean(0)
+        cov = torch.cov((train - mean).T)
+        cov = (1 - _SHRINKAGE) * cov + _SHRINKAGE * cov.diagonal().mean() * torch.eye(cov.shape[0], dtype=cov.dtype)
+        values, vectors = torch.linalg.eigh(cov)
+        whitening = (vectors * values.clamp_min(1e-12).rsqrt()) @ vectors.T
+        profile = cls(description, dimensionality, list(dicom_modalities), mean.float(), whitening.float(), 0.0)
+        val_scores = profile.scores_of(val)
+        threshold = float(np.quantile(val_scores, 1.0 - false_alarms, method="higher"))
+        profile.threshold = threshold
+        profile.calibration = {**calibration, "train_images": int(train.shape[0]), "val_images": int(val.shape[0]),
+                               "features": int(train.shape[1]), "target_false_alarms": false_alarms,
+                               "val_false_alarms": float(np.mean(val_scores > threshold)),
+                               "val_score_median": round(float(np.median(val_scores)), 4)}
+        return profile
+
+    def scores_of(self, pooled: torch.Tensor) -> np.ndarray:
+        """(B,) scores of pooled features (B, D): RMS of the whitened features."""
+        z = (pooled.float() - self.mean) @ self.whitening
+        return z.pow(2).mean(1).sqrt().numpy()
+
+    def scores(self, maps: list[torch.Tensor]) -> np.ndarray:
+        """(B,) scores of a batch's feature maps (as ``Segmenter.encode_images`` returns them)."""
+        return self.scores_of(pooled_features(maps))
+
+    def save(self, folder: str | Path) -> dict[str, Any]:
+        """Write domain.safetensors and the "domain" entry of model.json (both atomically)."""
+        folder = Path(folder)
+        tmp = folder / (DOMAIN_FILE + ".tmp")
+        save_file({"mean": self.mean.contiguous(), "whitening": self.whitening.contiguous()}, str(tmp))
+        entry = {"file": DOMAIN_FILE, "sha256": sha256_file(tmp), "description": self.description,
+                 "dimensionality": self.dimensionality, "dicom_modalities": self.dicom_modalities,
+                 "features": "global average of each encoder feature map, concatenated",
+                 "score": "RMS of the whitened features (Mahalanobis distance / sqrt(D))",
+                 "threshold": self.threshold, "calibration": self.calibration}
+        tmp.replace(folder / DOMAIN_FILE)
+        update_model_json(folder, domain=entry)
+        return entry
+
+    @classmethod
+    def load(cls, folder: str | Path, info: dict[str, Any], feature_width: int | None = None) -> "DomainProfile | None":
+        """The profile of a model folder; None when model.json has no "domain" entry (older models).
+
+        Raises:
+            CheckpointError: the file is missing, modified, unreadable or does not fit the model.
+        """
+        entry = info.get("domain")
+        if entry is None:
+            return None
+        path = Path(folder) / str(entry.get("file", DOMAIN_FILE))
+        if not entry.get("sha256"):
+            raise CheckpointError(f"{Path(folder) / 'model.json'}: the 'domain' entry has no sha256; rerun tevia domain")
+        tensors = load_checked_tensors(path, entry["sha256"], "copy the model again or rerun tevia domain")
+        if set(tensors) != {"mean", "whitening"}:
+            raise CheckpointError(f"{path} must hold exactly 'mean' and 'whitening', got {sorted(tensors)}")
+        if feature_width is not None and tensors["mean"].shape != (feature_width,):
+            raise CheckpointError(f"{path} describes {tuple(tensors['mean'].shape)} features but the model's encoder "
+                                  f"gives {feature_width}: rerun tevia domain for this model")
+        try:
+            return cls(str(entry["description"]), str(entry["dimensionality"]), list(entry.get("dicom_modalities", [])),
+                       tensors["mean"].float(), tensors["whitening"].float(), float(entry["threshold"]),
+                       dict(entry.get("calibration", {})))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{Path(folder) / 'model.json'}: bad 'domain' entry: {exc}") from exc
+
+
+def slice_ranges(indices: list[int]) -> str:
+    """Slice indices as ranges: [0, 1, 2, 5] -> "0-2, 5"."""
+    parts: list[str] = []
+    for index in indices:
+        if parts and index == last + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{index}"
+        else:
+            parts.append(str(index))
+        last = index
+    return ", ".join(parts)
+
+
+class DomainCheck:
+    """One input's check: metadata reasons now, slice scores as the pipeline encodes them.
+
+    Args:
+        profile: The model's :class:`DomainProfile`, or None (the model cannot check).
+        image: The input (its slice count and DICOM Modality, when it has one, are looked at).
+        slices: How many 2D slices the model sees.
+    """
+
+    def __init__(self, profile: DomainProfile | None, image: sitk.Image, slices: int) -> None:
+        self.profile = profile
+        self.scores = np.full(slices, np.nan, dtype=np.float32)
+        self.reasons: list[str] = []
+        if profile is None:
+            return
+        if profile.dimensionality == "2d" and slices > 1:
+            self.reasons.append(f"it is a 3D volume of {slices} slices, the model was trained on single 2D images")
+        modality = image.GetMetaData(DICOM_MODALITY).strip() if image.HasMetaDataKey(DICOM_MODALITY) else ""
+        if modality and profile.dicom_modalities and modality.upper() not in profile.dicom_modalities:
+            self.reasons.append(f"its DICOM Modality is {modality}, the model was trained on "
+                                f"{', '.join(profile.dicom_modalities)}")
+
+    def add(self, start: int, maps: list[torch.Tensor]) -> None:
+        """Score slices [start, start + B) from their feature maps (B, C_i, H_i, W_i)."""
+        if self.profile is not None:
+            self.scores[start:start + maps[0].shape[0]] = self.profile.scores(maps)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-ready result; its "warning" is None, or a message starting with WARNING_PREFIX."""
+        if self.profile is None:
+            return {"checked": False, "warning": None,
+                    "note": "this model carries no description of its training images: it cannot check whether "
+                            "the input is like them (add one with tevia domain)"}
+        scored = ~np.isnan(self.scores)
+        unlike = [int(i) for i in np.flatnonzero(scored & (self.scores > self.profile.threshold))]
+        count, total = len(unlike), int(scored.sum())
+        reasons = list(self.reasons)
+        top = float(np.nanmax(self.scores)) if total else 0.0
+        if count:
+            what = "this image looks" if len(self.scores) == 1 else f"{count} of {total} slices look"
+            reasons.insert(0, f"{what} unlike {self.profile.description} (feature distance up to {top:.1f}, "
+                              f"threshold {self.profile.threshold:.1f})")
+        warning = None
+        if reasons:
+            warning = (WARNING_PREFIX + "; ".join(reasons) + f". The model was trained on {self.profile.description}:"
+                       " its masks may be meaningless here; check them before use.")
+        return {"checked": True, "trained_on": self.profile.description, "slices": total, "unlike": count,
+                "unlike_slices": slice_ranges(unlike), "threshold": round(self.profile.threshold, 4),
+                "score_median": round(float(np.nanmedian(self.scores)), 4) if total else None,
+                "score_max": round(top, 4) if total else None, "reasons": reasons, "warning": warning}
