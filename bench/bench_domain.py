@@ -120,7 +120,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "domain.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     segmenter = Segmenter.load(args.model, device="cpu")
     profile = segmenter.domain
     if profile is None:

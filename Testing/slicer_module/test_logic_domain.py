@@ -12,12 +12,13 @@ import pytest
 import SimpleITK as sitk
 import slicer
 import slicer.util
+import vtk
 from conftest import TESTDATA
 from slicer_fixtures import load_volume, slicer_scene  # noqa: F401 (fixture)
 from test_logic_worker import worker  # noqa: F401 (fixture: one warm worker for this module)
 
 from TeViASegmentLib import logic as logic_module
-from TeViASegmentLib import settings
+from TeViASegmentLib import scene, settings
 
 PROMPT = "Unilateral pulmonary infection, one infected area, lower left lung."
 
@@ -52,10 +53,11 @@ def test_a_ct_volume_gets_a_notice_and_its_segment_an_xray_does_not(logic, slice
     job = _segment(logic, ct)
     node = job.result
     segment = node.GetSegmentation().GetNthSegment(0)
-    assert segment.GetName() == PROMPT, "the segment is created all the same"
+    assert scene.segment_prompt(segment) == PROMPT, "the segment is created all the same"
     notice = node.GetAttribute(logic_module.NOTICE_TAG)
     assert notice and notice.startswith(logic_module.DOMAIN_WARNING_PREFIX) and "slices look unlike" in notice
-    assert segment.HasTag(logic_module.NOTICE_TAG)
+    tagged = vtk.reference("")
+    assert segment.GetTag(logic_module.NOTICE_TAG, tagged) and str(tagged) == notice
     status = logic.statusLine(job)
     assert status.startswith("Done. Notice: ") and "2D frontal chest X-rays" in status
 
