@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import TESTDATA
-from server_helpers import TOKEN, LiveServer, auth, labels_header
+from server_helpers import TOKEN, LiveServer, auth, read_answer
 
 PREFIX = "Unlike the training images: "
 PROMPT = "Unilateral pulmonary infection, one infected area, lower left lung."
@@ -45,11 +45,12 @@ def test_the_response_reports_inputs_unlike_the_training_images(default_server, 
         answer = httpx.post(f"{default_server.url}/v1/segment", headers=auth(), data={"text": [PROMPT]},
                             files={"volume": (source.name, file)}, timeout=120)
     assert answer.status_code == 200, answer.text
-    header = labels_header(answer.headers)
-    domain = header["domain"]
+    summary, labelmap = read_answer(answer, tmp_path)
+    assert labelmap.GetSize() == sitk.ReadImage(str(source)).GetSize(), "segmented all the same"
+    domain = summary["domain"]
     assert domain["checked"] is True
     if name == "xray":
-        assert domain["warning"] is None and not any(w.startswith(PREFIX) for w in header["warnings"])
+        assert domain["warning"] is None and not any(w.startswith(PREFIX) for w in summary["warnings"])
     else:
-        assert domain["warning"].startswith(PREFIX) and domain["warning"] in header["warnings"]
+        assert domain["warning"].startswith(PREFIX) and domain["warning"] in summary["warnings"]
         assert domain["unlike"] > 0
