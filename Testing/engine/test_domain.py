@@ -122,9 +122,11 @@ def test_slice_ranges():
     assert slice_ranges([]) == ""
 
 
-@pytest.mark.parametrize("source, warned", [(VOLUMES / "totalseg-ct-slice15.png", True), (xray_paths()[1], False)])
+@pytest.mark.parametrize("source, warned", [(VOLUMES / "totalseg-ct.nii.gz", True), (VOLUMES / "spinalcord-t2.nii.gz", True),
+                                            (VOLUMES / "totalseg-ct-slice15.png", True), (xray_paths()[1], False)],
+                         ids=["ct", "mri", "ct-png", "xray"])
 def test_tevia_predict_logs_the_warning_and_writes_it_to_the_sidecar(source, warned, tmp_path, capsys):
-    out = tmp_path / "out" / "mask.png"
+    out = tmp_path / "out" / ("mask.png" if source.suffix == ".png" else "mask.nii.gz")
     assert cli.main(["predict", "--model", "default", "--device", "cpu", "--input", str(source),
                      "--text", PROMPT, "--out", str(out)]) == 0
     err = capsys.readouterr().err
