@@ -22,8 +22,10 @@ from tevia.checkpoint import CheckpointError, read_model_json, resolve_model
 from tevia.config import TrainConfig, load_config
 from tevia.data.dataset import CSVSegmentationDataset
 from tevia.domain import DIMENSIONALITIES, DomainProfile, pooled_features
-from tevia.pipeline import encode_slices
+from tevia.pipeline import volume_slices
 from tevia.volume.io import read_input
+from tevia.volume.labelling import resize_slices
+from tevia.volume.preprocess import IntensityScaler
 
 __all__ = ["configure_parser", "image_features", "split_features", "describe_model", "declaration_of", "main"]
 
@@ -45,10 +47,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
 
 
-def image_features(segmenter: Any, source: Any) -> torch.Tensor:
-    """(S, D) pooled features of every slice of an image file, DICOM folder or ITK image."""
+def image_features(segmenter: Any, source: Any, batch_size: int = 16) -> torch.Tensor:
+    """(S, D) pooled features of every (axial) slice of an image file, DICOM folder or ITK image,
+    scaled as ``segment_volume`` scales them (no cache, no prompts)."""
     image = read_input(source)[0] if isinstance(source, (str, Path)) else source
-    return torch.cat([pooled_features(f.maps) for f in encode_slices(segmenter, image)])
+    volume, array, layout, percentiles = volume_slices(image, "axial")
+    scaler, _ = IntensityScaler.from_volume(array, None, percentiles)
+    slices = layout.view(array)
+    pooled = []
+    for start in range(0, len(slices), batch_size):
+        batch = torch.from_numpy(scaler(slices[start:start + batch_size]))
+        features = segmenter.encode_images(resize_slices(batch, tuple(segmenter.spec.image_size)))
+        pooled.append(pooled_features(features.maps))
+    return torch.cat(pooled)
 
 
 def split_features(segmenter: Any, root: str | Path, split: str) -> torch.Tensor:
@@ -101,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
             declaration["dimensionality"] = args.dimensionality
         if args.dicom_modalities is not None:
             declaration["dicom_modalities"] = [v.strip().upper() for v in args.dicom_modalities.split(",") if v.strip()]
-        segmenter = Segmenter.load(folder, device=args.device)
+        segmenter = Segmenter.load(folder, device=args.device, check_domain=False)  # the profile is replaced
         describe_model(segmenter, folder, args.data, args.train_split, args.val_split, declaration, args.false_alarms)
     except (ValueError, FileNotFoundError, CheckpointError) as error:
         print(f"tevia domain: error: {error}", file=sys.stderr)

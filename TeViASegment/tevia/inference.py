@@ -113,9 +113,10 @@ class Segmenter:
         self.text_cache = TextEmbeddingCache(self.text_encoder, max_items=4096)
 
     @classmethod
-    def load(cls, model: str | Path = "default", device: str = "auto", precision: str = "fp32") -> "Segmenter":
+    def load(cls, model: str | Path = "default", device: str = "auto", precision: str = "fp32",
+             check_domain: bool = True) -> "Segmenter":
         """Loads a model folder or bundled model name onto a device (auto|cpu|cuda|mps), to run
-        at a precision (fp32|bf16)."""
+        at a precision (fp32|bf16); with check_domain, its domain profile too (tevia.domain)."""
         dev = select_device(device)
         check_precision(precision, dev)  # before the model loads
         folder = resolve_model(model)
@@ -130,8 +131,8 @@ class Segmenter:
                 f"install the encoder named in {folder / 'model.json'}")
         network = build_network(config, text_encoder.hidden_size, pretrained_vision=False)
         load_network_weights(network, folder, info)
-        domain = DomainProfile.load(folder, info, sum(network.widths))
-        if domain is None:
+        domain = DomainProfile.load(folder, info, sum(network.widths)) if check_domain else None
+        if domain is None and check_domain:
             log.warning("model %s carries no description of its training images: inputs unlike them cannot be "
                         "detected (add one with tevia domain)", folder)
         spec = ModelSpec(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from tevia.volume.postprocess import postprocess_mask
 from tevia.volume.preprocess import PERCENTILES, IntensityScaler, parse_window
 
 __all__ = ["SegmentOptions", "SegmentResult", "Cancelled", "FeatureCache", "image_fingerprint",
-           "segment_volume", "encode_slices", "volume_slices", "STEP_SECONDS"]
+           "segment_volume", "volume_slices", "STEP_SECONDS"]
 
 log = logging.getLogger(__name__)
 
@@ -291,18 +291,6 @@ def volume_slices(image: sitk.Image, slice_axis: str) -> tuple[sitk.Image, np.nd
     array = sitk.GetArrayViewFromImage(volume)
     layout = slice_layout(volume, slice_axis)
     return volume, array, layout, (0.0, 100.0) if len(layout.view(array)) == 1 else PERCENTILES
-
-
-def encode_slices(segmenter: Any, image: sitk.Image, options: SegmentOptions | None = None) -> Iterator[Any]:
-    """The model's features of every slice, batch by batch, scaled as :func:`segment_volume` scales
-    them (no cache, no prompts): for describing and checking data sets (``tevia domain``)."""
-    options = options or SegmentOptions()
-    volume, array, layout, percentiles = volume_slices(image, options.slice_axis)
-    scaler, _ = IntensityScaler.from_volume(array, options.window, percentiles)
-    slices = layout.view(array)
-    for start in range(0, len(slices), options.batch_size):
-        batch = torch.from_numpy(scaler(slices[start:start + options.batch_size]))
-        yield segmenter.encode_images(resize_slices(batch, tuple(segmenter.spec.image_size)))
 
 
 def image_fingerprint(image: sitk.Image) -> str:

@@ -102,7 +102,7 @@ def describe_training_images(config: Config, folder: Path) -> None:
     from tevia.domain_command import declaration_of, describe_model
     from tevia.inference import Segmenter
 
-    segmenter = Segmenter.load(folder, device="auto")
+    segmenter = Segmenter.load(folder, device="auto", check_domain=False)
     describe_model(segmenter, folder, config.data.root, config.data.train_split, config.data.val_split,
                    {"description": config.train.modality or "the training images", **declaration_of(config.train)})
 

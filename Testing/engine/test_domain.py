@@ -41,14 +41,17 @@ def default_model():
     return Segmenter.load("default", device="cpu")
 
 
+def describe(folder) -> int:
+    return cli.main(["domain", "--model", str(folder), "--data", str(SAMPLES), "--train-split", "samples",
+                     "--val-split", "samples", "--description", "test X-rays", "--dicom-modalities", "cr, dx",
+                     "--device", "cpu"])
+
+
 @pytest.fixture(scope="module")
 def described_model(tiny_model_dir, tmp_path_factory):
     """A copy of the tiny model with a profile made by `tevia domain` on the committed X-rays."""
     folder = shutil.copytree(tiny_model_dir, tmp_path_factory.mktemp("described") / "model")
-    code = cli.main(["domain", "--model", str(folder), "--data", str(SAMPLES), "--train-split", "samples",
-                     "--val-split", "samples", "--description", "test X-rays", "--dicom-modalities", "cr, dx",
-                     "--device", "cpu"])
-    assert code == 0
+    assert describe(folder) == 0
     return folder
 
 
@@ -72,6 +75,8 @@ def test_a_damaged_profile_is_refused(described_model, damage, message, tmp_path
         path.unlink()
     with pytest.raises(CheckpointError, match=message):
         Segmenter.load(folder, device="cpu")
+    assert describe(folder) == 0, "tevia domain replaces a damaged profile"
+    assert Segmenter.load(folder, device="cpu").domain is not None
 
 
 def test_tevia_domain_explains_a_bad_data_folder(tiny_model_dir, tmp_path, capsys):
