@@ -24,12 +24,44 @@ import time
 import uuid
 from pathlib import Path
 
-__all__ = ["WorkerClient", "default_python", "kill_process_tree", "EXIT_EVENT"]
+__all__ = ["WorkerClient", "default_python", "kill_process_tree", "child_process_options", "child_environment",
+           "EXIT_EVENT"]
 
 logger = logging.getLogger(__name__)
 
 EXIT_EVENT = "exit"
 STDERR_TAIL_LINES = 40
+# Windows process creation flags (subprocess defines them only on Windows)
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+
+
+def child_process_options(platform: str = sys.platform, new_group: bool = True) -> dict:
+    """Popen keyword arguments for a background child (the worker, pip, taskkill).
+
+    Windows: no console window (CREATE_NO_WINDOW, as Slicer's own process helpers do) and,
+    with `new_group`, a process group of its own. Elsewhere, with `new_group`, a new session
+    whose process group `kill_process_tree` can end.
+
+    Args:
+        platform: `sys.platform` of the machine the child runs on ("win32", "linux", "darwin").
+        new_group: whether the child leads its own process group.
+    """
+    if platform == "win32":
+        return {"creationflags": CREATE_NO_WINDOW | (CREATE_NEW_PROCESS_GROUP if new_group else 0)}
+    return {"start_new_session": True} if new_group else {}
+
+
+def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus `extra`, with UTF-8 I/O forced for a Python child.
+
+    Without it a child on Windows writes its output in the ANSI code page (cp1252), and a
+    user name with an umlaut in a logged path is then not UTF-8.
+    """
+    env = dict(os.environ)
+    env.update(extra or {})
+    env.update(PYTHONUTF8="1", PYTHONIOENCODING="utf-8")
+    return env
 
 
 def default_python() -> str:
@@ -52,7 +84,8 @@ def kill_process_tree(process: subprocess.Popen, timeout_s: float = 5.0) -> None
     """
     if os.name == "nt":
         if process.poll() is None:
-            subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True, check=False)
+            subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True, check=False,
+                           **child_process_options(new_group=False))
         process.wait(timeout_s)
         return
     try:
@@ -124,15 +157,13 @@ class WorkerClient:
         """
         if self.running:
             return
-        env = dict(os.environ)
-        env.update(self.env)
+        env = child_environment(self.env)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.module_dir), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
-        flags = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt" else {"start_new_session": True}
         try:
             process = subprocess.Popen(
                 self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, encoding="utf-8", bufsize=1, env=env, **flags)
+                text=True, encoding="utf-8", errors="replace", bufsize=1, env=env, **child_process_options())
         except OSError as error:
             raise RuntimeError(f"Could not start the TeViA worker ({' '.join(self.command)}): {error}. "
                                "Check that the Python interpreter exists.") from error
