@@ -103,6 +103,13 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
         self.logic.shutdown()
 
+    def onReload(self):
+        """Reload & Test: reload TeViASegmentLib too (Slicer re-executes only this file)."""
+        from TeViASegmentLib.reloading import reload_package
+
+        reload_package("TeViASegmentLib")
+        super().onReload()
+
     def enter(self):
         self.initializeParameterNode()
 
