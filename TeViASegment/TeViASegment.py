@@ -22,6 +22,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 from TeViASegmentLib import parameters, scene, settings
 from TeViASegmentLib.logic import TeViASegmentLogic
+from TeViASegmentLib.slicer_version import MINIMUM_SLICER, unsupported_reason
 
 __all__ = ["TeViASegment", "TeViASegmentWidget", "TeViASegmentLogic", "TeViASegmentTest", "DOCUMENTATION_URL"]
 
@@ -44,6 +45,11 @@ class TeViASegment(ScriptedLoadableModule):
             "The model runs in a background process (or on a remote TeViA server); edit the result "
             "in Segment Editor and add it to a training set to fine-tune the model. "
             f'See the <a href="{DOCUMENTATION_URL}">documentation</a>.')
+        self.parent.helpText += " Supported: 3D Slicer %d.%d and later." % MINIMUM_SLICER
+        reason = unsupported_reason()
+        if reason:
+            logging.error(reason)
+            self.parent.helpText = f"{reason}\n\n{self.parent.helpText}"
         self.parent.acknowledgementText = (
             "TeViA (text-to-vision alignment with a historic visual prototype); QaTa-COV19 and LViT "
             "annotations for the bundled model.")
@@ -69,6 +75,10 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         import qt
 
         super().setup()
+        reason = unsupported_reason()
+        if reason:
+            self.layout.addWidget(qt.QLabel(reason))
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/TeViASegment.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -77,7 +87,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer = qt.QTimer()
         self.timer.setInterval(100)
         self.timer.timeout.connect(self.onPoll)
-        self.pip = None
+        self.install = None
         self._fillChoices()
         self.ui.segmentButton.clicked.connect(self.onSegmentOrCancel)
         self.ui.promptHistoryComboBox.activated.connect(self.onHistoryChosen)
@@ -97,6 +107,8 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self):
+        if not hasattr(self, "logic"):
+            return
         self.timer.stop()
         for call in self.calls:
             call.cancel()
@@ -226,15 +238,41 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.onModelChanged()
 
     def onInstall(self):
+        """Install (or, while installing, cancel) torch and the requirements in the background."""
         from TeViASegmentLib import installer
 
-        with slicer.util.tryWithErrorDisplay("Installing the TeViA requirements failed.", waitCursor=True):
-            self.log(f"torch {installer.install_torch()} is installed.")
+        if self.install is not None:
+            self.install.cancel()
+            return
+        with slicer.util.tryWithErrorDisplay("Could not start the installation.", waitCursor=True):
             wheels = self.ui.wheelFolderButton.directory if self.ui.offlineCheckBox.checked else None
-            self.pip = installer.install_requirements(wheel_dir=wheels)
-            if self.pip is not None:
-                self.log("pip is installing the requirements in the background...")
-                self.timer.start()
+            steps = installer.install_steps(wheel_dir=wheels)
+            if not steps:
+                self.log("Everything TeViA needs is installed.")
+                return
+            self.install = installer.BackgroundInstall(steps)
+            self.ui.installButton.text = "Cancel installation"
+            self.ui.progressBar.setRange(0, len(steps))
+            self.timer.start()
+
+    def _dependenciesReady(self):
+        """Whether the local worker can run; if not, offer to install what it lacks."""
+        import qt
+
+        if self.install is not None:
+            self.log("TeViA's dependencies are still being installed: Segment works once that has finished.")
+            return False
+        missing = self.logic.missingDependencies()
+        if not missing:
+            return True
+        answer = qt.QMessageBox.question(
+            slicer.util.mainWindow(), "Install TeViA's dependencies?",
+            "Segmenting on this computer needs Python packages that are not installed yet:\n\n"
+            + "\n".join(missing) + "\n\nInstall them now? They download in the background (PyTorch with CUDA "
+            "is several GB); Slicer stays usable, and Segment works once the installation has finished.")
+        if answer == qt.QMessageBox.Yes:
+            self.onInstall()
+        return False
 
     def onSegmentOrCancel(self):
         if self.logic.job is not None and self.logic.job.running:
@@ -252,6 +290,8 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             s.set("useRemote", bool(self.ui.useRemoteCheckBox.checked))
             url = self.ui.remoteUrlEdit.text if self.ui.useRemoteCheckBox.checked else None
             self.logic.setRemoteServer(url, self.ui.remoteTokenEdit.text, self.ui.rememberTokenCheckBox.checked)
+            if not self._dependenciesReady():
+                return
             if self.logic.remoteConsentNeeded():
                 answer = qt.QMessageBox.question(
                     slicer.util.mainWindow(), "Send volume to a remote server?",
@@ -274,16 +314,26 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic.job is not None and self.logic.job.running:
             self.logic.job.poll()
         self.calls = [call for call in self.calls if call.poll()]
-        if self.pip is not None:
-            code = self.pip.poll()
-            for line in self.pip.output:
-                self.ui.statusLog.appendPlainText(line)
-            self.pip.output.clear()
-            if code is not None:
-                self.log("Requirements installed." if code == 0 else f"pip failed (exit code {code}).")
-                self.pip = None
-        if (self.logic.job is None or not self.logic.job.running) and self.pip is None and not self.calls:
+        if self.install is not None:
+            self._pollInstall()
+        if (self.logic.job is None or not self.logic.job.running) and self.install is None and not self.calls:
             self.timer.stop()
+
+    def _pollInstall(self):
+        code = self.install.poll()
+        for line in self.install.output:
+            self.ui.statusLog.appendPlainText(line)
+        self.install.output.clear()
+        if code is None:
+            self.ui.progressBar.setValue(self.install.index)
+            self.ui.progressBar.setFormat(f"Installing {self.install.current.title}: step %v/%m")
+            return
+        self.ui.progressBar.setValue(self.ui.progressBar.maximum if code == 0 else 0)
+        self.ui.progressBar.setFormat("%p%")
+        self.ui.installButton.text = "Install dependencies"
+        self.install = None
+        if code == 0:
+            self.log("TeViA's dependencies are installed: press Segment.")
 
     def onProgress(self, stage, done, total):
         self.ui.progressBar.setRange(0, max(total, 1))

@@ -1,12 +1,16 @@
 """Install what the worker needs into Slicer's Python: torch, then Resources/requirements.txt.
 
-- torch comes only through the PyTorch extension (`PyTorchUtilsLogic.installTorch` with the
-  version requirement `TORCH_REQUIREMENT`), which picks the CUDA build for the installed driver.
-- The rest comes from `Resources/requirements.txt` (lower and upper bounds, no torch) through
-  `slicer.packaging.pip_ensure` (Slicer >= 5.12; `slicer.pydeps` in 5.11), which asks for
-  confirmation and shows progress. On Slicer 5.10, and for an offline install from a local
-  wheel folder, pip runs as a background process (`PipProcess`) that the caller polls.
-Nothing here imports torch: versions are read from the installed packages' metadata.
+Everything runs in background processes (`BackgroundInstall`, polled from a QTimer), so
+Slicer stays usable while several GB download, shows each step and pip's output, and can
+cancel. Nothing here imports torch: what is installed is read from package metadata, and
+the worker, not Slicer, is the process that imports torch.
+
+- Online: torch through light-the-torch, the installer of the PyTorch extension, which picks
+  the CUDA build for the installed NVIDIA driver (with the extension's own arguments when it
+  is installed, plus `TORCH_REQUIREMENT`); then `pip install -r requirements.txt`. Only the
+  steps still needed are run.
+- Offline: one `pip install --no-index --find-links FOLDER torch... -r requirements.txt`; pip
+  looks at nothing but the folder (docs/SLICER.md says how to make one for each OS).
 """
 
 from __future__ import annotations
@@ -16,20 +20,21 @@ import logging
 import queue
 import subprocess
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import slicer
+from .worker_client import child_environment, child_process_options, default_python, kill_process_tree
 
-from .worker_client import default_python
-
-__all__ = ["TORCH_REQUIREMENT", "REQUIREMENTS_PATH", "read_requirements", "missing_requirements",
-           "torch_version", "install_torch", "pip_command", "PipProcess", "install_requirements"]
+__all__ = ["TORCH_REQUIREMENT", "LIGHT_THE_TORCH", "REQUIREMENTS_PATH", "read_requirements", "missing_requirements",
+           "missing_dependencies", "torch_version", "torch_install_arguments", "InstallStep", "install_steps",
+           "BackgroundInstall"]
 
 logger = logging.getLogger(__name__)
 
 TORCH_REQUIREMENT = ">=2.3,<2.15"
+LIGHT_THE_TORCH = "light-the-torch>=0.5"
 REQUIREMENTS_PATH = Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
-REQUESTER = "TeViA"
 
 
 def read_requirements(path: str | Path = REQUIREMENTS_PATH) -> list[str]:
@@ -62,6 +67,11 @@ def missing_requirements(requirements: list[str]) -> list[str]:
     return missing
 
 
+def missing_dependencies(requirements_path: str | Path = REQUIREMENTS_PATH) -> list[str]:
+    """What the local worker still lacks in this Python: torch and the requirements file."""
+    return missing_requirements([f"torch{TORCH_REQUIREMENT}", *read_requirements(requirements_path)])
+
+
 def torch_version() -> str | None:
     """The installed torch version (from its metadata, without importing it), or None."""
     try:
@@ -70,107 +80,147 @@ def torch_version() -> str | None:
         return None
 
 
-def install_torch(ask_confirmation: bool = True) -> str:
-    """Install torch through the PyTorch extension, with `TORCH_REQUIREMENT`.
+def torch_install_arguments() -> list[str]:
+    """light-the-torch's command-line arguments for torch with `TORCH_REQUIREMENT`.
 
-    Returns:
-        The installed torch version.
-
-    Raises:
-        RuntimeError: the PyTorch extension is missing, or the user declined the install.
+    The PyTorch extension's own arguments when it is installed (they carry its per-platform
+    pins); plain ones without it.
     """
-    if not missing_requirements([f"torch{TORCH_REQUIREMENT}"]):
-        return torch_version()
     try:
         import PyTorchUtils
-    except ImportError as error:
-        raise RuntimeError("TeViA needs the PyTorch extension to install torch: install 'PyTorch' from the "
-                           "Extensions Manager, restart Slicer and try again.") from error
-    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-        askConfirmation=ask_confirmation, torchVersionRequirement=TORCH_REQUIREMENT)
-    if torch is None:
-        raise RuntimeError("PyTorch was not installed (the installation was declined or failed).")
-    return torch_version()
+
+        return list(PyTorchUtils.PyTorchUtilsLogic._getPipInstallArguments(torchVersionRequirement=TORCH_REQUIREMENT))
+    except (ImportError, AttributeError, TypeError) as error:
+        logger.info("PyTorch extension arguments not available (%s); using plain light-the-torch arguments", error)
+        return ["install", f"torch{TORCH_REQUIREMENT}"]
 
 
-def pip_command(requirements_path: str | Path = REQUIREMENTS_PATH, wheel_dir: str | Path | None = None,
-                target: str | Path | None = None, python: str | None = None) -> list[str]:
-    """The pip command line that installs a requirements file.
+@dataclass(frozen=True)
+class InstallStep:
+    """One command of an installation and what it installs (shown to the user)."""
+
+    title: str
+    command: list[str]
+
+
+def install_steps(wheel_dir: str | Path | None = None, python: str | None = None,
+                  requirements_path: str | Path = REQUIREMENTS_PATH) -> list[InstallStep]:
+    """The commands that install what is missing; empty when nothing is.
 
     Args:
+        wheel_dir: a folder of wheels: install torch and the requirements from it only
+            (`--no-index`: no network at all).
+        python: the interpreter to install into (PythonSlicer inside Slicer by default).
         requirements_path: the requirements file.
-        wheel_dir: a local folder of wheels: install offline from it only (--no-index).
-        target: install into this folder instead of the interpreter's site-packages.
-        python: the interpreter (PythonSlicer inside Slicer by default).
+
+    Raises:
+        ValueError: `wheel_dir` is not an existing folder.
     """
-    command = [python or default_python(), "-m", "pip", "install", "--disable-pip-version-check",
-               "-r", str(requirements_path)]
+    python = python or default_python()
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check"]
     if wheel_dir is not None:
         if not Path(wheel_dir).is_dir():
             raise ValueError(f"wheel_dir must be an existing folder of wheel files, got {str(wheel_dir)!r}")
-        command += ["--no-index", "--find-links", str(wheel_dir)]
-    if target is not None:
-        command += ["--target", str(target)]
-    return command
+        return [InstallStep(f"PyTorch and the requirements from {wheel_dir}",
+                            [*pip, "--no-index", "--find-links", str(wheel_dir), f"torch{TORCH_REQUIREMENT}",
+                             "-r", str(requirements_path)])]
+    steps = []
+    if missing_requirements([f"torch{TORCH_REQUIREMENT}"]):
+        if missing_requirements([LIGHT_THE_TORCH]):
+            steps.append(InstallStep("light-the-torch (chooses the PyTorch build for this computer)",
+                                     [*pip, LIGHT_THE_TORCH]))
+        steps.append(InstallStep("PyTorch (several GB with CUDA: this can take minutes)",
+                                 [python, "-m", "light_the_torch", *torch_install_arguments()]))
+    if missing_requirements(read_requirements(requirements_path)):
+        steps.append(InstallStep("the TeViA requirements", [*pip, "-r", str(requirements_path)]))
+    return steps
 
 
-class PipProcess:
-    """A pip run in the background: output lines on a queue, drained by `poll`.
+class BackgroundInstall:
+    """Install steps run one after another, each in a background process.
+
+    Call `poll` from a timer: it collects output lines into `output`, starts the next step
+    when one succeeds, and returns the final return code (0 when every step succeeded, the
+    failing step's code otherwise, -1 when cancelled) once done. `cancel` ends the running
+    step's whole process tree.
 
     Args:
-        command: the command line (see `pip_command`).
+        steps: what to run (see `install_steps`).
     """
 
-    def __init__(self, command: list[str]) -> None:
-        self.command = command
+    def __init__(self, steps: list[InstallStep]) -> None:
+        self.steps = list(steps)
         self.output: list[str] = []
+        self.index = -1
+        self.returncode: int | None = None if self.steps else 0
         self._lines: queue.Queue = queue.Queue()
-        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                         text=True, encoding="utf-8", errors="replace")
-        threading.Thread(target=self._read, daemon=True).start()
+        self._process: subprocess.Popen | None = None
+        self._start_next()
 
-    def _read(self) -> None:
-        for line in self._process.stdout:
-            self._lines.put(line.rstrip())
-        self._lines.put(None)
+    @property
+    def current(self) -> InstallStep | None:
+        """The step running now, None once done."""
+        return self.steps[self.index] if self.returncode is None and 0 <= self.index < len(self.steps) else None
+
+    @property
+    def running(self) -> bool:
+        return self.returncode is None
+
+    def _start_next(self) -> None:
+        self.index += 1
+        if self.index >= len(self.steps):
+            self.returncode = 0
+            return
+        step = self.steps[self.index]
+        logger.info("Installing %s: %s", step.title, " ".join(step.command))
+        self.output.append(f"[{self.index + 1}/{len(self.steps)}] {step.title}")
+        try:
+            self._process = subprocess.Popen(step.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, text=True, encoding="utf-8", errors="replace",
+                                             env=child_environment(), **child_process_options())
+        except OSError as error:
+            self.output.append(f"Could not start {step.command[0]}: {error}")
+            self.returncode = 1
+            return
+        threading.Thread(target=self._read, args=(self._process, self._lines), daemon=True).start()
+
+    @staticmethod
+    def _read(process: subprocess.Popen, lines: queue.Queue) -> None:
+        for line in process.stdout:
+            lines.put(line.rstrip())
+        lines.put(None)
 
     def poll(self, timeout_s: float = 0.0) -> int | None:
-        """Collect new output lines into `output`; the return code once pip has ended, else None."""
-        ended = False
-        try:
-            while True:
+        """Collect new output; the final return code once every step has ended, else None."""
+        while self.returncode is None:
+            try:
                 line = self._lines.get(timeout=timeout_s) if timeout_s > 0 else self._lines.get_nowait()
-                timeout_s = 0.0
-                if line is None:
-                    ended = True
-                    break
+            except queue.Empty:
+                return None
+            if line is not None:
                 self.output.append(line)
-        except queue.Empty:
-            pass
-        return self._process.wait() if ended else None
+                continue
+            code = self._process.wait()
+            if code != 0:
+                self.output.append(f"{self.steps[self.index].title} failed (exit code {code}).")
+                self.returncode = code
+            else:
+                self._start_next()
+        return self.returncode
 
-    def wait(self) -> int:
-        """Block until pip ends; its return code."""
+    def wait(self, timeout_s: float | None = None) -> int:
+        """Block until every step has ended (or `timeout_s` passed: TimeoutError); the return code."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while (code := self.poll(timeout_s=0.5)) is None:
-            pass
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"the installation did not end in {timeout_s} s")
         return code
 
-
-def install_requirements(requirements_path: str | Path = REQUIREMENTS_PATH,
-                         wheel_dir: str | Path | None = None) -> PipProcess | None:
-    """Install the requirements the way this Slicer supports best.
-
-    With `wheel_dir`, or on a Slicer without `pip_ensure` (5.10), pip starts in the background
-    and the returned `PipProcess` must be polled. Otherwise `pip_ensure` runs (it shows its own
-    confirmation and progress) and None is returned.
-    """
-    packaging_module = getattr(slicer, "packaging", None) or getattr(slicer, "pydeps", None)
-    if wheel_dir is None and packaging_module is not None and hasattr(packaging_module, "pip_ensure"):
-        from packaging.requirements import Requirement
-
-        packaging_module.pip_ensure([Requirement(r) for r in read_requirements(requirements_path)],
-                                    requester=REQUESTER)
-        return None
-    command = pip_command(requirements_path, wheel_dir)
-    logger.info("Installing TeViA requirements: %s", " ".join(command))
-    return PipProcess(command)
+    def cancel(self) -> None:
+        """Stop the installation: end the running step's process tree; no further step starts."""
+        if self.returncode is not None:
+            return
+        self.returncode = -1
+        if self._process is not None:
+            kill_process_tree(self._process)
+        self.output.append("Installation cancelled.")

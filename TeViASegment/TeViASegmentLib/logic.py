@@ -243,6 +243,13 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         return training_export.export_training_slices(voxels, mask, prompt or segmentPrompt, datasetDir,
                                                       volumeNode.GetName(), split, view)
 
+    def missingDependencies(self) -> list[str]:
+        """What the local worker still needs in Slicer's Python (torch, Resources/requirements.txt),
+        read from package metadata without importing anything; empty with a remote server."""
+        from TeViASegmentLib import installer
+
+        return [] if self.remoteUrl else installer.missing_dependencies()
+
     def cancel(self):
         if self.job is not None:
             self.job.cancel()
