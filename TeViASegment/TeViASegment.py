@@ -37,7 +37,7 @@ class TeViASegment(ScriptedLoadableModule):
         self.parent.title = "TeViA Segment"
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = []
-        self.parent.contributors = ["TeViA contributors"]
+        self.parent.contributors = ["TeViA developers (TeViA project)"]
         self.parent.helpText = (
             "Segment what a text describes: type one prompt per line, press Segment. Each model is made "
             "for one kind of image and target, named in the Model list: the bundled model segments "

@@ -80,7 +80,7 @@ def test_top_level_cmake_has_every_extension_field_and_the_project_name():
     for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert fields.get(f"EXTENSION_{key}"), f"EXTENSION_{key} is missing or empty"
     assert fields["EXTENSION_DEPENDS"] == "PyTorch"
-    for include in ("find_package(Slicer REQUIRED)", "add_subdirectory(TeViASegment)",
+    for include in ("find_package(Slicer 5.10 REQUIRED)", "add_subdirectory(TeViASegment)",
                     "${Slicer_EXTENSION_GENERATE_CONFIG}", "${Slicer_EXTENSION_CPACK}"):
         assert include in text
     assert (REPO / "LICENSE.txt").is_file()
@@ -103,7 +103,7 @@ def test_extension_json_and_s4ext_agree_with_cmake():
     assert entry["$schema"].startswith("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/")
     assert entry["category"] == fields["EXTENSION_CATEGORY"]
     assert entry["build_dependencies"] == fields["EXTENSION_DEPENDS"].split()
-    assert entry["scm_url"].removesuffix(".git") == fields["EXTENSION_HOMEPAGE"]
+    assert fields["EXTENSION_HOMEPAGE"].startswith(entry["scm_url"].removesuffix(".git") + "/blob/main/")
     s4ext = _s4ext_fields()
     assert s4ext["depends"].split() == fields["EXTENSION_DEPENDS"].split()
     assert s4ext["category"] == fields["EXTENSION_CATEGORY"]
