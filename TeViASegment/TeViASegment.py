@@ -114,6 +114,8 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             call.cancel()
         self.removeObservers()
         self.logic.shutdown()
+        if self.install is not None:
+            self.install.cancel()
 
     def onReload(self):
         """Reload & Test: reload TeViASegmentLib too (Slicer re-executes only this file)."""
