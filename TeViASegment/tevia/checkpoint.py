@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,18 @@ __all__ = ["CheckpointError", "MODELS_DIR", "FORMAT", "resolve_model", "availabl
 log = logging.getLogger(__name__)
 
 FORMAT = "tevia-model/1"
-MODELS_DIR = Path(os.environ.get("TEVIA_MODELS_DIR", Path(__file__).resolve().parents[1] / "Resources" / "Models"))
+
+
+def _bundled_models_dir() -> Path:
+    """$TEVIA_MODELS_DIR; else the module's Resources/Models beside the source (the Slicer
+    module, an editable install); else <prefix>/share/tevia/Models (a wheel install)."""
+    if os.environ.get("TEVIA_MODELS_DIR"):
+        return Path(os.environ["TEVIA_MODELS_DIR"])
+    source = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+    return source if source.is_dir() else Path(sys.prefix) / "share" / "tevia" / "Models"
+
+
+MODELS_DIR = _bundled_models_dir()
 DEFAULT_MODEL = "default"
 
 
