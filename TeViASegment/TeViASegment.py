@@ -328,7 +328,8 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.install.output.clear()
         if code is None:
             self.ui.progressBar.setValue(self.install.index)
-            self.ui.progressBar.setFormat(f"Installing {self.install.current.title}: step %v/%m")
+            self.ui.progressBar.setFormat(
+                f"Installing {self.install.current.title} ({self.install.index + 1}/{len(self.install.steps)})")
             return
         self.ui.progressBar.setValue(self.ui.progressBar.maximum if code == 0 else 0)
         self.ui.progressBar.setFormat("%p%")
