@@ -23,6 +23,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -147,7 +148,10 @@ def test_worker_segments_real_images_with_only_the_installers_requirements(slice
 
 
 def test_base_package_install_runs_tevia_predict(slicer_python, tmp_path):
-    _run(slicer_python, "-m", "pip", "install", "-q", "--no-deps", REPO, cwd=tmp_path)
+    source = tmp_path / "source"  # a copy, so that the build leaves nothing in the repository
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "Testing",
+                                                                "bench", "runs", "out"))
+    _run(slicer_python, "-m", "pip", "install", "-q", "--no-deps", source, cwd=tmp_path)
     _run(slicer_python, "-m", "pip", "check")
     assert _importable(slicer_python, TRAIN_ONLY) == []
     xray, truth, text = _xray_sample()
