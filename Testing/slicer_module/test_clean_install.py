@@ -163,6 +163,16 @@ def test_base_package_install_runs_tevia_predict(slicer_python, tmp_path):
     assert dice > 0.75, f"Dice {dice:.3f}"
 
 
+def test_the_wheel_carries_every_file_of_the_bundled_model_but_its_documentation():
+    import tomllib
+
+    data_files = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    listed = {Path(path).name for path in data_files["share/tevia/Models/default"]}
+    folder = REPO / "TeViASegment" / "Resources" / "Models" / "default"
+    needed = {p.name for p in folder.iterdir() if p.is_file() and p.suffix not in (".md", ".png")} | {"README.md"}
+    assert listed == needed, f"pyproject.toml's data-files for the default model: add {needed - listed}"
+
+
 def _offline_env(monkeypatch) -> None:
     """No pip configuration, no find-links, and an index that answers nothing: only the folder."""
     for key in [k for k in os.environ if k.startswith("PIP_")]:
