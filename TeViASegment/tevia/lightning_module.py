@@ -1,8 +1,10 @@
 """The LightningModule: a thin shell (steps, optimiser, logged metrics) around TeViANet.
 
 Loss = DiceCE(logits, mask) (or Dice alone: `train.loss`) + alignment_weight x alignment. The
-historic prototype collects during the last warm-up epoch, switches on at its end, then follows
-each training batch with momentum. Validation never touches it.
+historic prototype collects during the last warm-up epoch (index warmup - 1) and switches on at
+the start of the next one, then follows each training batch with momentum. Switching at the
+start, not at the end, keeps the collecting epoch's checkpoint as its validation ran (prototype
+off), and a run resumed from that checkpoint switches it on. Validation never touches it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ class LitTeViA(L.LightningModule):
         self.register_buffer("text_table", table, persistent=False)
         self.text_index = index
         self.config = config
+        warmup = config.prototype_warmup_epochs
+        if not network.prototype.active and not 1 <= warmup < config.max_epochs:
+            raise ValueError(
+                f"train.prototype_warmup_epochs={warmup} with train.max_epochs={config.max_epochs} never switches "
+                f"the historic prototype on (it collects in epoch index warmup - 1 and is used from index warmup): "
+                f"set 1 <= train.prototype_warmup_epochs < train.max_epochs")
         # "dice" is what the reference code trains on in effect: its DiceCELoss on probabilities,
         # under its MONAI version, has a zero cross-entropy term for one channel.
         self.loss_fn = DiceCELoss(sigmoid=True) if config.loss == "dice_ce" else DiceLoss(sigmoid=True)
@@ -44,16 +52,14 @@ class LitTeViA(L.LightningModule):
         return t
 
     def on_train_epoch_start(self) -> None:
-        if self.current_epoch == self.config.prototype_warmup_epochs - 1:
-            self.network.prototype.start_collecting()
-
-    def on_train_epoch_end(self) -> None:
         proto = self.network.prototype
-        if self.current_epoch == self.config.prototype_warmup_epochs - 1 and proto.collecting:
+        if proto.collecting and self.current_epoch >= self.config.prototype_warmup_epochs:
             for i in range(len(proto.widths)):
                 s = getattr(proto, f"sum{i}")
                 s.copy_(self._reduce_mean(s))
             proto.finish_collecting()
+        elif self.current_epoch == self.config.prototype_warmup_epochs - 1:
+            proto.start_collecting()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         image, mask = batch["image"], batch["mask"]
@@ -66,7 +72,7 @@ class LitTeViA(L.LightningModule):
         loss = seg_loss + self.config.alignment_weight * align
         proto = self.network.prototype
         if proto.collecting or proto.active:
-            proto.observe([self._reduce_mean(f.mean(0, keepdim=True)) for f in fg])
+            proto.observe([self._reduce_mean(f.float().mean(0, keepdim=True)) for f in fg])  # fp32 under bf16-true
         bs = image.shape[0]
         self.log("train_loss", loss, prog_bar=True, batch_size=bs, sync_dist=False)
         self.log("train_align", align, batch_size=bs)

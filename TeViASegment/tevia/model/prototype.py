@@ -5,6 +5,9 @@ foreground representations are summed; at the end of that epoch their average be
 prototype; in later training steps it follows each batch with momentum (0.99). Everything
 lives in registered buffers, so it is saved and loaded with the weights, and the model uses
 it at inference exactly as after the warm-up. Only the training loop calls `observe`.
+
+The buffers stay float32 whatever the module is cast to (Lightning's `bf16-true` casts the
+whole network): a 0.99 momentum step is below bfloat16's resolution and would stall.
 """
 
 from __future__ import annotations
@@ -43,6 +46,14 @@ class HistoricPrototype(nn.Module):
         for i, w in enumerate(self.widths):
             self.register_buffer(f"vector{i}", torch.zeros(w))
             self.register_buffer(f"sum{i}", torch.zeros(w))
+
+    def _apply(self, fn, recurse: bool = True):
+        """nn.Module's `_apply` (device moves, dtype casts), then the float buffers back to float32."""
+        super()._apply(fn, recurse)
+        for name, buffer in self._buffers.items():
+            if buffer is not None and buffer.is_floating_point() and buffer.dtype != torch.float32:
+                self._buffers[name] = buffer.float()
+        return self
 
     @property
     def active(self) -> bool:
