@@ -118,7 +118,9 @@ class TrainConfig:
     checkpoint_monitor: "val_dice" (highest) or "val_loss" (lowest, the reference's), for the
         kept checkpoint and early stopping.
     prototype_warmup_epochs: the prototype collects during epoch index warmup - 1 and is on
-        from index warmup; the reference's is 21 (collects in epoch 20, on after it).
+        from the start of index warmup; the reference's is 21 (collects in epoch 20, on after
+        it). Training refuses a value outside 1 .. max_epochs - 1 unless the initial model's
+        prototype is already on.
     """
 
     max_epochs: int = 20

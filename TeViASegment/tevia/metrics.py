@@ -1,8 +1,12 @@
 """Segmentation metrics on binary 2D masks: Dice (pooled and per image), IoU and HD95.
 
-Two Dice conventions are in use in the literature and both are reported: ``dice_global``
-pools the pixels of the whole split (GuideDecoder family), ``dice_mean`` averages per-image
-Dice (LViT family). HD95 is MONAI's 95th-percentile symmetric Hausdorff distance, in pixels.
+Two conventions are in use in the literature and both are reported, for Dice and for IoU:
+``dice_global`` and ``iou_global`` pool the pixels of the whole split (GuideDecoder family),
+``dice_mean`` and ``iou_mean`` average the per-image values (LViT family). The "mIoU" that the
+GuideDecoder family reports on QaTa is the pooled one: its 89.78 Dice / 81.45 mIoU fits
+IoU = D / (2 - D), and ``iou_global`` equals ``dice_global / (2 - dice_global)`` exactly
+(pooled |P∩G| / |P∪G|, with |P∪G| = |P| + |G| - |P∩G|). HD95 is MONAI's 95th-percentile
+symmetric Hausdorff distance, in pixels.
 
 Masks are numpy (or torch) arrays (H, W); any non-zero value is foreground.
 """
@@ -132,9 +136,10 @@ class SegmentationMetrics:
         """The split's metrics.
 
         Returns:
-            dict with ``n``, ``dice_global`` (pixels pooled over all cases), ``iou_global``,
-            ``dice_mean`` and ``miou`` (means of the per-case values, 1 for an empty prediction
-            on an empty mask), ``hd95_mean`` (mean over the cases where it is defined, NaN
+            dict with ``n``, ``dice_global`` and ``iou_global`` (pixels pooled over all cases;
+            ``iou_global`` is the papers' QaTa "mIoU"), ``dice_mean`` and ``iou_mean`` (means of
+            the per-case values, 1 for an empty prediction on an empty mask; earlier
+            metrics.json files call ``iou_mean`` ``miou``), ``hd95_mean`` (mean over the cases where it is defined, NaN
             when none is), ``hd95_unit``, ``n_hd95`` (cases in that mean) and
             ``n_hd95_undefined`` (cases with an empty prediction or ground truth).
 
@@ -152,7 +157,7 @@ class SegmentationMetrics:
             "dice_global": _ratio(2 * self._intersection, self._pred_total + self._gt_total),
             "iou_global": _ratio(self._intersection, self._union),
             "dice_mean": float(np.mean([r["dice"] for r in self.per_case])),
-            "miou": float(np.mean([r["iou"] for r in self.per_case])),
+            "iou_mean": float(np.mean([r["iou"] for r in self.per_case])),
             "hd95_mean": float(np.mean(distances)) if distances else math.nan,
             "hd95_unit": HD95_UNIT,
             "n_hd95": len(distances),

@@ -49,7 +49,7 @@ def test_cli_writes_metrics_cases_and_gallery_matching_one_by_one_prediction(
     assert cli_main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval_size"] == list(segmenter.spec.image_size)
-    for key in ("dice_global", "dice_mean", "miou", "hd95_mean", "n", "n_hd95", "seconds", "images_per_second"):
+    for key in ("dice_global", "iou_global", "dice_mean", "iou_mean", "hd95_mean", "n", "n_hd95", "seconds", "images_per_second"):
         assert key in metrics
     assert metrics["n"] == 20 and metrics["hd95_unit"] == "pixels" and metrics["threshold"] == threshold
     assert metrics["split"] == "samples" and metrics["text_mode"] == "given" and metrics["model"] == "tiny-test"
@@ -61,14 +61,15 @@ def test_cli_writes_metrics_cases_and_gallery_matching_one_by_one_prediction(
     assert [c["name"] for c in cases] == dataset.names and [c["text"] for c in cases] == dataset.texts
     # each image segmented alone with its own prompt gives the same masks as the batched run
     intersection = pred_total = gt_total = 0
-    dices = []
+    dices, ious = [], []
     for index, case in enumerate(cases):
         item = dataset[index]
         pred = segmenter.predict(item["image"].numpy(), item["text"])[0] > threshold
         gt = item["mask"][0].numpy() > 0.5
         dices.append(dice_score(pred, gt))
         assert float(case["dice"]) == pytest.approx(dices[-1], abs=1e-6)
-        assert float(case["iou"]) == pytest.approx(iou_score(pred, gt), abs=1e-6)
+        ious.append(iou_score(pred, gt))
+        assert float(case["iou"]) == pytest.approx(ious[-1], abs=1e-6)
         assert int(case["pred_pixels"]) == int(pred.sum()) and int(case["gt_pixels"]) == int(gt.sum())
         intersection += int((pred & gt).sum())
         pred_total += int(pred.sum())
@@ -76,6 +77,8 @@ def test_cli_writes_metrics_cases_and_gallery_matching_one_by_one_prediction(
     assert pred_total > 0
     assert metrics["dice_global"] == pytest.approx(2 * intersection / (pred_total + gt_total))
     assert metrics["dice_mean"] == pytest.approx(np.mean(dices))
+    assert metrics["iou_global"] == pytest.approx(intersection / (pred_total + gt_total - intersection))
+    assert metrics["iou_mean"] == pytest.approx(np.mean(ious))
     defined = [float(c["hd95"]) for c in cases if c["hd95"] != ""]
     assert metrics["n_hd95"] == len(defined) > 0
     assert metrics["hd95_mean"] == pytest.approx(np.mean(defined), rel=1e-5)

@@ -55,10 +55,12 @@ def test_accumulator_pools_and_averages():
     result = metrics.compute()
     assert result["n"] == 4
     assert result["dice_mean"] == pytest.approx((0.5 + 1 + 0 + 1) / 4)
-    assert result["miou"] == pytest.approx((1 / 3 + 1 + 0 + 1) / 4)
+    assert result["iou_mean"] == pytest.approx((1 / 3 + 1 + 0 + 1) / 4) and "miou" not in result
     # pooled: intersections 50 + 0 + 0 + 100; |P| 100 + 0 + 0 + 100; |G| 100 + 0 + 400 + 100
     assert result["dice_global"] == pytest.approx(2 * 150 / (200 + 600))
     assert result["iou_global"] == pytest.approx(150 / (150 + 0 + 400 + 100))
+    # the pooled IoU is the papers' "mIoU" = D / (2 - D) of the pooled Dice
+    assert result["iou_global"] == pytest.approx(result["dice_global"] / (2 - result["dice_global"]))
     assert result["n_hd95"] == 2 and result["n_hd95_undefined"] == 2
     assert result["hd95_mean"] == pytest.approx((hd95(_square(0, 0), _square(5, 0)) + 0.0) / 2)
     assert result["hd95_unit"] == "pixels"
