@@ -139,7 +139,7 @@ def test_alignment_term_is_in_the_training_step(samples):
     network.zero_grad()
     out = network(batch["image"], lit._text(batch["text"]))
     align = alignment_loss(out.stage_text, network.foreground(out, batch["mask"]), batch["mask"])
-    assert float(align) > 0.1
+    assert float(align.detach()) > 0.1
     torch.testing.assert_close(losses[0.1] - losses[0.0], 0.1 * align, atol=1e-6, rtol=0)
     (0.1 * align).backward()
     expected = network.stages[0].text_projection.proj.weight.grad
@@ -159,7 +159,8 @@ def test_warmup_and_momentum_in_a_trainer_run(samples, tmp_path):
 
 def test_every_checkpoint_was_validated_as_saved(samples, tmp_path):
     """The checkpoint of the collecting epoch holds the prototype as that epoch's validation
-    ran (off), so validating any saved checkpoint again gives the metrics logged for it."""
+    ran (off), so validating any saved checkpoint again gives the metrics logged for it; a run
+    resumed from that checkpoint switches the prototype on."""
     lit = _lit(samples, max_epochs=2, prototype_warmup_epochs=1)
     record = _Record(lit)
     # As `tevia train` keeps them (monitored, validation every epoch), but every epoch kept.
@@ -174,6 +175,16 @@ def test_every_checkpoint_was_validated_as_saved(samples, tmp_path):
         result = _trainer(tmp_path, 1, []).validate(again, _loader(samples), verbose=False)[0]
         for key in ("val_loss", "val_dice"):
             assert result[key] == pytest.approx(record.validated[epoch][key], abs=1e-6), f"epoch {epoch} {key}"
+
+    # Resumed from the collecting epoch's checkpoint, the run switches the prototype on.
+    resumed = _lit(samples, max_epochs=2, prototype_warmup_epochs=1)
+    record = _Record(resumed)
+    _trainer(tmp_path, 2, [record]).fit(resumed, _loader(samples), _loader(samples),
+                                        ckpt_path=str(tmp_path / "ckpt" / "epoch=0.ckpt"))
+    assert [s["epoch"] for s in record.steps] == [1, 1] and record.steps[0]["before"]["state"] == "active"
+    proto = torch.load(tmp_path / "ckpt" / "epoch=0.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    count = int(proto["network.prototype.count"])
+    torch.testing.assert_close(record.steps[0]["before"]["vectors"][0], proto["network.prototype.sum0"] / count)
 
 
 def test_bf16_true_training_keeps_the_prototype_fp32(samples, tmp_path):
