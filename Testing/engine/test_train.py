@@ -62,11 +62,16 @@ def test_train_cli_exports_resumes_and_fine_tunes(tmp_path):
     assert first_epochs and first_epochs < set(epochs) and set(epochs) <= {0, 1, 2}  # the log kept the first run
     assert not (out / "logs" / "metrics-before-resume.csv").exists()
 
-    tuned = tmp_path / "tuned"
-    assert _smoke(tuned, "train.max_epochs=1", "train.prototype_warmup_epochs=5", "--init", str(out / "model")) == 0
     from tevia.inference import Segmenter
 
-    # Fine-tuning starts from the given model: its prototype (active after the first run) carries over.
+    # Fine-tuning starts from the given model: an active prototype carries over (one epoch, no
+    # warm-up). The exported model is the best epoch; should that ever be the collecting epoch
+    # (prototype off, as validated), the fine-tune needs a schedule that switches it on instead.
+    init_active = Segmenter.load(out / "model", device="cpu").network.prototype.active
+    schedule = (["train.max_epochs=1", "train.prototype_warmup_epochs=5"] if init_active
+                else ["train.max_epochs=2", "train.prototype_warmup_epochs=1"])
+    tuned = tmp_path / "tuned"
+    assert _smoke(tuned, *schedule, "--init", str(out / "model")) == 0
     assert Segmenter.load(tuned / "model", device="cpu").network.prototype.active
 
 
