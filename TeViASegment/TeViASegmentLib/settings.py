@@ -8,8 +8,6 @@ The remote token is stored only when the user asks for it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,10 +41,9 @@ class JsonFileSettings:
 
     def _write(self, data: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".settings-")
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(data, file, indent=1)
-        os.replace(temp, self.path)
+        from tevia.files import atomic_write_text
+
+        atomic_write_text(self.path, json.dumps(data, indent=1), private=True)
 
     def value(self, key: str, default: Any = None) -> Any:
         return self._read().get(key, default)

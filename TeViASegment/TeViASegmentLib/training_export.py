@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,14 +61,10 @@ def _safe_stem(name: str) -> str:
 
 
 def _write_png(array_2d: np.ndarray, path: Path) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
-    os.close(handle)
-    try:
-        sitk.WriteImage(sitk.GetImageFromArray(array_2d), temp)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
+    from tevia.files import atomic_path
+
+    with atomic_path(path, ".png") as temporary:
+        sitk.WriteImage(sitk.GetImageFromArray(array_2d), str(temporary))
 
 
 def _append_rows(csv_path: Path, rows: list[tuple[str, str]]) -> None:
@@ -88,10 +82,9 @@ def _append_rows(csv_path: Path, rows: list[tuple[str, str]]) -> None:
     elif not old.endswith("\n"):
         buffer.write("\n")
     writer.writerows(rows)
-    handle, temp = tempfile.mkstemp(dir=csv_path.parent, prefix=".tmp-", suffix=".csv")
-    with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
-        file.write(old + buffer.getvalue())
-    os.replace(temp, csv_path)
+    from tevia.files import atomic_write_text
+
+    atomic_write_text(csv_path, old + buffer.getvalue())
 
 
 def export_training_slices(voxels_kji: np.ndarray, mask_kji: np.ndarray, prompt: str,

@@ -10,12 +10,10 @@ weights load strictly (missing or unexpected keys are an error that names them).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +22,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tevia.config import ModelConfig, from_dict, to_dict
+from tevia.files import atomic_path, atomic_write_text, sha256_file
 from tevia.model.network import TeViANet
 
 __all__ = ["CheckpointError", "MODELS_DIR", "FORMAT", "resolve_model", "available_models", "save_model",
-           "read_model_json", "update_model_json", "load_checked_tensors", "load_network_weights", "sha256_file"]
+           "read_model_json", "update_model_json", "load_checked_tensors", "load_network_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +48,6 @@ DEFAULT_MODEL = "default"
 
 class CheckpointError(RuntimeError):
     """A model folder that cannot be used: corrupt, tampered, or of another format."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def available_models() -> list[str]:
@@ -87,15 +78,11 @@ def save_model(folder: str | Path, network: TeViANet, config: ModelConfig, metad
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    with tempfile.NamedTemporaryFile(dir=folder, suffix=".safetensors.tmp", delete=False) as tmp:
-        tmp_weights = Path(tmp.name)
-    save_file(state, str(tmp_weights), metadata={"format": FORMAT})
-    info = dict(metadata)
-    info.update(format=FORMAT, config=to_dict(config), weights_sha256=sha256_file(tmp_weights))
-    tmp_json = folder / "model.json.tmp"
-    tmp_json.write_text(json.dumps(info, indent=2, sort_keys=False))
-    os.replace(tmp_weights, folder / "model.safetensors")
-    os.replace(tmp_json, folder / "model.json")
+    with atomic_path(folder / "model.json") as tmp_json, atomic_path(folder / "model.safetensors") as tmp_weights:
+        save_file(state, str(tmp_weights), metadata={"format": FORMAT})
+        info = dict(metadata)
+        info.update(format=FORMAT, config=to_dict(config), weights_sha256=sha256_file(tmp_weights))
+        tmp_json.write_text(json.dumps(info, indent=2, sort_keys=False))
     return folder
 
 
@@ -121,9 +108,7 @@ def update_model_json(folder: str | Path, **entries: Any) -> None:
     read_model_json(folder)
     info = json.loads(path.read_text())
     info.update(entries)
-    tmp_json = path.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps(info, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp_json, path)
+    atomic_write_text(path, json.dumps(info, indent=2, sort_keys=False) + "\n")
 
 
 def load_checked_tensors(path: Path, expected_sha256: str | None, remedy: str) -> dict[str, torch.Tensor]:

@@ -27,7 +27,8 @@ import SimpleITK as sitk
 import torch
 from safetensors.torch import save_file
 
-from tevia.checkpoint import CheckpointError, load_checked_tensors, sha256_file, update_model_json
+from tevia.checkpoint import CheckpointError, load_checked_tensors, update_model_json
+from tevia.files import atomic_path, sha256_file
 from tevia.volume.io import DICOM_MODALITY
 
 __all__ = ["DOMAIN_FILE", "WARNING_PREFIX", "DIMENSIONALITIES", "DomainProfile", "DomainCheck", "pooled_features",
@@ -117,14 +118,13 @@ class DomainProfile:
     def save(self, folder: str | Path) -> dict[str, Any]:
         """Write domain.safetensors and the "domain" entry of model.json (both atomically)."""
         folder = Path(folder)
-        tmp = folder / (DOMAIN_FILE + ".tmp")
-        save_file({"mean": self.mean.contiguous(), "whitening": self.whitening.contiguous()}, str(tmp))
-        entry = {"file": DOMAIN_FILE, "sha256": sha256_file(tmp), "description": self.description,
-                 "dimensionality": self.dimensionality, "dicom_modalities": self.dicom_modalities,
-                 "features": "global average of each encoder feature map, concatenated",
-                 "score": "RMS of the whitened features (Mahalanobis distance / sqrt(D))",
-                 "threshold": self.threshold, "calibration": self.calibration}
-        tmp.replace(folder / DOMAIN_FILE)
+        with atomic_path(folder / DOMAIN_FILE) as tmp:
+            save_file({"mean": self.mean.contiguous(), "whitening": self.whitening.contiguous()}, str(tmp))
+            entry = {"file": DOMAIN_FILE, "sha256": sha256_file(tmp), "description": self.description,
+                     "dimensionality": self.dimensionality, "dicom_modalities": self.dicom_modalities,
+                     "features": "global average of each encoder feature map, concatenated",
+                     "score": "RMS of the whitened features (Mahalanobis distance / sqrt(D))",
+                     "threshold": self.threshold, "calibration": self.calibration}
         update_model_json(folder, domain=entry)
         return entry
 

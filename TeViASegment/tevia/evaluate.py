@@ -11,7 +11,6 @@ import csv
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from tevia.device import add_precision_argument
+from tevia.files import atomic_write_text
 from tevia.data.dataset import TEXT_MODES, CSVSegmentationDataset
 from tevia.metrics import PER_CASE_FIELDS, SegmentationMetrics
 from tevia.prompts import normalise_prompt
@@ -183,16 +183,6 @@ def select_gallery_cases(per_case: list[dict[str, Any]], count: int = 4) -> list
     return [(i, "best") for i in best] + [(i, "worst") for i in worst]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    handle, temp_name = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            stream.write(text)
-        os.replace(temp_name, path)
-    finally:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-
 
 def _json_safe(value: Any) -> Any:
     """NaN and infinity become None (JSON has no NaN)."""
@@ -212,14 +202,14 @@ def write_results(out_dir: str | Path, metrics: dict[str, Any], per_case: list[d
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path, cases_path = out_dir / "metrics.json", out_dir / "per_case.csv"
-    _atomic_write_text(metrics_path, json.dumps({k: _json_safe(v) for k, v in metrics.items()}, indent=2) + "\n")
+    atomic_write_text(metrics_path, json.dumps({k: _json_safe(v) for k, v in metrics.items()}, indent=2) + "\n")
     rows = [{k: ("" if _json_safe(row.get(k)) is None else row.get(k)) for k in PER_CASE_COLUMNS} for row in per_case]
     with tempfile.SpooledTemporaryFile(mode="w+", newline="") as buffer:
         writer = csv.DictWriter(buffer, fieldnames=PER_CASE_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
         buffer.seek(0)
-        _atomic_write_text(cases_path, buffer.read())
+        atomic_write_text(cases_path, buffer.read())
     return metrics_path, cases_path
 
 

@@ -5,8 +5,6 @@ Drawn with matplotlib's object API on the Agg canvas (no pyplot state, no displa
 
 from __future__ import annotations
 
-import os
-import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from tevia.files import atomic_path
 
 __all__ = ["GalleryCase", "overlay", "save_gallery", "GT_COLOR", "PRED_COLOR"]
 
@@ -120,12 +120,6 @@ def save_gallery(cases: list[GalleryCase], out_png: str | Path, title: str = "")
         figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(suffix=".png", dir=out_png.parent)
-    os.close(handle)
-    try:
-        figure.savefig(temp_name, format="png")
-        os.replace(temp_name, out_png)
-    finally:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
+    with atomic_path(out_png, ".png") as temporary:
+        figure.savefig(temporary, format="png")
     return out_png

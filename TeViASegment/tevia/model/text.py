@@ -8,7 +8,6 @@ code (CXR-BERT's `cxr-bert`) is built as the BERT it is, without running remote 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tevia.files import sha256_file
 from tevia.model.vision import resolve_source
 
 __all__ = ["TextEncoder", "weight_files_sha256"]
@@ -31,11 +31,7 @@ def weight_files_sha256(folder: str) -> dict[str, str]:
     out = {}
     for f in sorted(path.iterdir()):
         if f.suffix in (".safetensors", ".bin", ".pth", ".pt"):
-            h = hashlib.sha256()
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            out[f.name] = h.hexdigest()
+            out[f.name] = sha256_file(f)
     return out
 
 

@@ -9,17 +9,16 @@ write (its ``tevia_sidecar`` field marks the ones it did).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
+from tevia.files import atomic_path
 from tevia.volume.errors import BadInputError, UnsupportedFormatError
 from tevia.volume.geometry import as_3d, ijk_to_lps
 from tevia.volume.io import file_extension
@@ -27,7 +26,6 @@ from tevia.volume.io import file_extension
 __all__ = [
     "WRITE_EXTENSIONS",
     "SEGMENT_COLORS",
-    "atomic_path",
     "check_output_path",
     "SIDECAR_SUFFIX",
     "sidecar_path",
@@ -99,21 +97,6 @@ def check_output_path(output: str | os.PathLike, image: sitk.Image | None = None
     return output
 
 
-@contextlib.contextmanager
-def atomic_path(destination: Path) -> Iterator[Path]:
-    """A temporary path next to ``destination`` that is renamed onto it when the block succeeds."""
-    extension = file_extension(destination)
-    descriptor, temporary = tempfile.mkstemp(dir=destination.parent, suffix=extension,
-                                             prefix=f".{destination.name}.")
-    os.close(descriptor)
-    try:
-        yield Path(temporary)
-        os.replace(temporary, destination)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
 def _write_seg_nrrd(labelmap: sitk.Image, labels: dict[int, str], path: Path) -> None:
     try:
         import slicerio
@@ -173,7 +156,8 @@ def write_labelmap(labelmap: sitk.Image, output: str | os.PathLike, labels: dict
     sidecar = sidecar_path(output)
     content = {_SIDECAR_MARK: 1, "output": output.name, "labels": {str(k): v for k, v in sorted(labels.items())},
                **metadata}
-    with atomic_path(output) as temporary_output, atomic_path(sidecar) as temporary_sidecar:
+    with (atomic_path(output, file_extension(output)) as temporary_output,
+          atomic_path(sidecar, SIDECAR_SUFFIX) as temporary_sidecar):
         _writer(file_extension(output), labelmap, labels)(temporary_output)
         temporary_sidecar.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return [output, sidecar]
