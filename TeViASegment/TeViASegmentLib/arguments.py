@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["DEVICES", "CONVENTIONS", "PRECISIONS", "prompt_list", "checked_options"]
+__all__ = ["DEVICES", "PRECISIONS", "prompt_list", "checked_options"]
 
 DEVICES = ("auto", "cuda", "cpu", "mps")
 PRECISIONS = ("fp32", "bf16")
-CONVENTIONS = ("patient", "image")
 
 
 def prompt_list(prompts) -> list[str]:
@@ -31,7 +30,8 @@ def checked_options(volume_node, segmentation_node, device: str, options: dict |
         segmentation_node: a segmentation node or None.
         device: one of DEVICES.
         precision: one of PRECISIONS.
-        options: worker options; "convention" defaults to "patient" (one of CONVENTIONS).
+        options: worker options; "convention" defaults to "patient" (one of
+            `tevia.prompts.sides.CONVENTIONS`).
 
     Raises:
         ValueError: naming the argument and the value it got.
@@ -44,6 +44,8 @@ def checked_options(volume_node, segmentation_node, device: str, options: dict |
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    from tevia.prompts.sides import CONVENTIONS
+
     options = {"convention": "patient", **(options or {})}
     if options["convention"] not in CONVENTIONS:
         raise ValueError(f"options['convention'] must be one of {CONVENTIONS}, got {options['convention']!r}")

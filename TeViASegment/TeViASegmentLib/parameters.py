@@ -18,7 +18,7 @@ import enum
 import pathlib
 
 import slicer
-from TeViASegmentLib.arguments import CONVENTIONS, DEVICES
+from TeViASegmentLib.arguments import DEVICES
 
 __all__ = ["Device", "SideConvention", "TeViASegmentParameters", "TeViASegmentParameterNode",
            "default_dataset_folder", "user_folder", "initial_values"]
@@ -37,7 +37,7 @@ class Device(enum.Enum):
 
 
 class SideConvention(enum.Enum):
-    """Which sides the prompts' "left" and "right" name (values: `arguments.CONVENTIONS`)."""
+    """Which sides the prompts' "left" and "right" name (values: `tevia.prompts.sides.CONVENTIONS`)."""
 
     PATIENT = "patient"
     IMAGE = "image"
@@ -89,7 +89,7 @@ def initial_values(settings) -> dict:
     return {
         "model": str(settings.get("model", "default")),
         "device": Device(device) if device in DEVICES else Device.AUTO,
-        "convention": SideConvention(convention) if convention in CONVENTIONS else SideConvention.PATIENT,
+        "convention": SideConvention(convention) if convention in {c.value for c in SideConvention} else SideConvention.PATIENT,
         "bf16": settings.get("precision", "fp32") == "bf16",
         "datasetFolder": pathlib.Path(folder) if folder else default_dataset_folder(),
     }

@@ -24,7 +24,7 @@ import torch
 
 from tevia.device import is_out_of_memory
 from tevia.domain import DomainCheck
-from tevia.prompts import prepare_prompt
+from tevia.prompts import CONVENTIONS, prepare_prompt
 from tevia.volume.cache import FeatureCache, fingerprint
 from tevia.volume.errors import BadInputError
 from tevia.volume.geometry import SLICE_AXES, SliceLayout, as_3d, slice_layout
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 STEP_SECONDS = 0.4
 """Target duration of one model step, so a cancel is seen within about a second."""
-_CONVENTIONS = ("patient", "image")
 _MAX_PROMPTS = 255
 _MAX_BATCH = 4096
 _MAX_MIN_SIZE = 2**31 - 1
@@ -95,7 +94,7 @@ class SegmentOptions:
         if isinstance(self.window, list):
             self.window = tuple(self.window)
         parse_window(self.window)
-        if not isinstance(self.convention, str) or self.convention not in _CONVENTIONS:
+        if not isinstance(self.convention, str) or self.convention not in CONVENTIONS:
             raise ValueError(f"convention must be 'patient' or 'image', got {_shown(self.convention)}")
 
     @classmethod

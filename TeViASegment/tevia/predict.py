@@ -21,6 +21,7 @@ from tqdm import tqdm
 from tevia.checkpoint import CheckpointError
 from tevia.device import DEVICE_CHOICES, add_precision_argument
 from tevia.pipeline import FeatureCache, SegmentOptions, segment_volume
+from tevia.prompts import CONVENTIONS
 from tevia.volume.geometry import SLICE_AXES
 from tevia.volume.io import READ_EXTENSIONS, file_extension, read_input
 from tevia.volume.preprocess import WINDOWS
@@ -58,7 +59,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", help=f"CT window: {', '.join(WINDOWS)} or 'center,width' (default: percentiles)")
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--convention", default="patient", choices=("patient", "image"),
+    parser.add_argument("--convention", default="patient", choices=CONVENTIONS,
                         help="do 'left'/'right' in the prompts name the patient's or the image's sides")
     parser.add_argument("--largest-component", action="store_true", help="keep each label's largest component")
     parser.add_argument("--fill-holes", action="store_true", help="fill in-plane holes")

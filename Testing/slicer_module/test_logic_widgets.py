@@ -21,6 +21,7 @@ from test_models import _catalogue, _model_zip, served  # noqa: F401 (fixture)
 
 from TeViASegmentLib import arguments, background, models, parameters, scene, settings
 from TeViASegmentLib.remote_client import RemoteError
+from tevia.prompts.sides import CONVENTIONS
 
 UI_FILE = Path(__file__).resolve().parents[2] / "TeViASegment" / "Resources" / "UI" / "TeViASegment.ui"
 XRAY = TESTDATA / "qata_samples" / "Images" / "sub-s12520_ses-e25346_run-1_bp-chest_vp-ap_dx.png"
@@ -157,7 +158,7 @@ def test_label_maps_and_non_rgb_vectors_are_refused_clearly(slicer_scene):
 
 def test_parameter_enums_match_the_logic_arguments():
     assert tuple(d.value for d in parameters.Device) == arguments.DEVICES
-    assert tuple(c.value for c in parameters.SideConvention) == arguments.CONVENTIONS
+    assert tuple(c.value for c in parameters.SideConvention) == CONVENTIONS
     assert all(d.label() and c.label() for d in parameters.Device for c in parameters.SideConvention)
 
 
