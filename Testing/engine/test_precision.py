@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from tevia.inference import Segmenter
+from tevia.metrics import dice_score
 
 
 def test_bf16_is_close_to_fp32_and_halves_the_features(tiny_model_dir):
@@ -45,7 +46,7 @@ def test_predict_bf16_on_a_real_xray_matches_fp32(tmp_path):
         assert tevia(["predict", "--model", "default", "--input", str(image), "--text", row["Description"],
                       "--out", str(out), "--device", "cpu", "--precision", precision]) == 0
         masks[precision] = np.asarray(Image.open(out)) > 0
-    overlap = 2 * (masks["fp32"] & masks["bf16"]).sum() / (masks["fp32"].sum() + masks["bf16"].sum())
+    overlap = dice_score(masks["fp32"], masks["bf16"])
     assert masks["fp32"].sum() > 100 and overlap > 0.9  # a small mask: its boundary pixels are most of it
 
 

@@ -38,6 +38,7 @@ from conftest import REPO, TESTDATA
 from test_installer import _write_wheel
 from TeViASegmentLib import installer
 from TeViASegmentLib.worker_client import WorkerClient
+from tevia.metrics import dice_score
 from tevia.volume.geometry import ijk_to_ras
 
 pytestmark = pytest.mark.skipif(os.environ.get("TEVIA_SKIP_CLEAN_INSTALL") == "1",
@@ -85,11 +86,6 @@ def _xray_sample() -> tuple[Path, Path, str]:
     """(image, ground-truth mask, description) of XRAY_MASK's sample."""
     rows = dict(line.split(",", 1) for line in (QATA / "samples.csv").read_text().splitlines()[1:])
     return QATA / "Images" / XRAY_MASK.removeprefix("mask_"), QATA / "GTs" / XRAY_MASK, rows[XRAY_MASK].strip('"')
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +136,7 @@ def test_worker_segments_real_images_with_only_the_installers_requirements(slice
         xray, truth, text = _xray_sample()
         _answer(worker, {"type": "segment", "prompts": [text], "input": str(xray), "output": str(tmp_path / "x.npy"),
                          "options": {"convention": "image"}})
-        dice = _dice(np.load(tmp_path / "x.npy")[0], sitk.GetArrayFromImage(sitk.ReadImage(str(truth))))
+        dice = dice_score(np.load(tmp_path / "x.npy")[0], sitk.GetArrayFromImage(sitk.ReadImage(str(truth))))
         log.warning("clean worker: load + two requests in %.1f s, X-ray Dice %.3f", time.monotonic() - started, dice)
         assert dice > 0.75, f"the bundled model should segment its own kind of image (Dice {dice:.3f})"
     finally:
@@ -158,7 +154,7 @@ def test_base_package_install_runs_tevia_predict(slicer_python, tmp_path):
     tevia = slicer_python.parent / ("tevia.exe" if os.name == "nt" else "tevia")
     _run(tevia, "predict", "--model", "default", "--device", "cpu", "--convention", "image", "--input", xray,
          "--text", text, "--out", tmp_path / "mask.png", cwd=tmp_path, timeout=300)
-    dice = _dice(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "mask.png"))),
+    dice = dice_score(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "mask.png"))),
                  sitk.GetArrayFromImage(sitk.ReadImage(str(truth))))
     assert dice > 0.75, f"Dice {dice:.3f}"
 
