@@ -4,16 +4,13 @@ arrayFromVolume (K, J, I) and IJK-to-RAS matrix, read by Slicer's own NIfTI read
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
+import vtk
 
 from server_helpers import TOKEN, cropped_volume, module_server, segmenter  # noqa: F401 (fixtures)
 
 from TeViASegmentLib.remote_client import RemoteClient
 from tevia.pipeline import SegmentOptions, segment_volume
-
-slicer = pytest.importorskip("slicer")
-vtk = pytest.importorskip("vtk")
 
 OPTIONS = {"threshold": 0.3, "batch_size": 1}  # batch_size 1: see test_remote_client
 

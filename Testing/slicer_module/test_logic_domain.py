@@ -5,7 +5,6 @@ same. Real slicer-core scenes, the real worker and the bundled default model."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 
 import numpy as np
 import pytest
@@ -21,10 +20,6 @@ from TeViASegmentLib import logic as logic_module
 from TeViASegmentLib import scene, settings
 
 PROMPT = "Unilateral pulmonary infection, one infected area, lower left lung."
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("tevia.worker") is None,
-                                reason="the engine's worker (tevia.worker) is not on this branch yet")
-
 
 @pytest.fixture
 def logic(worker, slicer_scene, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -14,8 +13,6 @@ from slicer_fixtures import load_volume, scene_snapshot, slicer_scene  # noqa: F
 
 from TeViASegmentLib import jobs, settings
 
-if importlib.util.find_spec("tevia.server") is None or importlib.util.find_spec("TeViASegmentLib.remote_client") is None:
-    pytest.skip("the server (tevia.server) and its client are not on this branch yet", allow_module_level=True)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from server_helpers import TOKEN, module_server, segmenter  # noqa: E402,F401 (fixtures)
 

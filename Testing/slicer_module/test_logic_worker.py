@@ -4,7 +4,6 @@ whole module, as in Slicer."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 
@@ -22,10 +21,6 @@ from tevia.metrics import dice_score
 
 SAMPLES = 4
 MIN_MEAN_DICE = 0.5  # measured 0.69 (0.365, 0.842, 0.863, 0.691) with the bundled model of aa63a9d
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("tevia.worker") is None,
-                                reason="the engine's worker (tevia.worker) is not on this branch yet")
-
 
 @pytest.fixture(scope="module")
 def worker():

@@ -67,7 +67,8 @@ def test_bad_inputs_are_refused_and_write_nothing(spleen, tmp_path):
 
 
 def test_exported_set_loads_with_the_engine_dataset(spleen, tmp_path):
-    dataset_module = pytest.importorskip("tevia.data.dataset")
+    from tevia.data import dataset as dataset_module
+
     volume, mask = spleen
     added = training_export.export_training_slices(volume, mask, "spleen", tmp_path, "ct", split="val")
     data = dataset_module.CSVSegmentationDataset(tmp_path, "val", image_size=(64, 64))
