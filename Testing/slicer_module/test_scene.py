@@ -25,7 +25,7 @@ def test_volume_arrays_match_simpleitk(slicer_scene, folder, name):
     voxels, ijk_to_ras = scene.volume_arrays(load_volume(path))
     image = sitk.ReadImage(str(path))
     reference = sitk.GetArrayFromImage(image)
-    assert voxels.shape == (image.GetSize()[2], image.GetSize()[1], image.GetSize()[0]) or voxels.size == reference.size
+    assert voxels.shape == reference.shape == tuple(reversed(image.GetSize()))
     rng = np.random.default_rng(0)
     for k, j, i in zip(*(rng.integers(0, n, 200) for n in voxels.shape)):
         ras = ijk_to_ras @ np.array([i, j, k, 1.0])

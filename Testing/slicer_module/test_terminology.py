@@ -98,7 +98,7 @@ def test_a_structure_alone_is_the_anatomical_structure(slicer_terminologies, pro
     assert codes["category"] == ("SCT", "123037004", "Anatomical Structure") and codes["type"] == type_code
     entry = slicer.vtkSlicerTerminologyEntry()
     slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(coding.entry, entry)
-    assert entry.GetTypeModifierObject().GetCodeValue() or "" == modifier[1]
+    assert (entry.GetTypeModifierObject().GetCodeValue() or "") == modifier[1]
     assert coding.color != terminology.NEUTRAL_COLOR
 
 

@@ -115,21 +115,22 @@ def _raw(folder, name):
     return {"npy": str(folder / f"{name}.npy"), "geometry": str(folder / "eye.json")}
 
 
-# (case, input, prompts, expected final event/code, text expected in a warning or the message)
+# (case, input, prompts, expected final event/code, text expected in the error message, or for a
+# result a text expected in each warning, in order: the result has exactly these warnings)
 BAD = [
     ("missing", "missing.nii.gz", ["liver"], "not_found", "not found"),
     ("cut-gzip", "truncated.nii.gz", ["liver"], "bad_input", "truncated"),
     ("short-nii", "short.nii", ["liver"], "bad_input", "but it holds only"),
     ("unsupported", "notes.txt", ["liver"], "unsupported_format", "not supported"),
     ("4d", "four_d.nii.gz", ["liver"], "bad_input", "4D"),
-    ("multi-component", "vector.nrrd", ["liver"], "result", "first"),
+    ("multi-component", "vector.nrrd", ["liver"], "result", ("first",)),
     ("empty-text", "vector.nrrd", [""], "bad_input", "empty"),
     ("whitespace-text", "vector.nrrd", [" \t "], "bad_input", "empty"),
-    ("long-text", "vector.nrrd", ["lower left lung " * 40], "result", "words"),
-    ("non-ascii", "vector.nrrd", ["Lésion pulmonaire – poumon gauche ✓"], "result", ""),
-    ("nan-inf", "nan", ["liver"], "result", "NaN"),
-    ("constant", "constant", ["liver"], "result", "constant"),
-    ("one-voxel", "one", ["liver"], "result", "constant"),
+    ("long-text", "vector.nrrd", ["lower left lung " * 40], "result", ("first", "words")),
+    ("non-ascii", "vector.nrrd", ["Lésion pulmonaire – poumon gauche ✓"], "result", ("first",)),
+    ("nan-inf", "nan", ["liver"], "result", ("NaN",)),
+    ("constant", "constant", ["liver"], "result", ("constant",)),
+    ("one-voxel", "one", ["liver"], "result", ("constant",)),
     ("too-large", "huge.nhdr", ["liver"], "out_of_memory", "crop or downsample"),
 ]
 
@@ -144,8 +145,8 @@ def test_bad_inputs(worker, bad_files, tmp_path, case, source, prompts, expected
         assert final["event"] == "result", final
         assert final["labels"] == {"1": prompts[0]}
         warnings = [e["message"] for e in events if e["event"] == "warning"]
-        assert warnings == final["warnings"] or set(warnings) == set(final["warnings"])
-        assert any(text in w for w in warnings) if text else True
+        assert warnings == final["warnings"]
+        assert len(warnings) == len(text) and all(part in w for part, w in zip(text, warnings)), warnings
         assert (tmp_path / "out.nrrd").is_file()
     else:
         assert final["event"] == "error" and final["code"] == expected and text in final["message"], final
