@@ -223,10 +223,18 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         """The model's example prompts (catalogue, else the model folder's model.json)."""
         return self.models.example_prompts(model)
 
-    def addToTrainingSet(self, volumeNode, segmentationNode, segmentId, datasetDir, prompt=None, split="train"):
+    def addToTrainingSet(self, volumeNode, segmentationNode, segmentId, datasetDir, prompt=None, split="train",
+                         convention="patient", model="default"):
         """Append the slices holding a segment (axial, oriented as the worker slices them), its
-        mask and prompt to a data set folder. The prompt defaults to the segment's own prompt.
-        Returns the mask file names added.
+        mask and prompt to a data set folder (TeViASegmentLib.training_export).
+
+        Args:
+            prompt: the segment's text; the segment's own prompt when None.
+            convention: the sides the prompt names, "patient" (default) or "image".
+            model: the model whose side convention the exported descriptions use.
+
+        Returns:
+            The mask file names added.
 
         Raises:
             ValueError: no folder chosen (empty datasetDir: nothing is written, not even into
@@ -239,9 +247,10 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"datasetDir {str(datasetDir)!r} is a file, not a folder: choose a folder")
         self.settings.set("datasetFolder", str(datasetDir))
         voxels, ijkToRas, mask, segmentPrompt = scene.segment_arrays(volumeNode, segmentationNode, segmentId)
-        view = training_export.worker_slicing(ijkToRas, voxels.shape)
-        return training_export.export_training_slices(voxels, mask, prompt or segmentPrompt, datasetDir,
-                                                      volumeNode.GetName(), split, view)
+        layout = training_export.worker_layout(ijkToRas, voxels.shape)
+        return training_export.export_training_slices(
+            voxels, mask, prompt or segmentPrompt, datasetDir, volumeNode.GetName(), split, layout,
+            convention=convention, model_convention=self.models.side_convention(model))
 
     def missingDependencies(self) -> list[str]:
         """What the local worker still needs in Slicer's Python (torch, Resources/requirements.txt),

@@ -167,15 +167,22 @@ class ModelStore:
             modality, target = str(card.get("modality", "")), str(card.get("target", ""))
         return f"{modality or 'unknown modality'}: {target or 'unknown target'}"
 
+    def model_json(self, model: str) -> dict:
+        """The model.json of a model (a name or folder), {} when it is not on this computer."""
+        try:
+            return json.loads((Path(self.resolve(model)) / "model.json").read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            return {}
+
     def example_prompts(self, model: str) -> list[str]:
         """Example prompts of a model: from the catalogue, else from its folder's model.json."""
         if model in self.catalogue and self.catalogue[model].example_prompts:
             return list(self.catalogue[model].example_prompts)
-        try:
-            card = json.loads((Path(self.resolve(model)) / "model.json").read_text(encoding="utf-8"))
-        except (ValueError, OSError):
-            return []
-        return [str(p) for p in card.get("example_prompts", [])]
+        return [str(p) for p in self.model_json(model).get("example_prompts", [])]
+
+    def side_convention(self, model: str) -> str:
+        """The sides a model's training text names ("image" unless its model.json says otherwise)."""
+        return str(self.model_json(model).get("side_convention", "image"))
 
     def download(self, name: str, progress: Callable[[int, int], None] | None = None,
                  cancelled: Callable[[], bool] | None = None) -> Path:

@@ -94,13 +94,21 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """A dataset in the CSV + folders layout (see tevia.data.dataset)."""
+    """A dataset in the CSV + folders layout (see tevia.data.dataset).
+
+    side_convention: which sides "left" and "right" name in the descriptions: "image" (the
+        image's own left and right, as QaTa's), "patient" (the patient's; converted to the
+        model's image convention before training, assuming the standard chest-radiograph
+        display), or "" (unknown: training refuses the set unless its CSV says, in a
+        `Convention` column as TeViA's Slicer export writes).
+    """
 
     root: str = "../shared/data/qata-cov19"
     train_split: str = "train"
     val_split: str = "val"
     train_fraction: float = 1.0
     val_fraction: float = 1.0
+    side_convention: str = ""
     skip_bad: bool = False
     cache: bool = True
     num_workers: int = 0

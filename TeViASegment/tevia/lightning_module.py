@@ -9,6 +9,8 @@ off), and a run resumed from that checkpoint switches it on. Validation never to
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
 from monai.losses import DiceCELoss, DiceLoss
@@ -19,6 +21,8 @@ from tevia.model.alignment import alignment_loss
 from tevia.model.network import TeViANet
 
 __all__ = ["LitTeViA"]
+
+log = logging.getLogger(__name__)
 
 
 class LitTeViA(L.LightningModule):
@@ -101,6 +105,10 @@ class LitTeViA(L.LightningModule):
         inter, total, dice_sum, n = stats.tolist()
         self.log("val_dice", 2 * inter / max(total, 1.0), prog_bar=True, sync_dist=False)
         self.log("val_dice_mean", dice_sum / max(n, 1.0), sync_dist=False)
+        if not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            # One line per epoch that front ends parse for progress (the Slicer fine-tune job).
+            log.info("epoch %d/%d val_dice %.4f", self.current_epoch + 1, self.trainer.max_epochs,
+                     2 * inter / max(total, 1.0))
 
     def configure_optimizers(self):
         params = [p for p in self.network.parameters() if p.requires_grad]

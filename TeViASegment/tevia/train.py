@@ -19,6 +19,7 @@ import torch
 
 from tevia import __version__
 from tevia.config import Config, load_config, to_dict
+from tevia.data.conventions import MODEL_CONVENTION
 from tevia.model.build import build_network, build_text_encoder
 from tevia.model.text import weight_files_sha256
 from tevia.prompts import build_vocabulary, normalise_prompt
@@ -38,13 +39,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def _datasets(config: Config):
     from torch.utils.data import Subset
 
+    from tevia.data.conventions import set_convention
     from tevia.data.dataset import CSVSegmentationDataset
 
     d, m = config.data, config.model
     out = []
     for split, fraction in ((d.train_split, d.train_fraction), (d.val_split, d.val_fraction)):
+        convention = set_convention(Path(d.root) / f"{split}.csv", d.side_convention)
+        if convention != MODEL_CONVENTION:
+            log.warning("%s: descriptions name %s sides; read as %s sides (left and right swapped, the standard "
+                        "chest radiograph display assumed)", split, convention, MODEL_CONVENTION)
         ds = CSVSegmentationDataset(d.root, split, image_size=tuple(m.image_size), channels=m.in_channels,
-                                    skip_bad=d.skip_bad, cache=d.cache)
+                                    skip_bad=d.skip_bad, cache=d.cache, mirror_sides=convention != MODEL_CONVENTION)
         if ds.skipped:
             log.warning("%s: skipped %d bad rows", split, len(ds.skipped))
         if fraction < 1.0:
@@ -84,7 +90,7 @@ def model_metadata(config: Config, text_folder: str, train_texts: list[str], met
         "metrics": metrics,
         "modality": config.train.modality,
         "licence": config.train.licence,
-        "side_convention": "image",
+        "side_convention": MODEL_CONVENTION,
         "vocabulary": build_vocabulary(train_texts),
         "example_prompts": common,
         "threshold": 0.5,
@@ -141,11 +147,10 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
     if tc.threads:
         torch.set_num_threads(tc.threads)
     L.seed_everything(tc.seed, workers=True)
+    train_ds, val_ds = _datasets(config)  # bad data is refused before anything is written
     out = Path(tc.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(__import__("yaml").safe_dump(to_dict(config), sort_keys=False))
-
-    train_ds, val_ds = _datasets(config)
     text_encoder = build_text_encoder(config.model)
     texts = sorted(set(_texts(train_ds)) | set(_texts(val_ds)))
     encoded = [normalise_prompt(t) if t.strip() else "" for t in texts]  # what inference will encode
@@ -232,6 +237,11 @@ def _join_metrics(earlier: Path, metrics_csv: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    train(config, resume=args.resume, init=args.init)
+    """`tevia train`: 0 on success, 2 with a logged message on bad input (config or data)."""
+    try:
+        config = load_config(args.config, args.overrides)
+        train(config, resume=args.resume, init=args.init)
+    except (ValueError, FileNotFoundError) as err:
+        log.error("%s", err)
+        return 2
     return 0

@@ -147,8 +147,8 @@ def test_add_to_training_set_writes_the_segment_slices_with_its_prompt(logic, vo
     segment_id = node.GetSegmentation().GetNthSegmentID(0)
     added = logic.addToTrainingSet(volume, node, segment_id, tmp_path / "dataset")
     lines = (tmp_path / "dataset" / "train.csv").read_text().splitlines()
-    assert lines[0] == "Image,Description" and len(lines) == 1 + len(added) > 1
-    assert all(line.endswith(",spinal cord") for line in lines[1:])
+    assert lines[0] == "Image,Description,Convention,Prompt,PromptConvention,Volume" and len(lines) == 1 + len(added) > 1
+    assert all(line.endswith(",spinal cord,image,spinal cord,patient,t2") for line in lines[1:])
     with pytest.raises(ValueError, match="segmentId 'nope'"):
         logic.addToTrainingSet(volume, node, "nope", tmp_path / "dataset")
 

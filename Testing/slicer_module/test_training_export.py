@@ -30,7 +30,8 @@ def test_export_writes_the_slices_holding_the_segment(spleen, tmp_path):
     slices = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
     assert len(added) == len(slices) > 0
     rows = _rows(tmp_path / "ds" / "train.csv")
-    assert rows[0] == ["Image", "Description"] and rows[1:] == [[name, "the spleen"] for name in added]
+    assert rows[0] == list(training_export.CSV_COLUMNS)
+    assert rows[1:] == [[name, "the spleen", "image", "the spleen", "patient", "spleen CT #1"] for name in added]
     assert added[0] == f"mask_spleen_CT_1_s{slices[0]:04d}.png"
     image = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ds" / "Train" / "Images" / added[0][5:])))
     gt = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ds" / "Train" / "GTs" / added[0])))
@@ -47,8 +48,8 @@ def test_appending_never_overwrites_rows_or_files(spleen, tmp_path):
     assert not set(first) & set(second)
     assert all((gt_dir / name).read_bytes() == data for name, data in before.items())
     rows = _rows(tmp_path / "train.csv")
-    assert rows[1:len(first) + 1] == [[n, "spleen"] for n in first]
-    assert rows[len(first) + 1:] == [[n, "spleen, edited"] for n in second]
+    assert [row[:2] for row in rows[1:len(first) + 1]] == [[n, "spleen"] for n in first]
+    assert [row[:2] for row in rows[len(first) + 1:]] == [[n, "spleen, edited"] for n in second]
     assert not [p for p in tmp_path.rglob(".tmp-*")], "no temporary files left"
 
 
@@ -59,11 +60,16 @@ def test_bad_inputs_are_refused_and_write_nothing(spleen, tmp_path):
     with pytest.raises(ValueError, match="prompt must contain text"):
         training_export.export_training_slices(volume, mask, " ", tmp_path / "b", "ct")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-    (tmp_path / "c").mkdir()
-    (tmp_path / "c" / "train.csv").write_text("path,label\nx,y\n")
-    with pytest.raises(ValueError, match="has columns"):
-        training_export.export_training_slices(volume, mask, "spleen", tmp_path / "c", "ct")
-    assert (tmp_path / "c" / "train.csv").read_text() == "path,label\nx,y\n"
+    with pytest.raises(ValueError, match="convention must be one of"):
+        training_export.export_training_slices(volume, mask, "spleen", tmp_path / "d", "ct", convention="radiological")
+    assert not (tmp_path / "d").exists()
+    for header in ("path,label\nx,y\n", "Image,Description\nmask_a.png,left lung\n"):  # another tool's; an older export
+        (tmp_path / "c").mkdir(exist_ok=True)
+        (tmp_path / "c" / "train.csv").write_text(header)
+        with pytest.raises(ValueError, match="has columns"):
+            training_export.export_training_slices(volume, mask, "spleen", tmp_path / "c", "ct")
+        assert (tmp_path / "c" / "train.csv").read_text() == header
+        assert not (tmp_path / "c" / "Train").exists()
 
 
 def test_exported_set_loads_with_the_engine_dataset(spleen, tmp_path):

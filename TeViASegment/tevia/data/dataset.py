@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tevia.prompts import normalise_prompt, swap_sides
+
 __all__ = ["CSVSegmentationDataset", "TEXT_MODES", "find_split_dir", "load_image", "load_mask"]
 
 logger = logging.getLogger(__name__)
@@ -210,6 +212,9 @@ class CSVSegmentationDataset(torch.utils.data.Dataset):
             (uint8 images, bit-packed masks: about 50 KB per 224x224 grayscale item);
             decoding errors then count as bad rows too.
         seed: the seed of the ``"shuffled"`` permutation.
+        mirror_sides: swap "left" and "right" in every description (normalised first, as
+            inference does): descriptions in the patient's convention read in the image's
+            (see tevia.data.conventions).
     """
 
     def __init__(
@@ -222,6 +227,7 @@ class CSVSegmentationDataset(torch.utils.data.Dataset):
         text_mode: str = "given",
         cache: bool = False,
         seed: int = 0,
+        mirror_sides: bool = False,
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
@@ -243,6 +249,7 @@ class CSVSegmentationDataset(torch.utils.data.Dataset):
         self.channels = channels
         self.text_mode = text_mode
         self.seed = seed
+        self.mirror_sides = mirror_sides
         self.skipped: list[tuple[int, str]] = []
         rows, modes = self._validate(skip_bad)
         self._rows = rows
@@ -315,6 +322,8 @@ class CSVSegmentationDataset(torch.utils.data.Dataset):
 
     def _make_texts(self) -> list[str]:
         given = [row.text for row in self._rows]
+        if self.mirror_sides:
+            given = [swap_sides(normalise_prompt(text)) for text in given]
         if self.text_mode == "empty":
             return [""] * len(given)
         if self.text_mode == "shuffled":

@@ -1,0 +1,113 @@
+"""A real domain shift: the bundled chest X-ray model fine-tuned on axial CT slices.
+
+Starting from the bundled X-ray model (`default`), `tevia train --config
+configs/ct-covid-lung.yaml --init default` fine-tunes on the first 50, the first 200 and all
+531 train slices of ../shared/data/covid-ct-slices (the first N: the corrections of an
+annotator who went through the first scans); a last run trains the same recipe from the
+ImageNet initialisation alone (no --init), to show what starting from the X-ray model is
+worth. Every model, and `default` before any fine-tuning, is measured with `tevia evaluate`
+on CT val (294 slices of scans not in train, at the slices' own 256x256) and on QaTa val
+(1429 X-rays at 224x224, the default model card's setting: forgetting).
+
+Each step is its own process (`python -m tevia ...`, OMP_NUM_THREADS and train.threads 2);
+its CPU time (user + system, from the children's rusage) and wall time are recorded. The
+results go to bench/ct_finetune.json after every step, and a step already there is skipped
+on a second run (delete the file to start over).
+
+Usage (from the repository root; the machine is shared, so nice it):
+    nohup nice -n 10 python bench/bench_ct_finetune.py > runs/ct-bench.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("bench_ct_finetune")
+
+ROOT = Path(__file__).resolve().parents[1]
+CT_DATA = "../shared/data/covid-ct-slices"
+QATA_DATA = "../shared/data/qata-cov19"
+CONFIG = "configs/ct-covid-lung.yaml"
+CT_TRAIN_SLICES = 531
+# name: (train slices, epochs, init); fewer slices get more epochs so each run sees a few
+# thousand images.
+RUNS = {
+    "finetune_50": (50, 30, "default"),
+    "finetune_200": (200, 15, "default"),
+    "finetune_all": (CT_TRAIN_SLICES, 10, "default"),
+    "imagenet_all": (CT_TRAIN_SLICES, 10, None),
+}
+
+
+def _run(command: list[str]) -> dict[str, float]:
+    """Runs one child process; its CPU minutes (user + system) and wall seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT / "TeViASegment")}
+    log.info("running %s", " ".join(command))
+    subprocess.run(command, cwd=ROOT, env=env, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"cpu_minutes": round(cpu / 60, 2), "wall_minutes": round((time.perf_counter() - started) / 60, 2)}
+
+
+def _evaluate(model: str, data: str, size: int, out: Path) -> dict[str, float]:
+    _run([sys.executable, "-m", "tevia", "evaluate", "--model", model, "--data", data, "--split", "val",
+          "--out", str(out), "--no-hd95", "--eval-size", str(size), str(size)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {key: round(metrics[key], 4) for key in ("dice_global", "dice_mean", "miou")} | {"n": metrics["n"]}
+
+
+def _measure(model: str, out: Path) -> dict[str, dict[str, float]]:
+    return {"ct_val": _evaluate(model, CT_DATA, 256, out / "ct-val"),
+            "qata_val": _evaluate(model, QATA_DATA, 224, out / "qata-val")}
+
+
+def _train(name: str, slices: int, epochs: int, init: str | None, out: Path) -> tuple[Path, dict[str, float]]:
+    command = [sys.executable, "-m", "tevia", "train", "--config", CONFIG,
+               f"data.train_fraction={(slices + 0.5) / CT_TRAIN_SLICES}", f"train.max_epochs={epochs}",
+               f"train.out_dir={out}", f"train.model_name=ct-{name}"]
+    if init:
+        command += ["--init", init]
+    return out / "model", _run(command)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="bench/ct_finetune.json")
+    parser.add_argument("--runs-dir", default="runs/ct-bench")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result_path, runs = ROOT / args.out, ROOT / args.runs_dir
+    results = json.loads(result_path.read_text()) if result_path.is_file() else {
+        "what": __doc__.split("\n\n")[1].replace("\n", " "), "config": CONFIG, "cases": {}}
+
+    def save() -> None:
+        result_path.write_text(json.dumps(results, indent=2) + "\n")
+
+    if "before" not in results["cases"]:
+        results["cases"]["before"] = {"model": "default", **_measure("default", runs / "before")}
+        save()
+    for name, (slices, epochs, init) in RUNS.items():
+        if name in results["cases"]:
+            continue
+        model, cost = _train(name, slices, epochs, init, runs / name)
+        trained = json.loads((model / "model.json").read_text())["metrics"]
+        results["cases"][name] = {"train_slices": slices, "epochs": epochs, "init": init or "ImageNet",
+                                  "epochs_run": trained.get("epochs"), "train": cost,
+                                  **_measure(str(model), runs / name / "eval")}
+        save()
+    log.info("wrote %s", result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
