@@ -13,7 +13,8 @@ from pathlib import Path
 
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
-from TeViASegmentLib import arguments, background, jobs, models, parameters, scene, settings, terminology, training_export
+from TeViASegmentLib import (arguments, background, finetune, jobs, models, parameters, scene, settings, terminology,
+                             training_export)
 from TeViASegmentLib.worker_client import WorkerClient
 
 __all__ = ["TeViASegmentLogic", "CONNECTION_TEST_TIMEOUT_S", "NOTICE_TAG", "DOMAIN_WARNING_PREFIX", "domain_notice"]
@@ -57,6 +58,7 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         self.remoteToken: str | None = None
         self.workerInfo: dict = {}
         self.job: jobs.SegmentJob | None = None
+        self.fineTuneJob: finetune.FineTuneJob | None = None
         self.cancelGraceSeconds = jobs.CANCEL_GRACE_S
         self._loaded: tuple[str, str, str] | None = None
         self.connectionTestTimeoutSeconds = CONNECTION_TEST_TIMEOUT_S
@@ -259,11 +261,34 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
 
         return [] if self.remoteUrl else installer.missing_dependencies()
 
+    def fineTuneAsync(self, datasetDir, model="default", settings=None, onProgress=None, onDone=None):
+        """Start fine-tuning a model on a training set folder (made with addToTrainingSet) in
+        background processes; returns the job at once (call job.poll() from a timer; job.cancel()).
+
+        Whole volumes are held out for validation; when the job is done, job.result is the new
+        model's folder in the per-user models folder, and `self.models.choices()` lists it.
+
+        Args:
+            datasetDir: the training set folder.
+            model: the model to start from (a name, `<name>-<version>` or a folder).
+            settings: a `finetune.FineTuneSettings` (epochs, reference set, ...).
+            onProgress: called with (stage, done, total): ("evaluate", step, steps) and
+                ("epoch", epoch, epochs). onDone: called with the job when it ends.
+        """
+        if self.fineTuneJob is not None and self.fineTuneJob.running:
+            raise RuntimeError("A fine-tuning is already running: wait for it or cancel it first")
+        self.fineTuneJob = finetune.FineTuneJob(
+            datasetDir, self.models.resolve(model), settings, python=self.worker.python,
+            models_dir=self.models.user_dir, on_progress=onProgress, on_done=onDone)
+        return self.fineTuneJob
+
     def cancel(self):
         if self.job is not None:
             self.job.cancel()
 
     def shutdown(self):
-        """Cancel a running job and stop the worker process."""
+        """Cancel a running job and fine-tuning and stop the worker process."""
         self.cancel()
+        if self.fineTuneJob is not None:
+            self.fineTuneJob.cancel()
         self.worker.shutdown()

@@ -5,11 +5,15 @@
 {"models": [{"name", "version", "url", "sha256", "size", "licence", "modality", "target",
              "example_prompts": [...], "bundled": bool, "description"}]}
 ```
-A bundled model ships in `Resources/Models/<name>/` and needs no network. Any other model is
-downloaded on request from its URL (a .zip of the model folder: model.json +
+A bundled model ships in `Resources/Models/<name>/` and needs no network. A downloadable model
+is downloaded on request from its URL (a .zip of the model folder: model.json +
 model.safetensors), checked against its sha256, and unpacked into
-`<cache>/<name>-<version>/`; `ModelStore.clear()` removes the whole cache. A local checkpoint
-folder can be used directly. Nothing is downloaded without a user action.
+`<cache>/<name>-<version>/`; `ModelStore.clear()` removes the whole cache. A model whose terms
+keep its weights out of the extension has a `build` command instead of a URL: the user runs
+it once and the model lands in the per-user models folder (`tevia.user_models`), as do models
+fine-tuned in Slicer; those are found by name (newest version) or by `<name>-<version>`, and
+never removed by `clear()`. A local checkpoint folder can be used directly. Nothing is
+downloaded without a user action.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tevia.user_models import find_user_model, list_user_models, user_models_dir
 
 __all__ = ["ModelEntry", "ModelStore", "load_catalogue", "is_model_folder", "default_cache_dir",
            "CATALOGUE_PATH", "BUNDLED_MODELS_DIR"]
@@ -52,6 +58,7 @@ class ModelEntry:
     example_prompts: tuple[str, ...] = field(default_factory=tuple)
     bundled: bool = False
     description: str = ""
+    build: str = ""
 
     @property
     def folder_name(self) -> str:
@@ -71,8 +78,9 @@ def load_catalogue(path: str | Path = CATALOGUE_PATH) -> list[ModelEntry]:
         entry = ModelEntry(**{**raw, "example_prompts": tuple(raw.get("example_prompts", []))})
         if not entry.name or not entry.version:
             raise ValueError(f"catalogue entry needs a name and a version, got {raw}")
-        if not entry.bundled and (not entry.url or len(entry.sha256) != 64):
-            raise ValueError(f"catalogue entry {entry.name!r} needs a url and a sha256 of 64 hex digits")
+        if not entry.bundled and not entry.build and (not entry.url or len(entry.sha256) != 64):
+            raise ValueError(f"catalogue entry {entry.name!r} needs a url and a sha256 of 64 hex digits, "
+                             "or the build command that makes it")
         entries.append(entry)
     return entries
 
@@ -102,28 +110,40 @@ class ModelStore:
         catalogue: the catalogue's entries.
         cache_dir: the download cache (`default_cache_dir()` when None).
         bundled_dir: the folder of bundled models.
+        user_dir: the per-user models folder (`tevia.user_models.user_models_dir()` when None).
     """
 
     def __init__(self, catalogue: list[ModelEntry], cache_dir: str | Path | None = None,
-                 bundled_dir: str | Path = BUNDLED_MODELS_DIR) -> None:
+                 bundled_dir: str | Path = BUNDLED_MODELS_DIR, user_dir: str | Path | None = None) -> None:
         self.catalogue = {entry.name: entry for entry in catalogue}
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.bundled_dir = Path(bundled_dir)
+        self.user_dir = Path(user_dir) if user_dir else user_models_dir()
+
+    def choices(self) -> list[str]:
+        """What the model selector offers: the catalogue's names, then every version of every
+        model in the per-user models folder as `<name>-<version>` (earlier versions included)."""
+        return [*self.catalogue, *(m.label for m in list_user_models(self.user_dir) if m.label not in self.catalogue)]
 
     def entry(self, name: str) -> ModelEntry:
         """The catalogue entry of a model name.
 
         Raises:
-            ValueError: unknown name (lists the known ones).
+            ValueError: unknown name (lists the known ones and this computer's own).
         """
         if name not in self.catalogue:
-            raise ValueError(f"model {name!r} is not in the catalogue; known models: {sorted(self.catalogue)}")
+            raise ValueError(f"model {name!r} is not in the catalogue; known models: {sorted(self.catalogue)}; "
+                             f"models in {self.user_dir}: {[m.label for m in list_user_models(self.user_dir)] or 'none'}")
         return self.catalogue[name]
 
     def folder(self, name: str) -> Path:
-        """Where a catalogue model lives (bundled folder or cache folder), present or not."""
+        """Where a catalogue model lives (bundled, cache or per-user models folder), present or not."""
         entry = self.entry(name)
-        return self.bundled_dir / name if entry.bundled else self.cache_dir / entry.folder_name
+        if entry.bundled:
+            return self.bundled_dir / name
+        if entry.build:
+            return find_user_model(name, self.user_dir) or self.user_dir / entry.folder_name
+        return self.cache_dir / entry.folder_name
 
     def available(self, name: str) -> bool:
         """Whether a catalogue model can be used now without a download."""
@@ -147,10 +167,18 @@ class ModelStore:
             if not is_model_folder(path):
                 raise ValueError(f"model folder {model!r} must hold {' and '.join(MODEL_FILES)}")
             return str(path)
+        mine = None if model in self.catalogue else find_user_model(model, self.user_dir)
+        if mine is not None:
+            return str(mine)
         folder = self.folder(model)
         if not is_model_folder(folder):
-            what = "is missing from this installation" if self.entry(model).bundled else "is not downloaded yet"
-            raise ValueError(f"model {model!r} {what}: download it with the Download button, "
+            entry = self.entry(model)
+            if entry.bundled:
+                raise ValueError(f"model {model!r} is missing from this installation: reinstall the extension")
+            if entry.build:
+                raise ValueError(f"model {model!r} is not built on this computer yet (its licence keeps the "
+                                 f"weights out of the extension): build it once with `{entry.build}`")
+            raise ValueError(f"model {model!r} is not downloaded yet: download it with the Download button, "
                              "or choose a local model folder")
         return str(folder)
 
@@ -205,6 +233,8 @@ class ModelStore:
         entry = self.entry(name)
         if entry.bundled:
             raise ValueError(f"model {name!r} is bundled with the extension and needs no download")
+        if entry.build:
+            raise ValueError(f"model {name!r} is built, not downloaded: run `{entry.build}`")
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{entry.folder_name}-", dir=self.cache_dir))
         try:

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from tevia.config import ModelConfig, from_dict, to_dict
 from tevia.files import atomic_path, atomic_write_text, sha256_file
 from tevia.model.network import TeViANet
+from tevia.user_models import find_user_model, list_user_models, user_models_dir
 
 __all__ = ["CheckpointError", "MODELS_DIR", "FORMAT", "resolve_model", "available_models", "save_model",
            "read_model_json", "update_model_json", "load_checked_tensors", "load_network_weights"]
@@ -58,7 +59,9 @@ def available_models() -> list[str]:
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
-    """A model folder from a folder path or a bundled model name ("default" included)."""
+    """A model folder from a folder path, a bundled model name ("default" included), or the
+    name of a model in the per-user models folder (`tevia.user_models`: the newest version,
+    or ``<name>-<version>`` for one version)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "model.json").is_file():
@@ -69,8 +72,13 @@ def resolve_model(name_or_path: str | Path) -> Path:
         return bundled
     if any(sep in str(name_or_path) for sep in ("/", "\\")) or str(name_or_path).startswith("."):
         raise FileNotFoundError(f"model folder {name_or_path} does not exist")
+    mine = find_user_model(str(name_or_path))
+    if mine is not None:
+        return mine
     raise ValueError(f"unknown model {str(name_or_path)!r}; bundled models: {available_models() or 'none'}; "
-                     "or give the path of a model folder")
+                     f"models in {user_models_dir()}: {[m.label for m in list_user_models()] or 'none'}; "
+                     "or give the path of a model folder (a catalogue model that is built, not shipped, "
+                     "names its build command in docs/MODELS.md)")
 
 
 def save_model(folder: str | Path, network: TeViANet, config: ModelConfig, metadata: dict[str, Any]) -> Path:

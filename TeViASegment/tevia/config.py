@@ -116,7 +116,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation, schedule, prototype warm-up, early stopping and logging.
+    """Optimisation, schedule, prototype warm-up, early stopping, logging and the exported model.
 
     Where the reference code trains differently (docs/FIDELITY.md):
     loss: "dice_ce" (Dice + cross-entropy on logits) or "dice" (the reference's in effect).
@@ -129,6 +129,12 @@ class TrainConfig:
         from the start of index warmup; the reference's is 21 (collects in epoch 20, on after
         it). Training refuses a value outside 1 .. max_epochs - 1 unless the initial model's
         prototype is already on.
+
+    model_version: the exported model's version (the package version when empty).
+    install: also copy the exported model into the per-user models folder as
+        ``<model_name>-<model_version>`` (tevia.user_models), where every front end finds it
+        by name; refused before training when that version is already there.
+    model_card: a Markdown file copied into the exported model folder as README.md.
     """
 
     max_epochs: int = 20
@@ -148,6 +154,9 @@ class TrainConfig:
     threads: int = 0
     out_dir: str = "runs/tevia"
     model_name: str = "tevia"
+    model_version: str = ""
+    install: bool = False
+    model_card: str = ""
     modality: str = ""
     dimensionality: str = "2d"
     dicom_modalities: list[str] = field(default_factory=list)

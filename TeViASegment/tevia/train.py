@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -79,7 +81,7 @@ def model_metadata(config: Config, text_folder: str, train_texts: list[str], met
     common = [t for t, _ in collections.Counter(train_texts).most_common(5)]
     return {
         "name": config.train.model_name,
-        "version": __version__,
+        "version": config.train.model_version or __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "text_encoder": {"source": config.model.text.source, "sha256": weight_files_sha256(text_folder)},
         "vision_init": to_dict(config.model.vision),
@@ -147,7 +149,8 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
     if tc.threads:
         torch.set_num_threads(tc.threads)
     L.seed_everything(tc.seed, workers=True)
-    train_ds, val_ds = _datasets(config)  # bad data is refused before anything is written
+    installed = _install_target(config)  # bad data or a taken version is refused before anything is written
+    train_ds, val_ds = _datasets(config)
     out = Path(tc.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(__import__("yaml").safe_dump(to_dict(config), sort_keys=False))
@@ -205,11 +208,43 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
                "epochs": trainer.current_epoch, "best_checkpoint": Path(best).name, "checkpoint_monitor": monitor}
     folder = export_model(network, config, out / "model",
                           model_metadata(config, text_encoder.folder, _texts(train_ds), metrics))
+    if tc.model_card:
+        shutil.copy2(tc.model_card, folder / "README.md")
     describe_training_images(config, folder)
     if metrics_csv.is_file():
         plot_curves(metrics_csv, out / "curves.png")
     log.info("model exported to %s", folder)
+    if installed is not None:
+        _install(folder, installed)
     return folder
+
+
+def _install_target(config: Config) -> Path | None:
+    """Where `train.install` puts the model (None when off); refuses a version already there."""
+    if config.train.model_card and not Path(config.train.model_card).is_file():
+        raise FileNotFoundError(f"train.model_card {config.train.model_card} does not exist")
+    if not config.train.install:
+        return None
+    from tevia.user_models import user_models_dir
+
+    target = user_models_dir() / f"{config.train.model_name}-{config.train.model_version or __version__}"
+    if target.exists():
+        raise ValueError(f"{target} already exists: remove it, or set train.model_version to a new version")
+    return target
+
+
+def _install(folder: Path, target: Path) -> None:
+    """Copy a model folder to `target` (a temporary copy renamed into place: never half there)."""
+    import tempfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        shutil.copytree(folder, work / "model")
+        os.replace(work / "model", target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("installed as %s: tevia predict --model %s", target, target.name)
 
 
 def _set_aside(metrics_csv: Path) -> Path | None:
