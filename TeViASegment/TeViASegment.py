@@ -99,6 +99,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.show3DButton.clicked.connect(self.onShow3D)
         self.ui.openSegmentEditorButton.clicked.connect(self.onOpenSegmentEditor)
         self.ui.addToTrainingButton.clicked.connect(self.onAddToTraining)
+        self.ui.fineTuneButton.clicked.connect(self.onFineTuneOrCancel)
         self.ui.testConnectionButton.clicked.connect(self.onTestConnection)
         self.ui.installButton.clicked.connect(self.onInstall)
         self.ui.outputSegmentationSelector.currentNodeChanged.connect(self.ui.trainingSegmentSelector.setCurrentNode)
@@ -178,7 +179,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _fillChoices(self):
         s = self.logic.settings
         self.ui.modelComboBox.clear()
-        for name in self.logic.models.catalogue:
+        for name in self.logic.models.choices():
             self._addModelItem(name)
         for folder in s.get("localModels", []):
             self._addModelItem(folder)
@@ -318,7 +319,9 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.calls = [call for call in self.calls if call.poll()]
         if self.install is not None:
             self._pollInstall()
-        if (self.logic.job is None or not self.logic.job.running) and self.install is None and not self.calls:
+        fineTuning = self.logic.fineTuneJob is not None and self.logic.fineTuneJob.poll()
+        if (self.logic.job is None or not self.logic.job.running) and self.install is None and not self.calls \
+                and not fineTuning:
             self.timer.stop()
 
     def _pollInstall(self):
@@ -373,8 +376,38 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             folder = str(self._parameterNode.datasetFolder)
             added = self.logic.addToTrainingSet(
                 self._parameterNode.inputVolume, self.ui.trainingSegmentSelector.currentNode(),
-                self.ui.trainingSegmentSelector.currentSegmentID(), folder)
+                self.ui.trainingSegmentSelector.currentSegmentID(), folder,
+                convention=self._parameterNode.convention.value, model=self._currentModel())
             self.log(f"Added {len(added)} slices to {folder}.")
+
+    def onFineTuneOrCancel(self):
+        from TeViASegmentLib.finetune import FineTuneSettings
+
+        if self.logic.fineTuneJob is not None and self.logic.fineTuneJob.running:
+            self.logic.fineTuneJob.cancel()
+            return
+        with slicer.util.tryWithErrorDisplay("Could not start fine-tuning.", waitCursor=True):
+            folder, model = str(self._parameterNode.datasetFolder), self._currentModel()
+            self.logic.fineTuneAsync(folder, model, FineTuneSettings(epochs=self.ui.fineTuneEpochsSpinBox.value),
+                                     onProgress=self.onFineTuneProgress, onDone=self.onFineTuneDone)
+            self.ui.fineTuneButton.text = "Cancel fine-tuning"
+            self.log(f"Fine-tuning {model} on {folder}...")
+            self.timer.start()
+
+    def onFineTuneProgress(self, stage, done, total):
+        self.ui.fineTuneProgressBar.setRange(0, max(total, 1))
+        self.ui.fineTuneProgressBar.setValue(done)
+        self.ui.fineTuneProgressBar.setFormat(f"{stage} %v/%m")
+
+    def onFineTuneDone(self, job):
+        self.ui.fineTuneButton.text = "Fine-tune"
+        if job.state == "done":
+            self._selectModel(job.result.name)
+            self.log(f"Fine-tuned model {job.result.name} is ready (model card: {job.result / 'README.md'}).")
+        elif job.state == "failed":
+            slicer.util.errorDisplay(job.error)
+        else:
+            self.log("Fine-tuning cancelled; nothing was saved.")
 
     def onTestConnection(self):
         with slicer.util.tryWithErrorDisplay("Connection to the TeViA server failed.", waitCursor=True):

@@ -30,8 +30,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tevia.user_models import list_user_models, user_models_dir, version_key
-
 from . import finetune_card, jobs
 from .training_export import CSV_COLUMNS
 from .worker_client import default_python, kill_process_tree
@@ -120,6 +118,8 @@ def _copy_split(dataset: Path, rows: list[dict[str, str]], out: Path, split: str
 
 
 def _next_version(name: str, models_dir: Path) -> str:
+    from tevia.user_models import list_user_models, version_key
+
     versions = [m.version for m in list_user_models(models_dir) if m.name == name and m.version.isdigit()]
     return str(int(max(versions, key=version_key)) + 1) if versions else "1"
 
@@ -145,7 +145,11 @@ class FineTuneJob(jobs.SegmentJob):
         super().__init__(importer=lambda *args: None, **callbacks)
         self.settings = settings or FineTuneSettings()
         self.dataset_dir, self.parent = Path(dataset_dir), Path(parent)
-        self.models_dir = Path(models_dir) if models_dir else user_models_dir()
+        if models_dir is None:
+            from tevia.user_models import user_models_dir
+
+            models_dir = user_models_dir()
+        self.models_dir = Path(models_dir)
         self.python = python or default_python()
         self.module_dir = Path(module_dir) if module_dir else Path(__file__).resolve().parents[1]
         self.parent_info = json.loads((self.parent / "model.json").read_text(encoding="utf-8"))

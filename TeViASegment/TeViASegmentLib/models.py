@@ -30,8 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tevia.user_models import find_user_model, list_user_models, user_models_dir
-
 __all__ = ["ModelEntry", "ModelStore", "load_catalogue", "is_model_folder", "default_cache_dir",
            "CATALOGUE_PATH", "BUNDLED_MODELS_DIR"]
 
@@ -103,6 +101,13 @@ def default_cache_dir() -> Path:
     return base / "TeViA" / "models"
 
 
+def _user_models():
+    """tevia.user_models (standard library only), imported when first needed."""
+    import tevia.user_models
+
+    return tevia.user_models
+
+
 class ModelStore:
     """Where models are found: bundled, downloaded into the cache, or a local folder.
 
@@ -118,12 +123,13 @@ class ModelStore:
         self.catalogue = {entry.name: entry for entry in catalogue}
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.bundled_dir = Path(bundled_dir)
-        self.user_dir = Path(user_dir) if user_dir else user_models_dir()
+        self.user_dir = Path(user_dir) if user_dir else _user_models().user_models_dir()
 
     def choices(self) -> list[str]:
         """What the model selector offers: the catalogue's names, then every version of every
         model in the per-user models folder as `<name>-<version>` (earlier versions included)."""
-        return [*self.catalogue, *(m.label for m in list_user_models(self.user_dir) if m.label not in self.catalogue)]
+        mine = [m.label for m in _user_models().list_user_models(self.user_dir)]
+        return [*self.catalogue, *(label for label in mine if label not in self.catalogue)]
 
     def entry(self, name: str) -> ModelEntry:
         """The catalogue entry of a model name.
@@ -132,8 +138,9 @@ class ModelStore:
             ValueError: unknown name (lists the known ones and this computer's own).
         """
         if name not in self.catalogue:
+            mine = [m.label for m in _user_models().list_user_models(self.user_dir)]
             raise ValueError(f"model {name!r} is not in the catalogue; known models: {sorted(self.catalogue)}; "
-                             f"models in {self.user_dir}: {[m.label for m in list_user_models(self.user_dir)] or 'none'}")
+                             f"models in {self.user_dir}: {mine or 'none'}")
         return self.catalogue[name]
 
     def folder(self, name: str) -> Path:
@@ -142,7 +149,7 @@ class ModelStore:
         if entry.bundled:
             return self.bundled_dir / name
         if entry.build:
-            return find_user_model(name, self.user_dir) or self.user_dir / entry.folder_name
+            return _user_models().find_user_model(name, self.user_dir) or self.user_dir / entry.folder_name
         return self.cache_dir / entry.folder_name
 
     def available(self, name: str) -> bool:
@@ -167,7 +174,7 @@ class ModelStore:
             if not is_model_folder(path):
                 raise ValueError(f"model folder {model!r} must hold {' and '.join(MODEL_FILES)}")
             return str(path)
-        mine = None if model in self.catalogue else find_user_model(model, self.user_dir)
+        mine = None if model in self.catalogue else _user_models().find_user_model(model, self.user_dir)
         if mine is not None:
             return str(mine)
         folder = self.folder(model)
@@ -188,10 +195,7 @@ class ModelStore:
         if model in self.catalogue:
             modality, target = self.catalogue[model].modality, self.catalogue[model].target
         else:
-            try:
-                card = json.loads((Path(model).expanduser() / "model.json").read_text(encoding="utf-8"))
-            except (ValueError, OSError):
-                card = {}
+            card = self.model_json(model)
             modality, target = str(card.get("modality", "")), str(card.get("target", ""))
         return f"{modality or 'unknown modality'}: {target or 'unknown target'}"
 

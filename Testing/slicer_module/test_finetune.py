@@ -128,3 +128,20 @@ def test_bad_training_sets_are_refused_clearly(logic, tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match="made with 'Add to training set'"):
         logic.fineTuneAsync(old, model=str(tiny_model_dir))
     assert logic.fineTuneJob is None
+
+
+def test_the_ct_catalogue_model_is_built_not_downloaded_and_then_taken_by_name(tmp_path, tiny_model_dir):
+    store = models.ModelStore(models.load_catalogue(), cache_dir=tmp_path / "c", user_dir=tmp_path / "m")
+    entry = store.entry("ct-lung-infection")
+    assert entry.build == "tevia train --config configs/ct-covid-lung.yaml --init default" and not entry.url
+    assert not store.available("ct-lung-infection")
+    with pytest.raises(ValueError, match="not built on this computer yet.*tevia train --config configs/ct-covid-lung"):
+        store.resolve("ct-lung-infection")
+    with pytest.raises(ValueError, match="built, not downloaded"):
+        store.download("ct-lung-infection")
+    target = tmp_path / "m" / "ct-lung-infection-1.0.0"
+    shutil.copytree(tiny_model_dir, target)
+    info = json.loads((target / "model.json").read_text())
+    (target / "model.json").write_text(json.dumps({**info, "name": "ct-lung-infection", "version": "1.0.0"}))
+    assert store.available("ct-lung-infection") and store.resolve("ct-lung-infection") == str(target)
+    assert "ct-lung-infection" in store.choices()

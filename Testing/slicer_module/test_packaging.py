@@ -19,7 +19,9 @@ LIB_DIR = MODULE_DIR / "TeViASegmentLib"
 SLICER_SIDE = [MODULE_FILE, *sorted(LIB_DIR.glob("*.py"))]
 FILE_SCOPE_ALLOWED = {"slicer", "vtk", "numpy", "SimpleITK", "TeViASegmentLib"} | set(sys.stdlib_module_names)
 NEVER_ON_SLICER_SIDE = {"torch", "monai", "transformers", "lightning"}
-ENGINE_MODULES_ALLOWED = {"tevia.files", "tevia.volume.geometry", "tevia.prompts.normalise", "tevia.prompts.sides"}  # no torch; imported inside functions
+# Standard library, numpy and SimpleITK only (no torch); imported inside functions.
+ENGINE_MODULES_ALLOWED = {"tevia.files", "tevia.volume.geometry", "tevia.prompts", "tevia.prompts.normalise",
+                          "tevia.prompts.sides", "tevia.user_models"}
 
 
 def _cmake_list(text: str, variable: str) -> list[str]:
