@@ -74,7 +74,7 @@ def _measure(model: str, out: Path) -> dict[str, dict[str, float]]:
 def _train(name: str, slices: int, epochs: int, init: str | None, out: Path) -> tuple[Path, dict[str, float]]:
     command = [sys.executable, "-m", "tevia", "train", "--config", CONFIG,
                f"data.train_fraction={(slices + 0.5) / CT_TRAIN_SLICES}", f"train.max_epochs={epochs}",
-               f"train.out_dir={out}", f"train.model_name=ct-{name}"]
+               f"train.out_dir={out}", f"train.model_name=ct-{name}", "train.install=false"]
     if init:
         command += ["--init", init]
     return out / "model", _run(command)
