@@ -341,10 +341,11 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if code == 0:
             self.log("TeViA's dependencies are installed: press Segment.")
 
-    def onProgress(self, stage, done, total):
-        self.ui.progressBar.setRange(0, max(total, 1))
-        self.ui.progressBar.setValue(done)
-        self.ui.progressBar.setFormat(f"{stage} %v/%m")
+    def onProgress(self, stage, done, total, bar=None):
+        bar = bar or self.ui.progressBar
+        bar.setRange(0, max(total, 1))
+        bar.setValue(done)
+        bar.setFormat(f"{stage} %v/%m")
 
     def onDone(self, job):
         self.ui.segmentButton.text = "Segment"
@@ -395,9 +396,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.timer.start()
 
     def onFineTuneProgress(self, stage, done, total):
-        self.ui.fineTuneProgressBar.setRange(0, max(total, 1))
-        self.ui.fineTuneProgressBar.setValue(done)
-        self.ui.fineTuneProgressBar.setFormat(f"{stage} %v/%m")
+        self.onProgress(stage, done, total, self.ui.fineTuneProgressBar)
 
     def onFineTuneDone(self, job):
         self.ui.fineTuneButton.text = "Fine-tune"
