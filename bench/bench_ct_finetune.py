@@ -21,6 +21,7 @@ Usage (from the repository root; the machine is shared, so nice it):
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import os
@@ -59,16 +60,27 @@ def _run(command: list[str]) -> dict[str, float]:
     return {"cpu_minutes": round(cpu / 60, 2), "wall_minutes": round((time.perf_counter() - started) / 60, 2)}
 
 
-def _evaluate(model: str, data: str, size: int, out: Path) -> dict[str, float]:
+def _evaluate(model: str, data: str, size: int, out: Path, limit: int | None = None) -> dict[str, float]:
     _run([sys.executable, "-m", "tevia", "evaluate", "--model", model, "--data", data, "--split", "val",
-          "--out", str(out), "--no-hd95", "--eval-size", str(size), str(size)])
+          "--out", str(out), "--no-hd95", "--eval-size", str(size), str(size), *(["--limit", str(limit)] if limit else [])])
     metrics = json.loads((out / "metrics.json").read_text())
     return {key: round(metrics[key], 4) for key in ("dice_global", "dice_mean", "miou")} | {"n": metrics["n"]}
 
 
-def _measure(model: str, out: Path) -> dict[str, dict[str, float]]:
+def first_rows_dice(per_case_csv: Path, rows: int) -> dict[str, float]:
+    """Pooled and mean Dice of the first `rows` cases of a per_case.csv (intersection = Dice x
+    (gt + pred) / 2, exact), to compare a full evaluation with a limited one."""
+    with open(per_case_csv, newline="") as handle:
+        cases = list(csv.DictReader(handle))[:rows]
+    inter = sum(float(c["dice"]) * (float(c["gt_pixels"]) + float(c["pred_pixels"])) / 2 for c in cases)
+    total = sum(float(c["gt_pixels"]) + float(c["pred_pixels"]) for c in cases)
+    return {"dice_global": round(2 * inter / total, 4), "dice_mean": round(sum(float(c["dice"]) for c in cases) / len(cases), 4),
+            "n": len(cases)}
+
+
+def _measure(model: str, out: Path, qata_limit: int | None) -> dict[str, dict[str, float]]:
     return {"ct_val": _evaluate(model, CT_DATA, 256, out / "ct-val"),
-            "qata_val": _evaluate(model, QATA_DATA, 224, out / "qata-val")}
+            "qata_val": _evaluate(model, QATA_DATA, 224, out / "qata-val", qata_limit)}
 
 
 def _train(name: str, slices: int, epochs: int, init: str | None, out: Path) -> tuple[Path, dict[str, float]]:
@@ -84,6 +96,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="bench/ct_finetune.json")
     parser.add_argument("--runs-dir", default="runs/ct-bench")
+    parser.add_argument("--qata-limit", type=int, default=None,
+                        help="measure QaTa val on its first N images only (cases already measured on all of "
+                             "val also get their first-N figures, for comparison)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result_path, runs = ROOT / args.out, ROOT / args.runs_dir
@@ -94,7 +109,7 @@ def main() -> int:
         result_path.write_text(json.dumps(results, indent=2) + "\n")
 
     if "before" not in results["cases"]:
-        results["cases"]["before"] = {"model": "default", **_measure("default", runs / "before")}
+        results["cases"]["before"] = {"model": "default", **_measure("default", runs / "before", args.qata_limit)}
         save()
     for name, (slices, epochs, init) in RUNS.items():
         if name in results["cases"]:
@@ -103,7 +118,13 @@ def main() -> int:
         trained = json.loads((model / "model.json").read_text())["metrics"]
         results["cases"][name] = {"train_slices": slices, "epochs": epochs, "init": init or "ImageNet",
                                   "epochs_run": trained.get("epochs"), "train": cost,
-                                  **_measure(str(model), runs / name / "eval")}
+                                  **_measure(str(model), runs / name / "eval", args.qata_limit)}
+        save()
+    if args.qata_limit:
+        for name, case in results["cases"].items():
+            per_case = runs / name / ("" if name == "before" else "eval") / "qata-val" / "per_case.csv"
+            if case["qata_val"]["n"] > args.qata_limit and per_case.is_file():
+                case[f"qata_val_first_{args.qata_limit}"] = first_rows_dice(per_case, args.qata_limit)
         save()
     log.info("wrote %s", result_path)
     return 0

@@ -247,12 +247,12 @@ class FineTuneJob(jobs.SegmentJob):
         return self.running
 
     def _read_progress(self) -> None:
-        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+        with open(self.log_path, "rb") as handle:
             handle.seek(self._log_offset)
-            text = handle.read()
-        complete = text[: text.rfind("\n") + 1]
-        self._log_offset += len(complete.encode("utf-8"))
-        for match in EPOCH_LINE.finditer(complete):
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]  # whole lines only; the rest is read next time
+        self._log_offset += len(complete)
+        for match in EPOCH_LINE.finditer(complete.decode("utf-8", errors="replace")):
             self._progress("epoch", int(match.group(1)), int(match.group(2)))
 
     def _log_tail(self) -> str:
