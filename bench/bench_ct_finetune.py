@@ -78,6 +78,24 @@ def first_rows_dice(per_case_csv: Path, rows: int) -> dict[str, float]:
             "n": len(cases)}
 
 
+def lung_sides(root: Path) -> dict[str, float]:
+    """Where the bigger lung lies in the slices' images: the patient's left lung is the smaller
+    one (the heart), so more lung in the image's left half means the patient's right is shown on
+    the image's left (the standard radiological display)."""
+    import numpy as np
+    from PIL import Image
+
+    left = right = bigger_left = count = 0
+    for path in sorted(root.glob("*/Lungs/*.png")):
+        lungs = np.asarray(Image.open(path)) > 0
+        half = lungs.shape[1] // 2
+        slice_left, slice_right = int(lungs[:, :half].sum()), int(lungs[:, half:].sum())
+        left, right, count = left + slice_left, right + slice_right, count + 1
+        bigger_left += slice_left > slice_right
+    return {"slices": count, "lung_pixels_image_right_over_left": round(right / left, 3),
+            "share_of_slices_with_more_lung_in_the_image_left_half": round(bigger_left / count, 3)}
+
+
 def _measure(model: str, out: Path, qata_limit: int | None) -> dict[str, dict[str, float]]:
     return {"ct_val": _evaluate(model, CT_DATA, 256, out / "ct-val"),
             "qata_val": _evaluate(model, QATA_DATA, 224, out / "qata-val", qata_limit)}
@@ -108,6 +126,9 @@ def main() -> int:
     def save() -> None:
         result_path.write_text(json.dumps(results, indent=2) + "\n")
 
+    if "lung_sides" not in results:
+        results["lung_sides"] = lung_sides(ROOT / CT_DATA)
+        save()
     if "before" not in results["cases"]:
         results["cases"]["before"] = {"model": "default", **_measure("default", runs / "before", args.qata_limit)}
         save()
