@@ -42,8 +42,8 @@ CT_TRAIN_SLICES = 531
 # slices get a few more epochs. Short runs: the machine they ran on was shared.
 RUNS = {
     "finetune_all": (CT_TRAIN_SLICES, 5, "default"),
-    "imagenet_all": (CT_TRAIN_SLICES, 5, None),
     "finetune_50": (50, 8, "default"),
+    "imagenet_all": (CT_TRAIN_SLICES, 5, None),
     "finetune_200": (200, 5, "default"),
 }
 
