@@ -39,6 +39,8 @@ __all__ = ["FineTuneJob", "FineTuneSettings", "split_by_volume", "EPOCH_LINE"]
 logger = logging.getLogger(__name__)
 
 EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) val_dice ([0-9.]+)")
+MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
+TRAIN_REQUIREMENTS = Path(__file__).resolve().parents[1] / "Resources" / "requirements-train.txt"
 
 
 @dataclass
@@ -234,7 +236,8 @@ class FineTuneJob(jobs.SegmentJob):
             return True
         name = self._steps[self._step][0]
         if returncode != 0:
-            self._finish("failed", f"Fine-tuning failed in step {name} (exit code {returncode}).{self._log_tail()}")
+            self._finish("failed", f"Fine-tuning failed in step {name} (exit code {returncode}).{self._missing_packages()}"
+                                   f"{self._log_tail()}")
         elif self._step + 1 < len(self._steps):
             self._start_next()
         else:
@@ -254,6 +257,14 @@ class FineTuneJob(jobs.SegmentJob):
         self._log_offset += len(complete)
         for match in EPOCH_LINE.finditer(complete.decode("utf-8", errors="replace")):
             self._progress("epoch", int(match.group(1)), int(match.group(2)))
+
+    def _missing_packages(self) -> str:
+        missing = MISSING_MODULE.findall(self.log_path.read_text(encoding="utf-8", errors="replace"))
+        if not missing:
+            return ""
+        return (f" The Python that runs it ({self.python}) lacks {', '.join(sorted(set(missing)))}: install the "
+                f"training packages with `pip install -r {TRAIN_REQUIREMENTS}` (in Slicer's Python console: "
+                f"slicer.util.pip_install('-r {TRAIN_REQUIREMENTS}')).")
 
     def _log_tail(self) -> str:
         lines = [line for line in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]

@@ -145,3 +145,15 @@ def test_the_ct_catalogue_model_is_built_not_downloaded_and_then_taken_by_name(t
     (target / "model.json").write_text(json.dumps({**info, "name": "ct-lung-infection", "version": "1.0.0"}))
     assert store.available("ct-lung-infection") and store.resolve("ct-lung-infection") == str(target)
     assert "ct-lung-infection" in store.choices()
+
+
+def test_a_python_without_the_training_packages_fails_with_what_to_install(dataset, tiny_model_dir, tmp_path):
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
+    bare = tmp_path / "bare" / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    job = finetune.FineTuneJob(dataset, tiny_model_dir, finetune.FineTuneSettings(epochs=1), python=str(bare),
+                               models_dir=tmp_path / "m")
+    with pytest.raises(finetune.jobs.JobError, match=r"step held_out_before .*lacks .*requirements-train\.txt"):
+        job.wait(120)
+    assert not (tmp_path / "m").exists() and not job.work.exists()
