@@ -43,8 +43,8 @@ CT_TRAIN_SLICES = 531
 RUNS = {
     "finetune_all": (CT_TRAIN_SLICES, 5, "default"),
     "finetune_50": (50, 8, "default"),
-    "imagenet_all": (CT_TRAIN_SLICES, 5, None),
     "finetune_200": (200, 5, "default"),
+    "imagenet_all": (CT_TRAIN_SLICES, 5, None),
 }
 
 
