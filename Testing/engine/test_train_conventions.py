@@ -75,3 +75,8 @@ def test_the_csv_column_says_the_convention_and_must_agree_with_the_config(sampl
         _texts(samples, "")
     with pytest.raises(ValueError, match="data.side_convention must be one of"):
         _texts(samples, "both")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_names_the_side_convention_of_its_data(path):
+    assert load_config(path).data.side_convention in ("image", "patient")
