@@ -64,7 +64,7 @@ def _evaluate(model: str, data: str, size: int, out: Path, limit: int | None = N
     _run([sys.executable, "-m", "tevia", "evaluate", "--model", model, "--data", data, "--split", "val",
           "--out", str(out), "--no-hd95", "--eval-size", str(size), str(size), *(["--limit", str(limit)] if limit else [])])
     metrics = json.loads((out / "metrics.json").read_text())
-    return {key: round(metrics[key], 4) for key in ("dice_global", "dice_mean", "miou")} | {"n": metrics["n"]}
+    return {key: round(metrics[key], 4) for key in ("dice_global", "dice_mean")} | {"n": metrics["n"]}
 
 
 def first_rows_dice(per_case_csv: Path, rows: int) -> dict[str, float]:
