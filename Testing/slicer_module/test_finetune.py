@@ -60,14 +60,14 @@ def test_split_holds_out_whole_volumes():
 
 def test_fine_tune_writes_a_new_listed_model_with_its_card(logic, dataset, tiny_model_dir, monkeypatch):
     progress = []
-    settings_ = finetune.FineTuneSettings(epochs=1, batch_size=8, threads=1, device="cpu", name="my-ct",
+    settings_ = finetune.FineTuneSettings(epochs=2, batch_size=8, threads=1, device="cpu", name="my-ct",
                                           reference_data=str(TESTDATA / "qata_samples"), reference_split="samples",
                                           reference_limit=4)
     job = logic.fineTuneAsync(dataset, model=str(tiny_model_dir), settings=settings_,
                               onProgress=lambda *p: progress.append(p))
     work = job.work
     folder = job.wait(600)
-    assert ("epoch", 1, 1) in progress and ("evaluate", 0, 5) in progress
+    assert ("epoch", 1, 2) in progress and ("epoch", 2, 2) in progress and ("evaluate", 0, 5) in progress
     assert folder == logic.models.user_dir / "my-ct-1" and not work.exists()
     info = json.loads((folder / "model.json").read_text())
     assert info["version"] == "1" and info["parent"]["name"] == "tiny-test"
