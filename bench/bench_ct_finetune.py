@@ -117,6 +117,7 @@ def main() -> int:
     parser.add_argument("--qata-limit", type=int, default=None,
                         help="measure QaTa val on its first N images only (cases already measured on all of "
                              "val also get their first-N figures, for comparison)")
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="the runs to do (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result_path, runs = ROOT / args.out, ROOT / args.runs_dir
@@ -133,7 +134,7 @@ def main() -> int:
         results["cases"]["before"] = {"model": "default", **_measure("default", runs / "before", args.qata_limit)}
         save()
     for name, (slices, epochs, init) in RUNS.items():
-        if name in results["cases"]:
+        if name in results["cases"] or name not in args.runs:
             continue
         model, cost = _train(name, slices, epochs, init, runs / name)
         trained = json.loads((model / "model.json").read_text())["metrics"]
