@@ -78,7 +78,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
     raise ValueError(f"unknown model {str(name_or_path)!r}; bundled models: {available_models() or 'none'}; "
                      f"models in {user_models_dir()}: {[m.label for m in list_user_models()] or 'none'}; "
                      "or give the path of a model folder (a catalogue model that is built, not shipped, "
-                     "names its build command in docs/MODELS.md)")
+                     "has its build command in its card under docs/models/)")
 
 
 def save_model(folder: str | Path, network: TeViANet, config: ModelConfig, metadata: dict[str, Any]) -> Path:
