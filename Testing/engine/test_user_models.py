@@ -20,7 +20,7 @@ def test_train_installs_a_model_that_predict_and_evaluate_take_by_name(tmp_path,
 
     def build(out):
         return cli_main(["train", "--config", str(REPO / "configs" / "smoke.yaml"), f"data.root={SAMPLES}",
-                         f"train.out_dir={out}", "train.max_epochs=1", "train.install=true",
+                         f"train.out_dir={out}", "train.max_epochs=2", "train.install=true",
                          "train.model_name=ct-smoke", "train.model_version=1.0.0", f"train.model_card={card}"])
 
     assert build(tmp_path / "run") == 0
