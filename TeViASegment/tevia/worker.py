@@ -42,6 +42,8 @@ ERROR_CODES = ("bad_request", "not_found", "unsupported_format", "bad_input", "m
 _REQUEST_TYPES = ("load", "segment", "cancel", "ping", "shutdown")
 MAX_REQUEST_CHARS = 1 << 20
 """Longest request line; a longer one is skipped unparsed (requests hold paths and prompts only)."""
+MAX_INPUT_KEY_CHARS = 200
+"""Longest ``input_key`` of a segment request (the client's name for an input's current content)."""
 _REPR = reprlib.Repr()  # a client's value in a message: nested and long values elided
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 2, 60, 60, 4, 4
 _shown = _REPR.repr
@@ -49,9 +51,10 @@ _shown = _REPR.repr
 
 @dataclass
 class _KeptInput:
-    """The last input read: its files' signature, the image, its warnings, and its voxel fingerprint."""
+    """The last input read: what identifies it (its files' signature, or the client's input key
+    and the input), the image, its warnings, and its voxel fingerprint."""
 
-    signature: tuple
+    identity: tuple
     image: Any
     warnings: list[str]
     fingerprint: str
@@ -89,6 +92,15 @@ def parse_request(line: str) -> dict[str, Any]:
         raise RequestError("bad_request", f"cancel needs 'target', the string id of a running or queued request, "
                                           f"got {_shown(target)}", request_id)
     return request
+
+
+def _input_key(request: dict[str, Any]) -> str | None:
+    """A segment request's optional ``input_key`` (see PROTOCOL.md); raises RequestError("bad_request")."""
+    key = request.get("input_key")
+    if key is not None and (not isinstance(key, str) or not key or len(key) > MAX_INPUT_KEY_CHARS):
+        raise RequestError("bad_request", f"'input_key' must be a non-empty string of at most {MAX_INPUT_KEY_CHARS} "
+                                          f"characters, got {_shown(key)}")
+    return key
 
 
 def _lines(stream: IO[str]) -> Iterator[str | None]:
@@ -276,12 +288,13 @@ class Worker:
     def _handle_segment(self, request: dict[str, Any]) -> None:
         request_id = request["id"]
         source, prompts, output, options = self._segment_request(request)
+        key = _input_key(request)
         model = request.get("model")
         if model is not None and model != self.model or self.segmenter is None:
             self._load(model or "default", request.get("device") or "auto")
         began = time.perf_counter()
         self.emit(request_id, "progress", stage="read", done=0, total=1)
-        image, warnings, reused = self.read(source)
+        image, warnings, reused = self.read(source, key)
         check_output_path(output, image)
         read_seconds = time.perf_counter() - began
         for message in warnings:
@@ -314,24 +327,28 @@ class Worker:
                   cache_hit=bool(result.timings.get("cache_hit")), input_reused=reused,
                   timings={k: round(v, 4) for k, v in result.timings.items()})
 
-    def read(self, source: Any) -> tuple[Any, list[str], bool]:
-        """``read_input``, reusing the previous request's image when it read the same unchanged files.
+    def read(self, source: Any, key: str | None = None) -> tuple[Any, list[str], bool]:
+        """``read_input``, reusing the previous request's image when it read the same input.
 
-        One image is kept (see ``tevia.volume.io.input_signature`` for what "unchanged" means),
-        with its voxel fingerprint for the feature cache; it is dropped before a different input
-        is read, so two volumes never sit in memory.
+        The same input is, without ``key``, the same unchanged files (see
+        ``tevia.volume.io.input_signature``); with ``key``, the same ``source`` under the same key:
+        the client's promise that the content is what it was (PROTOCOL.md, ``input_key``), so
+        the files are not even looked at. One image is kept, with its voxel fingerprint for the
+        feature cache; it is dropped before a different input is read, so two volumes never sit
+        in memory.
 
         Returns:
             (image, warnings, reused)
         """
-        signature = input_signature(source)
-        if signature is not None and self._kept is not None and self._kept.signature == signature:
+        identity = ("input_key", key, json.dumps(source, sort_keys=True)) if key is not None \
+            else input_signature(source)
+        if identity is not None and self._kept is not None and self._kept.identity == identity:
             return self._kept.image, list(self._kept.warnings), True
         self._kept = None
         image, warnings = read_input(source)
-        if signature is not None and input_signature(source) == signature:  # not changed while read
+        if identity is not None and (key is not None or input_signature(source) == identity):  # not changed while read
             # the worker never changes the kept image: hash its voxels once, not once per prompt
-            self._kept = _KeptInput(signature, image, list(warnings), image_fingerprint(image))
+            self._kept = _KeptInput(identity, image, list(warnings), image_fingerprint(image))
         return image, warnings, False
 
     def _run_with_fallback(self, request_id: str, image: Any, prompts: list[str], options: SegmentOptions,

@@ -1,5 +1,6 @@
 """What a second request on the same voxels reuses: the fingerprint, the intensity scaling, the read image."""
 import io
+import json
 import os
 import shutil
 import time
@@ -14,7 +15,7 @@ from tevia.pipeline import FeatureCache, SegmentOptions, image_fingerprint, segm
 from tevia.volume.cache import fingerprint
 from tevia.volume.io import input_signature, read_image
 from tevia.volume.preprocess import IntensityScaler
-from tevia.worker import Worker
+from tevia.worker import RequestError, Worker
 from volume_fixtures import ct_path, volumes_dir  # noqa: F401 (pytest fixtures)
 
 torch.set_num_threads(1)
@@ -131,3 +132,43 @@ def test_worker_does_not_trust_a_file_changed_just_now(ct_path, tmp_path):
     shutil.copyfile(ct_path, path)
     worker = Worker(io.StringIO())
     assert worker.read(str(path))[2] is False and worker.read(str(path))[2] is False
+
+
+def _raw_input(folder, array, name):
+    np.save(folder / f"{name}.npy", array)
+    (folder / f"{name}.json").write_text(json.dumps({"shape_kji": list(array.shape), "ijk_to_ras": np.eye(4).tolist()}))
+    return {"npy": str(folder / f"{name}.npy"), "geometry": str(folder / f"{name}.json")}
+
+
+def test_worker_reuses_an_input_by_its_key_without_looking_at_the_files(ct_path, tmp_path):
+    """A client's input_key stands for the content: the same key and input are reused at once (no
+    settling time, no stat, no hash); a new key, or the key with another input, is read again."""
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(ct_path)))
+    source = _raw_input(tmp_path, array, "v")  # just written: without a key it is never reused
+    worker = Worker(io.StringIO())
+    assert worker.read(source)[2] is False and worker.read(source)[2] is False
+    first, _, reused = worker.read(source, "key-1")
+    assert reused is False
+    kept = worker._kept.fingerprint
+    assert kept == image_fingerprint(first)
+    second, _, reused = worker.read(source, "key-1")
+    assert reused is True and second is first and worker._kept.fingerprint == kept
+    changed = array.copy()
+    changed[0, 0, 0] += 1
+    np.save(tmp_path / "v.npy", changed)  # new content: the client sends a new key with it
+    third, _, reused = worker.read(source, "key-2")
+    assert reused is False and sitk.GetArrayViewFromImage(third)[0, 0, 0] == changed[0, 0, 0]
+    assert worker._kept.fingerprint == image_fingerprint(third) != kept
+    other = _raw_input(tmp_path, array, "w")
+    assert worker.read(other, "key-2")[2] is False, "the same key with another input is not the same input"
+    assert worker.read(source, "key-2")[2] is False and worker.read(source)[2] is False
+
+
+@pytest.mark.parametrize("key", [5, "", "k" * 201, ["a"]])
+def test_a_bad_input_key_is_a_bad_request_before_any_work(key, tmp_path):
+    worker = Worker(io.StringIO())
+    request = {"id": "s", "type": "segment", "input": str(tmp_path / "v.nrrd"), "prompts": ["liver"],
+               "output": str(tmp_path / "m.npy"), "input_key": key}
+    with pytest.raises(RequestError, match="'input_key' must be a non-empty string") as error:
+        worker._handle_segment(request)
+    assert error.value.code == "bad_request" and worker.segmenter is None, "refused before loading a model"
