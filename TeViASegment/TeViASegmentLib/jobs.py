@@ -52,6 +52,11 @@ class SegmentJob:
         on_progress: called with (stage, done, total).
         on_warning: called with each warning message (out-of-domain prompt, ...).
         on_done: called once when the job ends, whatever the outcome.
+
+    Attributes:
+        info: what the worker said about itself (its `ready` event, the `load` result).
+        answer: the fields of the local worker's `segment` result (labels, voxels, `input_reused`,
+            `cache_hit`, `timings`: PROTOCOL.md) once it arrived; empty for a remote job.
     """
 
     def __init__(self, importer: Importer, on_progress: ProgressCallback | None = None,
@@ -61,6 +66,7 @@ class SegmentJob:
         self.result: object = None
         self.warnings: list[str] = []
         self.info: dict = {}
+        self.answer: dict = {}
         self._importer = importer
         self._on_progress = on_progress
         self._on_warning = on_warning
@@ -211,6 +217,7 @@ class LocalSegmentJob(SegmentJob):
             self._finish("cancelled")
 
     def _on_result(self, event: dict) -> None:
+        self.answer = {key: value for key, value in event.items() if key not in ("id", "event")}
         for message in event.get("warnings", []):
             if message not in self.warnings:
                 self._warn(str(message))

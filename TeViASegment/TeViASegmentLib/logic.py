@@ -14,7 +14,7 @@ from pathlib import Path
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 from TeViASegmentLib import (arguments, background, finetune, jobs, models, parameters, scene, settings, terminology,
-                             training_export)
+                             training_export, worker_inputs)
 from TeViASegmentLib.worker_client import WorkerClient
 
 __all__ = ["TeViASegmentLogic", "CONNECTION_TEST_TIMEOUT_S", "NOTICE_TAG", "DOMAIN_WARNING_PREFIX", "domain_notice"]
@@ -54,6 +54,7 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         self.settings = settings.ModuleSettings(settingsStore)
         self.models = modelStore or models.ModelStore(models.load_catalogue())
         self.worker = WorkerClient(python=workerPython)
+        self.workerInputs = worker_inputs.WorkerInputs()
         self.remoteUrl: str | None = None
         self.remoteToken: str | None = None
         self.workerInfo: dict = {}
@@ -152,8 +153,9 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         if not self.worker.running or self._loaded != (modelRef, device, precision):
             requests.append({"type": "load", "model": modelRef, "device": device, "precision": precision})
         try:
-            requests.append({"type": "segment", "input": scene.write_worker_input(volumeNode, workDir),
-                             "prompts": prompts, "output": str(workDir / "labelmap.npy"), "options": options})
+            source, key, _ = self.workerInputs.input_for(volumeNode)
+            requests.append({"type": "segment", "input": source, "input_key": key, "prompts": prompts,
+                             "output": str(workDir / "labelmap.npy"), "options": options})
             job = jobs.LocalSegmentJob(self.worker, requests, workDir, importer, self.cancelGraceSeconds, **callbacks)
         except Exception:
             shutil.rmtree(workDir, ignore_errors=True)
@@ -287,8 +289,9 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
             self.job.cancel()
 
     def shutdown(self):
-        """Cancel a running job and fine-tuning and stop the worker process."""
+        """Cancel a running job and fine-tuning, stop the worker process and remove the kept worker inputs."""
         self.cancel()
         if self.fineTuneJob is not None:
             self.fineTuneJob.cancel()
         self.worker.shutdown()
+        self.workerInputs.clear()

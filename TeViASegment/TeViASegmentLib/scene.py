@@ -98,18 +98,27 @@ def ijk_to_ras(volume_node) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def write_worker_input(volume_node, folder: str | Path) -> dict:
-    """Write a volume node as the worker's raw input: `volume.npy` (KJI) + `geometry.json`.
+def write_worker_input(volume_node, folder: str | Path, stem: str = "volume") -> dict:
+    """Write a volume node as the worker's raw input: `<stem>.npy` (KJI) + `<stem>.json` (geometry).
 
     Returns:
         The request's `input` value: {"npy": path, "geometry": path}.
+
+    Raises:
+        ValueError: the node cannot be segmented (see `volume_arrays`); OSError: the files could
+            not be written (nothing is left behind).
     """
     folder = Path(folder)
     voxels, matrix = volume_arrays(volume_node)
-    npy_path, geometry_path = folder / "volume.npy", folder / "geometry.json"
-    np.save(npy_path, voxels)
+    npy_path, geometry_path = folder / f"{stem}.npy", folder / f"{stem}.json"
     geometry = {"shape_kji": list(voxels.shape), "ijk_to_ras": matrix.tolist()}
-    geometry_path.write_text(json.dumps(geometry), encoding="utf-8")
+    try:
+        np.save(npy_path, voxels)
+        geometry_path.write_text(json.dumps(geometry), encoding="utf-8")
+    except BaseException:
+        npy_path.unlink(missing_ok=True)
+        geometry_path.unlink(missing_ok=True)
+        raise
     return {"npy": str(npy_path), "geometry": str(geometry_path)}
 
 

@@ -15,7 +15,7 @@ import slicer.util
 from conftest import shared_path
 from slicer_fixtures import load_volume, scene_snapshot, slicer_scene  # noqa: F401 (fixture)
 
-from TeViASegmentLib import jobs, settings
+from TeViASegmentLib import jobs, scene, settings
 from TeViASegmentLib.worker_client import WorkerClient
 from tevia.metrics import dice_score
 
@@ -145,3 +145,52 @@ def test_bundled_default_model_segments_chest_xrays_loaded_in_slicer(worker, sli
         dices.append(dice_score(mask[0], truth[0]))
     print("Dice per sample:", [round(float(d), 3) for d in dices])
     assert np.mean(dices) > MIN_MEAN_DICE
+
+
+DETERMINISTIC = {"batch_size": 1, "threshold": 0.4649}  # one slice per model step: the same rounding every run
+
+
+def _segment(logic, volume, prompt):
+    job = logic.segmentAsync(volume, [prompt], model=logic.model, device="cpu", options=dict(DETERMINISTIC))
+    node = job.wait(300)
+    segment_id = node.GetSegmentation().GetNthSegmentID(node.GetSegmentation().GetNumberOfSegments() - 1)
+    return job.answer, slicer.util.arrayFromSegmentBinaryLabelmap(node, segment_id, volume)
+
+
+def test_a_second_prompt_on_the_same_volume_node_reuses_its_input(logic, volume):
+    """The Slicer path's fast re-prompt: the volume is not exported, read, hashed, scanned or encoded again."""
+    first, _ = _segment(logic, volume, "lower left lung")
+    second, mask = _segment(logic, volume, "right lung")
+    assert first["input_reused"] is False and first["cache_hit"] is False
+    assert second["input_reused"] is True and second["cache_hit"] is True
+    assert second["timings"]["encode_images"] == 0.0 and second["timings"]["read"] < first["timings"]["read"]
+    copy = slicer.util.addVolumeFromArray(slicer.util.arrayFromVolume(volume), scene.ijk_to_ras(volume), "copy")
+    fresh, fresh_mask = _segment(logic, copy, "right lung")
+    assert fresh["input_reused"] is False, "another node is another input"
+    assert 0 < mask.sum() < mask.size
+    np.testing.assert_array_equal(mask, fresh_mask)
+
+
+def _rotate_axes(volume):
+    volume.SetIJKToRASDirections([[0, 0, 1], [1, 0, 0], [0, 1, 0]])  # the worker now slices another axis
+
+
+@pytest.mark.parametrize("change", ["updateVolumeFromArray", "arrayFromVolumeModified", "geometry"])
+def test_a_changed_volume_is_not_reused(logic, volume, change):
+    """After the voxels or the geometry changed, the worker reads the volume again and the result is
+    the changed volume's: the same as from a new node holding the changed volume."""
+    _, before = _segment(logic, volume, "right lung")
+    voxels = slicer.util.arrayFromVolume(volume)
+    if change == "updateVolumeFromArray":
+        slicer.util.updateVolumeFromArray(volume, np.ascontiguousarray(voxels[:, ::-1, ::-1]))
+    elif change == "arrayFromVolumeModified":
+        voxels[:] = voxels[:, ::-1, ::-1].copy()
+        slicer.util.arrayFromVolumeModified(volume)
+    else:
+        _rotate_axes(volume)
+    answer, after = _segment(logic, volume, "right lung")
+    assert answer["input_reused"] is False and answer["cache_hit"] is False
+    same = slicer.util.addVolumeFromArray(slicer.util.arrayFromVolume(volume), scene.ijk_to_ras(volume), "same")
+    _, expected = _segment(logic, same, "right lung")
+    np.testing.assert_array_equal(after, expected)
+    assert not np.array_equal(after, before), "the stale result would have been wrong"
