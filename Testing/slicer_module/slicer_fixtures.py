@@ -10,6 +10,7 @@ are replaced by minimal stand-ins (the only stub: it is the application's part).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import sys
@@ -71,13 +72,11 @@ _remove_util_copies()
 _install_module_base_classes()
 
 
-@pytest.fixture
-def slicer_scene():
-    """A fresh vtkMRMLScene set as `slicer.mrmlScene`, with the module logics Slicer registers.
-
-    Yields the scene; `slicer.modules.<name>.logic()` works for volumes, segmentations,
-    colors and subjecthierarchy.
-    """
+@contextlib.contextmanager
+def scene_with_module_logics():
+    """A fresh vtkMRMLScene set as `slicer.mrmlScene`, with the module logics Slicer registers
+    (`slicer.modules.<name>.logic()` works for volumes, segmentations, colors and
+    subjecthierarchy); the scene is cleared and the previous globals restored on exit."""
     scene = slicer.vtkMRMLScene()
     app_logic = slicer.vtkSlicerApplicationLogic()
     app_logic.SetMRMLScene(scene)
@@ -100,10 +99,19 @@ def slicer_scene():
     slicer.modules = types.SimpleNamespace(**{
         key: types.SimpleNamespace(logic=(lambda lg=logic: lg)) for key, logic in logics.items()
     })
-    yield scene
-    scene.Clear(True)
-    slicer.mrmlScene = previous_scene
-    slicer.modules = previous_modules
+    try:
+        yield scene
+    finally:
+        scene.Clear(True)
+        slicer.mrmlScene = previous_scene
+        slicer.modules = previous_modules
+
+
+@pytest.fixture
+def slicer_scene():
+    """`scene_with_module_logics` as a fixture: yields the scene."""
+    with scene_with_module_logics() as scene:
+        yield scene
 
 
 SLICER_TERMINOLOGY = Path(__file__).resolve().parents[1] / "data" / "slicer_terminology"
