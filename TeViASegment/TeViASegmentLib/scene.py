@@ -147,15 +147,25 @@ def _unique_name(segmentation, name: str) -> str:
     return candidate
 
 
+def _bounding_box(mask_kji: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """[start, stop) along K, J and I of the True voxels of a non-empty mask (one pass over the
+    whole mask, then passes over its K range only)."""
+    k = np.flatnonzero(mask_kji.any(axis=(1, 2)))
+    block = mask_kji[k[0]:k[-1] + 1]
+    j, i = np.flatnonzero(block.any(axis=(0, 2))), np.flatnonzero(block.any(axis=(0, 1)))
+    return (int(k[0]), int(k[-1]) + 1), (int(j[0]), int(j[-1]) + 1), (int(i[0]), int(i[-1]) + 1)
+
+
 def _oriented_mask(mask_kji: np.ndarray, volume_node, segmentation_node):
-    """A vtkOrientedImageData (0/1, uint8) holding a KJI mask, in the segmentation node's
-    coordinates: the volume's IJK-to-RAS, then the transform from the volume's parent
-    transform to the segmentation's (none when both are under the same transform)."""
+    """A vtkOrientedImageData (0/1, uint8) holding a non-empty KJI mask cropped to its bounding
+    box (the extent keeps the volume's voxel indices), in the segmentation node's coordinates:
+    the volume's IJK-to-RAS, then the transform from the volume's parent transform to the
+    segmentation's (none when both are under the same transform)."""
     image = slicer.vtkOrientedImageData()
-    k, j, i = mask_kji.shape
-    image.SetDimensions(i, j, k)
+    (k0, k1), (j0, j1), (i0, i1) = _bounding_box(mask_kji)
+    image.SetExtent(i0, i1 - 1, j0, j1 - 1, k0, k1 - 1)
     image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    vtk.util.numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = mask_kji.astype(np.uint8).ravel()
+    vtk.util.numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = mask_kji[k0:k1, j0:j1, i0:i1].ravel()
     matrix = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(matrix)
     image.SetImageToWorldMatrix(matrix)

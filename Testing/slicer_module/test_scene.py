@@ -68,6 +68,20 @@ def test_import_creates_named_segments_with_the_volume_geometry(slicer_scene, fo
     assert reference.GetDimensions() == volume.GetImageData().GetDimensions()
 
 
+def test_masks_at_the_volume_corners_and_single_voxels_are_imported_exactly(slicer_scene):
+    """Each mask goes to Slicer cropped to its bounding box: the crop keeps the voxel indices."""
+    volume = load_volume(shared_path("volumes", "spleen-ct", "ct.nii.gz"))
+    shape = slicer.util.arrayFromVolume(volume).shape
+    labelmap = np.zeros(shape, np.uint8)
+    labelmap[0, 0, 0] = labelmap[-1, -1, -1] = 1  # its box is the whole volume
+    labelmap[3, 7, 11] = 2
+    labelmap[-2:, 5, -3:] = 3
+    node, ids = scene.import_labelmap(labelmap, {1: "corners", 2: "one voxel", 3: "edge"}, volume)
+    for value, segment_id in zip((1, 2, 3), ids):
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(node, segment_id, volume)
+        np.testing.assert_array_equal(mask.astype(bool), labelmap == value)
+
+
 def test_existing_segments_are_never_changed(slicer_scene):
     volume = load_volume(shared_path("volumes", "spleen-ct", "ct.nii.gz"))
     voxels, _ = scene.volume_arrays(volume)
