@@ -157,7 +157,7 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
             requests.append({"type": "segment", "input": source, "input_key": key, "prompts": prompts,
                              "output": str(workDir / "labelmap.npy"), "options": options})
             job = jobs.LocalSegmentJob(self.worker, requests, workDir, importer, self.cancelGraceSeconds, **callbacks)
-        except Exception:  # nothing was sent: leave no files behind
+        except Exception:  # the job could not start: leave no files behind
             shutil.rmtree(workDir, ignore_errors=True)
             self.workerInputs.clear()
             self._loaded = None
