@@ -13,7 +13,6 @@ memory (plus the bounded :class:`FeatureCache`).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import time
@@ -29,7 +28,7 @@ from tevia.device import is_out_of_memory
 from tevia.domain import DomainCheck
 from tevia.prompts import CONVENTIONS, prepare_prompt
 from tevia.volume.cache import FeatureCache, fingerprint
-from tevia.volume.clicks import RequestClick, locate_clicks
+from tevia.volume.clicks import RequestClick, locate_clicks, refine_clicked
 from tevia.volume.errors import BadInputError
 from tevia.volume.geometry import SLICE_AXES, SliceLayout, as_3d, slice_layout
 from tevia.volume.labelling import BatchLabels, count_labels, resize_slices
@@ -283,34 +282,6 @@ class _Run:
         return chunks
 
 
-def _gather(cached: list[Any] | None, indices: list[int]) -> list[Any] | None:
-    """The cached features of the slices ``indices`` as one chunk (None without a cache)."""
-    if cached is None:
-        return None
-    offsets = np.cumsum([0] + [len(c) for c in cached])
-    parts = []
-    for index in indices:
-        chunk = int(np.searchsorted(offsets, index, side="right")) - 1
-        parts.append(cached[chunk][index - int(offsets[chunk])])
-    return [type(parts[0]).cat(parts)]
-
-
-def _refine_clicked(run: _Run, located: list[dict[int, list[Any]]], cached: list[Any] | None,
-                    labels: np.ndarray) -> list[int]:
-    """Segments only the slices that carry clicks (from cached features when there are some)
-    into ``labels`` (the labelmap's slice view); returns their indices."""
-    indices = sorted({s for per_slice in located for s in per_slice})
-    run.slices = run.slices[indices]
-    run.labels = np.zeros((len(indices), *labels.shape[1:]), dtype=np.uint8)
-    run.clicks = [[per_slice.get(s, []) for s in indices] for per_slice in located]
-    domain, run.domain = run.domain, copy.copy(run.domain)  # scores the refined slices only, by local index
-    run.domain.scores = np.full(len(indices), np.nan, dtype=np.float32)
-    run.run(_gather(cached, indices), 0)
-    labels[indices] = run.labels
-    domain.scores[indices] = run.domain.scores
-    return indices
-
-
 def _intensity_scaling(array: np.ndarray, digest: str | None, window: str | tuple[float, float] | None,
                        percentiles: tuple[float, float],
                        feature_cache: FeatureCache | None) -> tuple[IntensityScaler, list[str]]:
@@ -412,7 +383,7 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
                digest, layout, scaler.low, scaler.high)
         cached = feature_cache.get(key) if feature_cache is not None else None
         if located is not None:
-            refined = _refine_clicked(run, located, cached, layout.view(labels))
+            refined = refine_clicked(run, located, cached, layout.view(labels))
         else:
             chunks = run.run(cached, feature_cache.max_bytes if feature_cache is not None else 0)
             if feature_cache is not None and chunks is not None:

@@ -9,6 +9,7 @@ slice (along the request's slice axis) nearest to its point, and refines that sl
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from tevia.model.clicks import Click
 from tevia.volume.errors import BadInputError
 from tevia.volume.geometry import SliceLayout
 
-__all__ = ["RequestClick", "parse_clicks", "locate_clicks", "MAX_CLICKS"]
+__all__ = ["RequestClick", "parse_clicks", "locate_clicks", "refine_clicked", "MAX_CLICKS"]
 
 MAX_CLICKS = 1000
 """Most clicks one request may carry (all prompts together)."""
@@ -110,3 +111,32 @@ def locate_clicks(clicks: list[list[RequestClick]], volume: sitk.Image, dimensio
             per_slice.setdefault(slice_index, []).append(Click(model_row, model_column, click.positive))
         located.append(per_slice)
     return located
+
+
+def _gather(cached: list[Any] | None, indices: list[int]) -> list[Any] | None:
+    """The cached features of the slices ``indices`` as one chunk (None without a cache)."""
+    if cached is None:
+        return None
+    offsets = np.cumsum([0] + [len(c) for c in cached])
+    parts = []
+    for index in indices:
+        chunk = int(np.searchsorted(offsets, index, side="right")) - 1
+        parts.append(cached[chunk][index - int(offsets[chunk])])
+    return [type(parts[0]).cat(parts)]
+
+
+def refine_clicked(run: Any, located: list[dict[int, list[Any]]], cached: list[Any] | None,
+                    labels: np.ndarray) -> list[int]:
+    """Segments only the slices that carry clicks into ``labels`` (the labelmap's slice view), with
+    a `tevia.pipeline` run over all slices (from its cached features when there are some);
+    returns their indices."""
+    indices = sorted({s for per_slice in located for s in per_slice})
+    run.slices = run.slices[indices]
+    run.labels = np.zeros((len(indices), *labels.shape[1:]), dtype=np.uint8)
+    run.clicks = [[per_slice.get(s, []) for s in indices] for per_slice in located]
+    domain, run.domain = run.domain, copy.copy(run.domain)  # scores the refined slices only, by local index
+    run.domain.scores = np.full(len(indices), np.nan, dtype=np.float32)
+    run.run(_gather(cached, indices), 0)
+    labels[indices] = run.labels
+    domain.scores[indices] = run.domain.scores
+    return indices
