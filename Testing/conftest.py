@@ -65,6 +65,7 @@ def build_click_model(folder: Path, trained: bool = True) -> Path:
     default computes) or the one fine-tuned by configs/default-qata-clicks.yaml (which trains
     only the injection, so these parameters are all that model adds to the default)."""
     import dataclasses
+    import shutil
 
     from safetensors.torch import load_file
 
@@ -80,7 +81,10 @@ def build_click_model(folder: Path, trained: bool = True) -> Path:
         network.load_state_dict(load_file(str(CLICK_INJECTION)), strict=False)
     metadata = {k: v for k, v in info.items() if k not in ("config", "weights_sha256", "format")}
     metadata["name"] = info["name"] + ("-clicks" if trained else "-clicks-untrained")
-    return save_model(folder, network, config, metadata)
+    save_model(folder, network, config, metadata)
+    if "domain" in info:  # the image encoder is the default's: so is its domain profile
+        shutil.copy(default / info["domain"]["file"], folder / info["domain"]["file"])
+    return folder
 
 
 @pytest.fixture(scope="session")
