@@ -185,3 +185,18 @@ def test_simulated_click_maps_hold_the_asked_number_of_clicks(clicker):
     disc = int(single.sum())
     assert 0 < maps[0].sum() <= disc  # one click
     assert disc < maps[1].sum() <= 3 * disc  # three clicks (discs may overlap)
+
+
+def test_joint_click_training_adds_the_click_pass_loss_and_trains_the_whole_network(tmp_path):
+    model = Segmenter.load(build_click_model(tmp_path / "untrained", trained=False), device="cpu")
+    samples = _samples(2)
+    image = torch.from_numpy(np.stack([s[0] for s in samples]))[:, None]
+    mask = torch.from_numpy(np.stack([s[1] for s in samples])).float()[:, None]
+    texts = [s[2] for s in samples]
+    lit = LitTeViA(model.network.train(), model.encode_text(texts), {t: i for i, t in enumerate(texts)},
+                   TrainConfig(augment=False, max_clicks=2))
+    loss = lit.training_step({"image": image, "mask": mask, "text": texts}, 0)
+    loss.backward()
+    grads = {n for n, p in model.network.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any(n.startswith("clicks.") for n in grads) and any(n.startswith("stages.") for n in grads)
+    assert any(n.startswith("encoder.") for n in grads)
