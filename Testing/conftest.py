@@ -54,3 +54,40 @@ def build_tiny_model(folder: Path, image_size: int = 64, vocabulary: list[str] |
 def tiny_model_dir(tmp_path_factory) -> Path:
     """Folder of a tiny random-weight model (see build_tiny_model)."""
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+CLICK_INJECTION = TESTDATA / "clicks" / "default-clicks-injection.safetensors"
+
+
+def build_click_model(folder: Path, trained: bool = True) -> Path:
+    """The bundled default model with click inputs, saved as a real model folder: its own
+    weights plus the click injection, zero-initialised (trained=False: computes exactly what the
+    default computes) or the one fine-tuned by configs/default-qata-clicks.yaml (which trains
+    only the injection, so these parameters are all that model adds to the default)."""
+    import dataclasses
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from tevia.checkpoint import load_network_weights, read_model_json, resolve_model, save_model
+    from tevia.model.build import build_network
+
+    default = resolve_model("default")
+    config, info = read_model_json(default)
+    config = dataclasses.replace(config, click_inputs=True)
+    network = build_network(config, text_dim=384, pretrained_vision=False)
+    load_network_weights(network, default, info, new_modules=("clicks.",))
+    if trained:
+        network.load_state_dict(load_file(str(CLICK_INJECTION)), strict=False)
+    metadata = {k: v for k, v in info.items() if k not in ("config", "weights_sha256", "format")}
+    metadata["name"] = info["name"] + ("-clicks" if trained else "-clicks-untrained")
+    save_model(folder, network, config, metadata)
+    if "domain" in info:  # the image encoder is the default's: so is its domain profile
+        shutil.copy(default / info["domain"]["file"], folder / info["domain"]["file"])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def click_model_dir(tmp_path_factory) -> Path:
+    """Folder of the default model fine-tuned with click inputs (see build_click_model)."""
+    return build_click_model(tmp_path_factory.mktemp("models") / "clicks")

@@ -297,3 +297,41 @@ def import_labelmap(labelmap_kji: np.ndarray, labels: dict[int, str], volume_nod
                 scene.RemoveNode(node)
         raise
     return segmentation_node, added
+
+
+def replace_segment_slices(labelmap_kji: np.ndarray, label: int, refined_axis: int, refined_slices: list[int],
+                           volume_node, segmentation_node, segment_id: str) -> None:
+    """Replace one segment's voxels on some slices with a click result's (the worker's
+    `refined_axis` and `refined_slices`, tevia/PROTOCOL.md); its voxels on every other slice,
+    and every other segment, stay as they are.
+
+    Args:
+        labelmap_kji: the worker's labelmap, shape (K, J, I) equal to the volume's.
+        label: the segment's label value in it (its prompt's index + 1).
+        refined_axis: IJK axis the slices cut (0 = I, 1 = J, 2 = K).
+        refined_slices: their indices along that axis.
+        volume_node: the volume the labelmap was computed from.
+        segmentation_node, segment_id: the segment to change.
+
+    Raises:
+        ValueError: a shape that is not the volume's, an axis not in 0..2, a slice index outside
+            the volume, or a segment that is not in the segmentation (nothing is changed).
+    """
+    volume_shape = tuple(reversed(volume_node.GetImageData().GetDimensions()))
+    if tuple(labelmap_kji.shape) != volume_shape:
+        raise ValueError(f"labelmap_kji has shape {labelmap_kji.shape}, expected the volume's {volume_shape}")
+    if refined_axis not in (0, 1, 2):
+        raise ValueError(f"refined_axis must be 0 (I), 1 (J) or 2 (K), got {refined_axis!r}")
+    axis = 2 - refined_axis  # numpy axis of the K, J, I array
+    bad = [s for s in refined_slices if not 0 <= s < volume_shape[axis]]
+    if bad:
+        raise ValueError(f"refined slices {bad} lie outside the volume's {volume_shape[axis]} slices")
+    if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+        raise ValueError(f"segmentId {segment_id!r} is not in segmentation {segmentation_node.GetName()!r}")
+    mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node).astype(bool)
+    index = [slice(None)] * 3
+    index[axis] = list(refined_slices)
+    mask[tuple(index)] = labelmap_kji[tuple(index)] == label
+    if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            _oriented_mask(mask, volume_node, segmentation_node), segmentation_node, segment_id):
+        raise RuntimeError(f"Slicer could not set the voxels of segment {segment_id!r}")

@@ -133,18 +133,21 @@ def load_checked_tensors(path: Path, expected_sha256: str | None, remedy: str) -
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); {remedy}") from exc
 
 
-def load_network_weights(network: TeViANet, folder: str | Path, info: dict[str, Any]) -> None:
-    """Loads model.safetensors into the network after checking its sha256; strict keys."""
+def load_network_weights(network: TeViANet, folder: str | Path, info: dict[str, Any],
+                         new_modules: tuple[str, ...] = ()) -> None:
+    """Loads model.safetensors into the network after checking its sha256; strict keys, except
+    that parameters under the prefixes `new_modules` (e.g. "clicks." when fine-tuning a
+    text-only model into one with click inputs) may be absent and keep their initial values."""
     weights = Path(folder) / "model.safetensors"
     state = load_checked_tensors(weights, info.get("weights_sha256"), "download or copy the model again")
     own = network.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(new_modules))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise CheckpointError(f"{weights} does not fit this architecture: missing keys {missing[:10]}, "
                               f"unexpected keys {unexpected[:10]}")
-    bad = [k for k in own if own[k].shape != state[k].shape]
+    bad = [k for k in state if own[k].shape != state[k].shape]
     if bad:
         raise CheckpointError(f"{weights}: shape mismatch for {bad[:10]}")
-    network.load_state_dict(state, strict=True)
+    network.load_state_dict({**own, **state}, strict=True)
     torch.nn.Module.eval(network)

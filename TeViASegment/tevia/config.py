@@ -67,6 +67,9 @@ class ModelConfig:
     text_key_positions true; position_codes "1d"; up_block "basic"; head_activation "none";
     foreground_pooling "resize"; prototype_range_eps "add"; pixel_normalisation "per_image";
     vision.stage_norms false.
+
+    click_inputs: the decoder also takes positive and negative click maps (tevia.model.clicks);
+        off (the default) builds the text-only network every existing model.json describes.
     """
 
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -90,6 +93,7 @@ class ModelConfig:
     foreground_pooling: str = "average"
     prototype_range_eps: str = "clamp"
     pixel_normalisation: str = "mean_std"
+    click_inputs: bool = False
 
 
 @dataclass
@@ -123,8 +127,9 @@ class TrainConfig:
     alignment_skip_empty: leave samples with an empty mask out of the alignment loss (false:
         count them, as the reference does).
     augmentation: "affine" or "zoom" (the reference's RandZoom), when `augment` is true.
-    checkpoint_monitor: "val_dice" (highest) or "val_loss" (lowest, the reference's), for the
-        kept checkpoint and early stopping.
+    checkpoint_monitor: "val_dice" (highest), "val_loss" (lowest, the reference's) or
+        "val_click_dice" (highest: pooled Dice after 3 simulated clicks, click models only), for
+        the kept checkpoint and early stopping.
     prototype_warmup_epochs: the prototype collects during epoch index warmup - 1 and is on
         from the start of index warmup; the reference's is 21 (collects in epoch 20, on after
         it). Training refuses a value outside 1 .. max_epochs - 1 unless the initial model's
@@ -135,6 +140,11 @@ class TrainConfig:
         ``<model_name>-<model_version>`` (tevia.user_models), where every front end finds it
         by name; refused before training when that version is already there.
     model_card: a Markdown file copied into the exported model folder as README.md.
+    max_clicks: with model.click_inputs, each training batch also runs with 1..max_clicks
+        simulated corrective clicks per image (tevia.click_training); the text-only pass
+        always counts too, so the network keeps working without clicks.
+    train_only_clicks: train only the click injection, the rest frozen (the text-only output
+        stays exactly the initial model's; a step costs no encoder backward pass).
     """
 
     max_epochs: int = 20
@@ -168,11 +178,13 @@ class TrainConfig:
     checkpoint_monitor: str = "val_dice"
     val_every_n_epochs: int = 1
     limit_train_batches: float = 1.0
+    max_clicks: int = 3
+    train_only_clicks: bool = False
 
 
     def __post_init__(self) -> None:
         for name, allowed in (("augmentation", ("affine", "zoom")), ("loss", ("dice_ce", "dice")),
-                              ("checkpoint_monitor", ("val_dice", "val_loss"))):
+                              ("checkpoint_monitor", ("val_dice", "val_loss", "val_click_dice"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")
 

@@ -2,7 +2,8 @@
 
 `Segmenter.load(model, device)` reads a model folder (see tevia.checkpoint) and its frozen
 text encoder. `encode_images` runs the vision encoder and returns `ImageFeatures` that a
-caller may cache; `decode` runs the text-guided decoder for one prompt, cheap by comparison.
+caller may cache; `decode` runs the text-guided decoder for one prompt, cheap by comparison,
+optionally with corrective clicks (models with click inputs: `spec.click_inputs`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tevia.data.text_cache import TextEmbeddingCache
 from tevia.device import PRECISIONS, check_precision
 from tevia.domain import DomainProfile
 from tevia.model.build import build_network, build_text_encoder
+from tevia.model.clicks import Click, render_clicks, validate_clicks
 from tevia.model.text import weight_files_sha256
 
 __all__ = ["ModelSpec", "ImageFeatures", "Segmenter", "select_device", "PRECISIONS"]
@@ -66,6 +68,7 @@ class ModelSpec:
     vocabulary: list[str] = field(default_factory=list)
     example_prompts: list[str] = field(default_factory=list)
     threshold: float = 0.5
+    click_inputs: bool = False
 
 
 @dataclass
@@ -145,6 +148,7 @@ class Segmenter:
             vocabulary=list(info.get("vocabulary", [])),
             example_prompts=list(info.get("example_prompts", [])),
             threshold=float(info.get("threshold", 0.5)),
+            click_inputs=config.click_inputs,
         )
         log.info("model %s loaded from %s on %s", spec.name, folder, dev)
         return cls(network, text_encoder, spec, dev, folder, precision, domain)
@@ -178,12 +182,27 @@ class Segmenter:
         with self._autocast():
             return ImageFeatures(self.network.encode_image(self._as_batch(images)))
 
+    def click_maps(self, clicks: list[list[Click]]) -> torch.Tensor:
+        """Click maps (B, 2, H, W) on the device for per-image clicks at the model's input size;
+        ValueError for a model without click inputs or a click outside the image."""
+        if not self.spec.click_inputs:
+            raise ValueError(f"model {self.spec.name} takes no clicks (it was trained without click inputs); "
+                             "segment with text only, or load a model trained with clicks")
+        for b, sample in enumerate(clicks):
+            validate_clicks(sample, self.spec.image_size, f"clicks of image {b}")
+        return render_clicks(clicks, self.spec.image_size, self.device)
+
     @torch.inference_mode()
-    def decode(self, features: ImageFeatures, text: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) float32 probabilities on the CPU for one prompt's text (1, T, D) or (B, T, D)."""
+    def decode(self, features: ImageFeatures, text: torch.Tensor,
+               clicks: list[list[Click]] | None = None) -> torch.Tensor:
+        """(B, H, W) float32 probabilities on the CPU for one prompt's text (1, T, D) or (B, T, D);
+        `clicks`: None (text only) or one list of clicks per image (pixels at spec.image_size)."""
         feats = features.to(self.device)
+        if clicks is not None and len(clicks) != len(feats):
+            raise ValueError(f"clicks must hold one list per image ({len(feats)}), got {len(clicks)}")
+        maps = self.click_maps(clicks) if clicks is not None else None
         with self._autocast():
-            out = self.network.decode(feats.maps, text.to(self.device))
+            out = self.network.decode(feats.maps, text.to(self.device), maps)
         return torch.sigmoid(out.logits[:, 0].float()).cpu()
 
     def predict(self, images, prompt: str) -> np.ndarray:

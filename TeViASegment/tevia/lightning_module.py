@@ -5,6 +5,13 @@ historic prototype collects during the last warm-up epoch (index warmup - 1) and
 the start of the next one, then follows each training batch with momentum. Switching at the
 start, not at the end, keeps the collecting epoch's checkpoint as its validation ran (prototype
 off), and a run resumed from that checkpoint switches it on. Validation never touches it.
+
+With model.click_inputs, each batch also decodes once more with simulated corrective clicks
+(tevia.click_training) and that pass's segmentation loss is added; validation also logs
+val_click_dice (pooled Dice after 3 simulated clicks per image).
+With train.train_only_clicks, only the click injection learns: the rest of the network stays
+frozen in eval mode (batch norms and the prototype unchanged), so the text-only output stays
+exactly the initial model's and a step needs no encoder backward pass.
 """
 
 from __future__ import annotations
@@ -16,11 +23,14 @@ import torch
 from monai.losses import DiceCELoss, DiceLoss
 
 from tevia.augment import augment
+from tevia.click_training import draw_counts, simulate_click_maps
 from tevia.config import TrainConfig
 from tevia.model.alignment import alignment_loss
 from tevia.model.network import TeViANet
 
-__all__ = ["LitTeViA"]
+__all__ = ["LitTeViA", "VAL_CLICKS"]
+
+VAL_CLICKS = 3  # simulated clicks per image behind val_click_dice (networks with click inputs)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,11 @@ class LitTeViA(L.LightningModule):
         # under its MONAI version, has a zero cross-entropy term for one channel.
         self.loss_fn = DiceCELoss(sigmoid=True) if config.loss == "dice_ce" else DiceLoss(sigmoid=True)
         self._val: dict[str, float] = {}
+        if config.train_only_clicks:
+            if network.clicks is None:
+                raise ValueError("train.train_only_clicks needs a network with click inputs (model.click_inputs: true)")
+            for name, parameter in network.named_parameters():
+                parameter.requires_grad_(name.startswith("clicks."))
 
     def _text(self, texts: list[str]) -> torch.Tensor:
         rows = torch.tensor([self.text_index[t] for t in texts], device=self.text_table.device)
@@ -69,11 +84,21 @@ class LitTeViA(L.LightningModule):
         image, mask = batch["image"], batch["mask"]
         if self.config.augment:
             image, mask = augment(self.config.augmentation, image, mask)
-        out = self.network(image, self._text(batch["text"]))
+        text = self._text(batch["text"])
+        if self.config.train_only_clicks:
+            return self._clicks_only_step(image, mask, text)
+        feats = self.network.encode_image(image)
+        out = self.network.decode(feats, text)
         seg_loss = self.loss_fn(out.logits, mask)
         fg = self.network.foreground(out, mask)
         align = alignment_loss(out.stage_text, fg, mask, self.config.alignment_skip_empty)
         loss = seg_loss + self.config.alignment_weight * align
+        if self.network.clicks is not None:
+            maps = simulate_click_maps(self.network, feats, text, mask, out.logits,
+                                       draw_counts(image.shape[0], self.config.max_clicks))
+            click_loss = self.loss_fn(self.network.decode(feats, text, maps).logits, mask)
+            loss = loss + click_loss
+            self.log("train_click_loss", click_loss, batch_size=image.shape[0])
         proto = self.network.prototype
         if proto.collecting or proto.active:
             proto.observe([self._reduce_mean(f.float().mean(0, keepdim=True)) for f in fg])  # fp32 under bf16-true
@@ -82,13 +107,33 @@ class LitTeViA(L.LightningModule):
         self.log("train_align", align, batch_size=bs)
         return loss
 
+    def _clicks_only_step(self, image: torch.Tensor, mask: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The click injection's loss with the rest of the network frozen (train.train_only_clicks)."""
+        self.network.eval()
+        with torch.no_grad():
+            feats = self.network.encode_image(image)
+            first = self.network.decode(feats, text).logits
+        maps = simulate_click_maps(self.network, feats, text, mask, first, draw_counts(image.shape[0], self.config.max_clicks))
+        loss = self.loss_fn(self.network.decode(feats, text, maps).logits, mask)
+        self.log("train_loss", loss, prog_bar=True, batch_size=image.shape[0])
+        self.log("train_click_loss", loss, batch_size=image.shape[0])
+        return loss
+
     def on_validation_epoch_start(self) -> None:
-        self._val = {"inter": 0.0, "total": 0.0, "dice_sum": 0.0, "n": 0.0}
+        self._val = {"inter": 0.0, "total": 0.0, "dice_sum": 0.0, "n": 0.0, "click_inter": 0.0, "click_total": 0.0}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
-        out = self.network(image, self._text(batch["text"]))
+        text = self._text(batch["text"])
+        feats = self.network.encode_image(image)
+        out = self.network.decode(feats, text)
         loss = self.loss_fn(out.logits, mask)
+        if self.network.clicks is not None:
+            counts = torch.full((image.shape[0],), VAL_CLICKS)
+            click_pred = self.network.decode(feats, text, simulate_click_maps(
+                self.network, feats, text, mask, out.logits, counts)).logits > 0
+            self._val["click_inter"] += float((click_pred * mask).sum())
+            self._val["click_total"] += float(click_pred.sum() + mask.sum())
         pred = (out.logits > 0).float()
         inter = (pred * mask).flatten(1).sum(1)
         total = pred.flatten(1).sum(1) + mask.flatten(1).sum(1)
@@ -100,9 +145,11 @@ class LitTeViA(L.LightningModule):
         self.log("val_loss", loss, prog_bar=True, batch_size=image.shape[0], sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        stats = self._reduce_mean(torch.tensor([self._val[k] for k in ("inter", "total", "dice_sum", "n")],
-                                               device=self.device, dtype=torch.float64))
-        inter, total, dice_sum, n = stats.tolist()
+        keys = ("inter", "total", "dice_sum", "n", "click_inter", "click_total")
+        stats = self._reduce_mean(torch.tensor([self._val[k] for k in keys], device=self.device, dtype=torch.float64))
+        inter, total, dice_sum, n, click_inter, click_total = stats.tolist()
+        if self.network.clicks is not None:
+            self.log("val_click_dice", 2 * click_inter / max(click_total, 1.0), prog_bar=True, sync_dist=False)
         self.log("val_dice", 2 * inter / max(total, 1.0), prog_bar=True, sync_dist=False)
         self.log("val_dice_mean", dice_sum / max(n, 1.0), sync_dist=False)
         if not self.trainer.sanity_checking and self.trainer.is_global_zero:

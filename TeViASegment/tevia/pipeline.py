@@ -4,7 +4,9 @@ Flow per volume: pick display-oriented slices along an anatomical axis (from the
 matrix), scale intensities to [0, 1] (the scaling remembered per voxel fingerprint), resample
 each batch of slices to the model's input size, encode them (or reuse cached features), decode
 every prompt, interpolate the probabilities back to the slice size, threshold, and write labels
-into a uint8 labelmap with the input's geometry (see ``tevia.volume.labelling``).
+into a uint8 labelmap with the input's geometry (see ``tevia.volume.labelling``). With
+corrective clicks (tevia.volume.clicks), only the slices that carry a click are segmented, each
+prompt with its own clicks on that slice, from cached image features when there are some.
 Slices stream through in batches, so only the input voxels, the labelmap and one batch live in
 memory (plus the bounded :class:`FeatureCache`).
 """
@@ -26,6 +28,7 @@ from tevia.device import is_out_of_memory
 from tevia.domain import DomainCheck
 from tevia.prompts import CONVENTIONS, prepare_prompt
 from tevia.volume.cache import FeatureCache, fingerprint
+from tevia.volume.clicks import RequestClick, locate_clicks, refine_clicked
 from tevia.volume.errors import BadInputError
 from tevia.volume.geometry import SLICE_AXES, SliceLayout, as_3d, slice_layout
 from tevia.volume.labelling import BatchLabels, count_labels, resize_slices
@@ -131,6 +134,9 @@ class SegmentResult:
             sum (``tevia.domain.DomainCheck.summary``).
         timings: Seconds per stage: read, encode_text, encode_images, decode, postprocess, total;
             plus ``cache_hit`` (1.0 when the image features came from the feature cache).
+        refined_slices: With clicks: the indices, along the IJK axis ``refined_axis``, of the
+            slices that were segmented; every other slice of ``labelmap`` is 0. None without clicks.
+        refined_axis: With clicks: the IJK axis (0 = I, 1 = J, 2 = K) the slices cut; None without.
     """
 
     labelmap: sitk.Image
@@ -140,6 +146,8 @@ class SegmentResult:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     domain: dict[str, Any] = field(default_factory=dict)
+    refined_slices: list[int] | None = None
+    refined_axis: int | None = None
 
 
 class _BatchSizer:
@@ -190,6 +198,7 @@ class _Run:
         self.progress, self.cancelled = progress, cancelled
         self.sizer = _BatchSizer(options.batch_size)
         self.timings = {"encode_images": 0.0, "decode": 0.0}
+        self.clicks: list[list[list[Any]]] | None = None  # per prompt, per slice: its clicks
 
     def check(self) -> None:
         """Raise :class:`Cancelled` when the caller asked to stop."""
@@ -210,7 +219,11 @@ class _Run:
         labels = BatchLabels(self.labels[start:stop], self.options.threshold, self.text.shape[0])
         for index in range(self.text.shape[0]):
             self.check()
-            labels.add(index, self.segmenter.decode(features, self.text[index:index + 1]).float().cpu())
+            clicks = self.clicks[index][start:stop] if self.clicks is not None else []
+            text = self.text[index:index + 1]
+            probs = (self.segmenter.decode(features, text, clicks) if any(clicks)
+                     else self.segmenter.decode(features, text))
+            labels.add(index, probs.float().cpu())
         labels.finish()
         self.timings["decode"] += time.perf_counter() - began
 
@@ -303,7 +316,8 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
                    progress: Callable[[str, int, int], None] | None = None,
                    cancelled: Callable[[], bool] | None = None,
                    feature_cache: FeatureCache | None = None,
-                   voxels_fingerprint: str | None = None) -> SegmentResult:
+                   voxels_fingerprint: str | None = None,
+                   clicks: list[list[RequestClick]] | None = None) -> SegmentResult:
     """Segment an image with one label per prompt.
 
     Args:
@@ -321,12 +335,17 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
         voxels_fingerprint: :func:`image_fingerprint` of ``image`` when the caller already has
             it (e.g. the worker, for an image it read once and never changed); computed when
             None. A wrong value makes the feature cache answer for another volume.
+        clicks: Corrective clicks, one list per prompt (tevia.volume.clicks.parse_clicks), for a
+            model with click inputs: then only the slices that carry a click are segmented (the
+            rest of the labelmap stays 0; ``SegmentResult.refined_slices`` lists them). Lists
+            without any click segment as without clicks.
 
     Returns:
         The :class:`SegmentResult`.
 
     Raises:
-        BadInputError: empty, repeated or too many prompts; an all-NaN volume.
+        BadInputError: empty, repeated or too many prompts; an all-NaN volume; clicks for a
+            model without click inputs, or outside the image.
         Cancelled: ``cancelled()`` returned True.
         torch.OutOfMemoryError: even one slice per batch does not fit the device.
     """
@@ -339,12 +358,19 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
     volume, array, layout, percentiles = volume_slices(image, options.slice_axis)
     prepared = _prepare_prompts(segmenter, prompts, options, layout)
     domain = DomainCheck(getattr(segmenter, "domain", None), image, len(layout.view(array)))
+    located = None
+    if clicks is not None and any(clicks):
+        if not getattr(segmenter.spec, "click_inputs", False):
+            raise BadInputError(f"model {segmenter.spec.name} takes no clicks (it was trained without click "
+                                "inputs); send the request without 'clicks', or load a model trained with clicks")
+        located = locate_clicks(clicks, volume, image.GetDimension(), layout, tuple(segmenter.spec.image_size))
     digest = None
     if feature_cache is not None:
         digest = voxels_fingerprint or fingerprint(array, torch.get_num_threads())
     scaler, warnings = _intensity_scaling(array, digest, options.window, percentiles, feature_cache)
     warnings += [w for p in prepared for w in p.warnings]
     labels = np.zeros(array.shape, dtype=np.uint8)
+    refined = None
     timings = {"read": 0.0, "encode_text": 0.0, "encode_images": 0.0, "decode": 0.0,
                "postprocess": 0.0, "cache_hit": 0.0}
     if not scaler.constant:
@@ -356,9 +382,12 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
         key = (id(segmenter), getattr(segmenter.spec, "name", ""), getattr(segmenter.spec, "version", ""),
                digest, layout, scaler.low, scaler.high)
         cached = feature_cache.get(key) if feature_cache is not None else None
-        chunks = run.run(cached, feature_cache.max_bytes if feature_cache is not None else 0)
-        if feature_cache is not None and chunks is not None:
-            feature_cache.put(key, chunks, sum(int(c.nbytes) for c in chunks))
+        if located is not None:
+            refined = refine_clicked(run, located, cached, layout.view(labels))
+        else:
+            chunks = run.run(cached, feature_cache.max_bytes if feature_cache is not None else 0)
+            if feature_cache is not None and chunks is not None:
+                feature_cache.put(key, chunks, sum(int(c.nbytes) for c in chunks))
         timings.update(run.timings, cache_hit=float(cached is not None))
     started = time.perf_counter()
     label_values = {index + 1: text for index, text in enumerate(prompts)}
@@ -388,4 +417,6 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
         warnings=warnings,
         timings=timings,
         domain=summary,
+        refined_slices=refined,
+        refined_axis=None if refined is None else 2 - layout.axes[0],  # a view's slice index is the KJI array's
     )

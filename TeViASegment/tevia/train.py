@@ -166,7 +166,7 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
 
         folder = resolve_model(init)
         _, info = read_model_json(folder)
-        load_network_weights(network, folder, info)
+        load_network_weights(network, folder, info, new_modules=("clicks.",))
         network.train()
         log.info("initialised from %s", folder)
     lit = LitTeViA(network, table, {t: i for i, t in enumerate(texts)}, tc)
@@ -178,7 +178,7 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
 
     on_gpu = torch.cuda.is_available() and tc.accelerator in ("auto", "gpu", "cuda")
     precision = tc.precision if tc.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
-    monitor, mode = tc.checkpoint_monitor, ("max" if tc.checkpoint_monitor == "val_dice" else "min")
+    monitor, mode = tc.checkpoint_monitor, ("min" if tc.checkpoint_monitor == "val_loss" else "max")
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
                            save_last=True, save_top_k=1)
     trainer = L.Trainer(
@@ -204,7 +204,7 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     network.load_state_dict({k.removeprefix("network."): v for k, v in state.items() if k.startswith("network.")})
     score = float(ckpt.best_model_score) if ckpt.best_model_score is not None else None
-    metrics = {"val_dice_global" if monitor == "val_dice" else "val_loss": score,
+    metrics = {{"val_dice": "val_dice_global"}.get(monitor, monitor): score,
                "epochs": trainer.current_epoch, "best_checkpoint": Path(best).name, "checkpoint_monitor": monitor}
     folder = export_model(network, config, out / "model",
                           model_metadata(config, text_encoder.folder, _texts(train_ds), metrics))

@@ -28,6 +28,7 @@ import torch
 
 from tevia.device import check_precision, describe_device, is_out_of_memory
 from tevia.pipeline import Cancelled, FeatureCache, SegmentOptions, image_fingerprint, segment_volume
+from tevia.volume.clicks import RequestClick, parse_clicks
 from tevia.volume.errors import InputError
 from tevia.volume.io import input_signature, read_input
 from tevia.volume.writers import check_output_path, write_labelmap
@@ -260,6 +261,7 @@ class Worker:
                 "precision": segmenter.precision,
                 "image_size": list(spec.image_size), "side_convention": spec.side_convention,
                 "example_prompts": list(getattr(spec, "example_prompts", [])),
+                "click_inputs": bool(getattr(spec, "click_inputs", False)),
                 "load_seconds": round(time.perf_counter() - began, 3)}
 
     def _segment_request(self, request: dict[str, Any]) -> tuple[Any, list[str], Path, SegmentOptions]:
@@ -289,6 +291,7 @@ class Worker:
         request_id = request["id"]
         source, prompts, output, options = self._segment_request(request)
         key = _input_key(request)
+        clicks = _request_clicks(request, prompts)
         model = request.get("model")
         if model is not None and model != self.model or self.segmenter is None:
             self._load(model or "default", request.get("device") or "auto")
@@ -306,7 +309,7 @@ class Worker:
         def cancelled() -> bool:
             return request_id in self._cancelled
 
-        result = self._run_with_fallback(request_id, image, prompts, options, progress, cancelled)
+        result = self._run_with_fallback(request_id, image, prompts, options, progress, cancelled, clicks)
         if cancelled():
             raise Cancelled("cancelled before writing")
         for message in result.warnings:
@@ -325,7 +328,9 @@ class Worker:
         self.emit(request_id, "result", output=str(output), labels={str(k): v for k, v in result.labels.items()},
                   voxels=result.voxels, prompts=result.prompts, warnings=all_warnings, domain=result.domain,
                   cache_hit=bool(result.timings.get("cache_hit")), input_reused=reused,
-                  timings={k: round(v, 4) for k, v in result.timings.items()})
+                  timings={k: round(v, 4) for k, v in result.timings.items()},
+                  **({} if result.refined_slices is None else {"refined_slices": result.refined_slices,
+                                                               "refined_axis": result.refined_axis}))
 
     def read(self, source: Any, key: str | None = None) -> tuple[Any, list[str], bool]:
         """``read_input``, reusing the previous request's image when it read the same input.
@@ -352,11 +357,12 @@ class Worker:
         return image, warnings, False
 
     def _run_with_fallback(self, request_id: str, image: Any, prompts: list[str], options: SegmentOptions,
-                           progress: Any, cancelled: Any) -> Any:
+                           progress: Any, cancelled: Any, clicks: list[list[RequestClick]] | None = None) -> Any:
         """segment_volume; on device out-of-memory (even one slice), reload on the CPU and retry."""
         digest = self._kept.fingerprint if self._kept is not None and self._kept.image is image else None
         try:
-            return segment_volume(self.segmenter, image, prompts, options, progress, cancelled, self.cache, digest)
+            return segment_volume(self.segmenter, image, prompts, options, progress, cancelled, self.cache, digest,
+                                  clicks)
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
@@ -369,7 +375,18 @@ class Worker:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         self._load(self.model or "default", "cpu", precision)
-        return segment_volume(self.segmenter, image, prompts, options, progress, cancelled, self.cache, digest)
+        return segment_volume(self.segmenter, image, prompts, options, progress, cancelled, self.cache, digest,
+                              clicks)
+
+
+def _request_clicks(request: dict[str, Any], prompts: list[str]) -> list[list[RequestClick]] | None:
+    """A segment request's optional `clicks` (tevia.volume.clicks); malformed ones are a bad_request."""
+    if request.get("clicks") is None:
+        return None
+    try:
+        return parse_clicks(request["clicks"], len(prompts))
+    except ValueError as error:
+        raise RequestError("bad_request", f"bad clicks: {error}") from error
 
 
 def main(argv: list[str] | None = None) -> int:

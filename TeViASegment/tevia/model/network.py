@@ -12,6 +12,7 @@ from monai.networks.blocks import SubpixelUpsample
 from torch import nn
 
 from tevia.model.alignment import FOREGROUND_POOLINGS, foreground_vectors
+from tevia.model.clicks import ClickInjection
 from tevia.model.decoder import GuidedDecoderStage, StageOptions
 from tevia.model.prototype import HistoricPrototype
 from tevia.model.vision import VisionEncoder
@@ -47,6 +48,8 @@ class TeViANet(nn.Module):
         prototype_range_eps: "clamp" or "add" (tevia.model.prototype.HistoricPrototype).
         pixel_normalisation: "mean_std" (pixel_mean / pixel_std) or "per_image" (each image's
             channels to zero mean and unit variance, the reference's NormalizeIntensity).
+        click_inputs: take positive and negative click maps in `decode` (tevia.model.clicks),
+            injected at each decoder stage's input and the head's; off builds the text-only network.
     """
 
     def __init__(self, encoder: VisionEncoder, text_tokens: int, text_dim: int, neck_channels: list[int],
@@ -55,7 +58,7 @@ class TeViANet(nn.Module):
                  pixel_mean: list[float] = (0.485, 0.456, 0.406), pixel_std: list[float] = (0.229, 0.224, 0.225),
                  stage_options: StageOptions = StageOptions(), head_activation: str = "gelu",
                  foreground_pooling: str = "average", prototype_range_eps: str = "clamp",
-                 pixel_normalisation: str = "mean_std") -> None:
+                 pixel_normalisation: str = "mean_std", click_inputs: bool = False) -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
@@ -93,6 +96,7 @@ class TeViANet(nn.Module):
         self.head_act = nn.GELU() if head_activation == "gelu" else nn.Identity()
         self.out = nn.Conv2d(head_channels, 1, 1)
         self.prototype = HistoricPrototype(self.stage_widths, momentum, prototype_range_eps)
+        self.clicks = ClickInjection([*self.stage_widths, widths[0]]) if click_inputs else None
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1))
 
@@ -120,17 +124,33 @@ class TeViANet(nn.Module):
         std, mean = torch.std_mean(image, dim=(-2, -1), keepdim=True, correction=0)
         return (image - mean) / torch.where(std == 0, torch.ones_like(std), std)
 
-    def decode(self, feats: list[torch.Tensor], text: torch.Tensor) -> NetworkOutput:
-        """feats from encode_image; text (B, T, D) or (1, T, D) broadcast over the batch."""
+    def decode(self, feats: list[torch.Tensor], text: torch.Tensor,
+               clicks: torch.Tensor | None = None) -> NetworkOutput:
+        """feats from encode_image; text (B, T, D) or (1, T, D) broadcast over the batch; clicks
+        None or click maps (B, 2, H, W) at the input resolution (tevia.model.clicks.render_clicks),
+        only for a network built with click inputs."""
         if text.shape[0] == 1 and feats[0].shape[0] > 1:
             text = text.expand(feats[0].shape[0], -1, -1)
+        if clicks is not None:
+            self._check_clicks(clicks, feats[0].shape[0])
         x = feats[3]
         stage_text = []
         for i, stage in enumerate(self.stages):
+            if clicks is not None:
+                x = x + self.clicks(clicks.to(x.dtype), i, x.shape[-2:])
             x, t = stage(x, feats[2 - i], text, self.prototype.modulation(i))
             stage_text.append(t)
+        if clicks is not None:
+            x = x + self.clicks(clicks.to(x.dtype), 3, x.shape[-2:])
         head = self.head_act(self._upsample(x))
         return NetworkOutput(self.out(head), head, stage_text)
+
+    def _check_clicks(self, clicks: torch.Tensor, batch: int) -> None:
+        if self.clicks is None:
+            raise ValueError("this model was trained without click inputs (model.click_inputs false); "
+                             "segment with text only, or use a model trained with clicks")
+        if clicks.ndim != 4 or clicks.shape[:2] != (batch, 2):
+            raise ValueError(f"click maps must be ({batch}, 2, H, W), got {tuple(clicks.shape)}")
 
     def _upsample(self, x: torch.Tensor) -> torch.Tensor:
         """`self.upsample(x)`, computed faster: torch's pixel_shuffle (the same permutation as

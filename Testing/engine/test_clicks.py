@@ -1,0 +1,206 @@
+"""Corrective clicks in the engine (issue 17), on real QaTa images and the bundled model.
+
+The click model is the bundled default plus the click injection fine-tuned by
+configs/default-qata-clicks.yaml (Testing/data/clicks; conftest.build_click_model).
+"""
+import csv
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TESTDATA, build_click_model
+from tevia.click_simulation import next_click
+from tevia.click_training import simulate_click_maps
+from tevia.config import TrainConfig
+from tevia.inference import Segmenter
+from tevia.lightning_module import LitTeViA
+from tevia.model.clicks import Click, render_clicks
+
+SAMPLES = TESTDATA / "qata_samples"
+
+
+def _samples(count: int = 4) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """(image 128x128 in [0, 1], ground truth 128x128 bool, description) of the first samples."""
+    with open(SAMPLES / "samples.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))[:count]
+    out = []
+    for row in rows:
+        mask_name = row["Image"]
+        image = Image.open(SAMPLES / "Images" / mask_name.removeprefix("mask_")).convert("L").resize((128, 128), Image.BILINEAR)
+        mask = Image.open(SAMPLES / "GTs" / mask_name).convert("L").resize((128, 128), Image.NEAREST)
+        out.append((np.asarray(image, dtype=np.float32) / 255.0, np.asarray(mask) > 127, row["Description"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def default() -> Segmenter:
+    return Segmenter.load("default", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def clicker(click_model_dir) -> Segmenter:
+    return Segmenter.load(click_model_dir, device="cpu")
+
+
+def test_next_click_goes_to_the_centre_of_the_largest_missed_region():
+    _, truth, _ = _samples(1)[0]
+    click = next_click(np.zeros_like(truth), truth)
+    assert click.positive
+    assert truth[int(click.row), int(click.col)]
+    # The centre: every pixel within 3 px of it is target too.
+    r, c = int(click.row), int(click.col)
+    assert truth[r - 3:r + 4, c - 3:c + 4].all()
+
+
+def test_next_click_is_negative_in_a_larger_false_region_and_none_when_exact():
+    _, truth, _ = _samples(1)[0]
+    prediction = truth.copy()
+    prediction[:30, :30] |= ~truth[:30, :30]  # a false region in the top-left corner
+    prediction[truth] = True
+    click = next_click(prediction, truth)
+    assert not click.positive and click.row < 30 and click.col < 30 and not truth[int(click.row), int(click.col)]
+    assert next_click(truth, truth) is None
+    with pytest.raises(ValueError, match="one shape"):
+        next_click(truth[:10], truth)
+
+
+def test_untrained_click_injection_computes_exactly_the_default_model(default, tmp_path):
+    """Zero-initialised: a model fine-tuned from the default starts identical to it, clicks or not."""
+    untrained = Segmenter.load(build_click_model(tmp_path / "untrained", trained=False), device="cpu")
+    images = np.stack([s[0] for s in _samples(2)])
+    text = default.encode_text(["Bilateral pulmonary infection, two infected areas, all left lung and all right lung."])
+    expected = default.decode(default.encode_images(images), text)
+    features = untrained.encode_images(images)
+    clicks = [[Click(40, 40, True), Click(90, 30, False)], [Click(64, 64, True)]]
+    assert torch.equal(untrained.decode(features, text), expected)
+    assert torch.equal(untrained.decode(features, text, clicks), expected)
+
+
+def test_without_clicks_the_click_model_reproduces_the_text_only_output_exactly(default, clicker):
+    samples = _samples(3)
+    images = np.stack([s[0] for s in samples])
+    text = default.encode_text([s[2] for s in samples])
+    expected = default.decode(default.encode_images(images), text)
+    features = clicker.encode_images(images)
+    assert torch.equal(clicker.decode(features, text), expected)
+    # An image without clicks in a batch with clicks also gets exactly its text-only output.
+    mixed = clicker.decode(features, text, [[Click(64, 64, True)], [], []])
+    assert torch.equal(mixed[1:], expected[1:])
+    assert not torch.equal(mixed[0], expected[0])
+
+
+def _click_effect(clicker: Segmenter, sample, prediction_of, wrong_text: str | None = None):
+    image, truth, description = sample
+    features = clicker.encode_images(image[None])
+    text = clicker.encode_text([wrong_text or description])
+    before = clicker.decode(features, text)[0].numpy() > 0.5
+    click = prediction_of(before, truth)
+    after = clicker.decode(features, text, [[click]])[0].numpy() > 0.5
+    return before, after, click
+
+
+def test_a_positive_click_in_a_missed_region_grows_the_mask_there(clicker):
+    """On each of 8 real X-rays the mask grows into the region the click marks as missed; the
+    clicked pixel itself joins the mask on all but at most one (the model is 2D and soft: one
+    click is a hint, not a paint stroke)."""
+    grown = covered = 0
+    for sample in _samples(8):
+        truth = sample[1]
+
+        def missed_click(before, truth):
+            return next_click(before & truth, truth)  # only the misses: a positive click
+
+        before, after, click = _click_effect(clicker, sample, missed_click)
+        if click is None:
+            continue
+        assert click.positive
+        missed = truth & ~before
+        assert (after & missed).sum() > 0, "the mask must grow into the missed region"
+        assert after.sum() > before.sum()
+        covered += int(after[int(click.row), int(click.col)])
+        grown += 1
+    assert grown >= 6 and covered >= grown - 1
+
+
+def test_a_negative_click_in_a_false_region_removes_it(clicker):
+    # A prompt for the other lung makes the model mark a region that is not the target.
+    image, truth, description = _samples(1)[0]
+    assert "left" in description
+    wrong = description.replace("left", "right")
+
+    def false_click(before, truth):
+        return next_click(before | truth, truth)  # only the false regions: a negative click
+
+    before, after, click = _click_effect(clicker, (image, truth, description), false_click, wrong)
+    assert click is not None and not click.positive
+    false = before & ~truth
+    assert not after[int(click.row), int(click.col)], "the clicked pixel must leave the mask"
+    assert (after & false).sum() < false.sum()
+
+
+def test_clicks_are_refused_by_a_text_only_model_and_outside_the_image(default, clicker):
+    features = default.encode_images(_samples(1)[0][0][None])
+    text = default.encode_text(["lung"])
+    with pytest.raises(ValueError, match="takes no clicks"):
+        default.decode(features, text, [[Click(1, 1, True)]])
+    with pytest.raises(ValueError, match="outside the 128 x 128 image"):
+        clicker.decode(features, text, [[Click(130, 1, True)]])
+    with pytest.raises(ValueError, match="one list per image"):
+        clicker.decode(features, text, [[], []])
+
+
+def test_click_training_trains_only_the_injection_and_keeps_the_text_only_output(clicker):
+    network = clicker.network
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    samples = _samples(2)
+    image = torch.from_numpy(np.stack([s[0] for s in samples]))[:, None]
+    mask = torch.from_numpy(np.stack([s[1] for s in samples])).float()[:, None]
+    texts = [s[2] for s in samples]
+    table = clicker.encode_text(texts)
+    lit = LitTeViA(network, table, {t: i for i, t in enumerate(texts)},
+                   TrainConfig(train_only_clicks=True, augment=False, max_clicks=2))
+    optimiser = lit.configure_optimizers()["optimizer"]
+    try:
+        loss = lit.training_step({"image": image, "mask": mask, "text": texts}, 0)
+        loss.backward()
+        optimiser.step()
+        changed = {k for k, v in network.state_dict().items() if not torch.equal(v, before[k])}
+        assert changed and all(k.startswith("clicks.") for k in changed)
+    finally:
+        network.load_state_dict(before)
+        network.eval()
+        for p in network.parameters():
+            p.requires_grad_(True)
+
+
+def test_simulated_click_maps_hold_the_asked_number_of_clicks(clicker):
+    samples = _samples(2)
+    image = torch.from_numpy(np.stack([s[0] for s in samples]))[:, None]
+    mask = torch.from_numpy(np.stack([s[1] for s in samples])).float()[:, None]
+    text = clicker.encode_text([s[2] for s in samples])
+    with torch.no_grad():
+        feats = clicker.network.encode_image(image)
+        logits = clicker.network.decode(feats, text).logits
+    maps = simulate_click_maps(clicker.network, feats, text, mask, logits, torch.tensor([1, 3]))
+    single = render_clicks([[Click(64, 64, True)]], (128, 128))
+    disc = int(single.sum())
+    assert 0 < maps[0].sum() <= disc  # one click
+    assert disc < maps[1].sum() <= 3 * disc  # three clicks (discs may overlap)
+
+
+def test_joint_click_training_adds_the_click_pass_loss_and_trains_the_whole_network(tmp_path):
+    model = Segmenter.load(build_click_model(tmp_path / "untrained", trained=False), device="cpu")
+    samples = _samples(2)
+    image = torch.from_numpy(np.stack([s[0] for s in samples]))[:, None]
+    mask = torch.from_numpy(np.stack([s[1] for s in samples])).float()[:, None]
+    texts = [s[2] for s in samples]
+    lit = LitTeViA(model.network.train(), model.encode_text(texts), {t: i for i, t in enumerate(texts)},
+                   TrainConfig(augment=False, max_clicks=2))
+    loss = lit.training_step({"image": image, "mask": mask, "text": texts}, 0)
+    loss.backward()
+    grads = {n for n, p in model.network.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any(n.startswith("clicks.") for n in grads) and any(n.startswith("stages.") for n in grads)
+    assert any(n.startswith("encoder.") for n in grads)
