@@ -23,7 +23,7 @@ def test_small_model_overfits_16_real_images(tmp_path):
                   "text": {"max_tokens": 16}, "image_size": [96, 96],
                   "neck_channels": [16, 32, 64, 128], "stage_tokens": [8, 4, 4]},
         "data": {"root": str(TESTDATA / "qata_samples"), "train_split": "samples", "val_split": "samples",
-                 "train_fraction": 0.8, "val_fraction": 0.8},
+                 "train_fraction": 0.8, "val_fraction": 0.8, "side_convention": "image"},
         "train": {"max_epochs": 60, "batch_size": 8, "lr": 0.002, "prototype_warmup_epochs": 20,
                   "early_stopping_patience": 100, "augment": False, "threads": 2, "val_every_n_epochs": 10,
                   "out_dir": str(tmp_path / "run"), "model_name": "overfit"},
