@@ -5,6 +5,9 @@ A folder:   ``tevia predict --model M --input-dir scans/ --text "liver" --out ma
 A CSV:      ``tevia predict --model M --csv cases.csv --out masks/`` with columns ``input`` (paths
 relative to the CSV's folder), optional ``text`` (prompts separated by ``|``, else ``--text``) and
 optional ``output`` (relative to ``--out``).
+Outputs are named after their input's stem; inputs of a folder that share a stem (``a.png``,
+``a.jpg``) keep their whole name (``a.png.nii.gz``), and CSV rows that name one output twice are
+refused before any work: no case replaces another's output.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import csv
 import logging
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +90,10 @@ def collect_cases(args: argparse.Namespace) -> list[Case]:
             raise ValueError("give at least one --text prompt")
         entries = sorted(p for p in args.input_dir.iterdir()
                          if p.is_dir() or file_extension(p) in READ_EXTENSIONS)
-        return [Case(p, prompts, args.out / (_case_name(p) + extension)) for p in entries]
+        stems = Counter(_case_name(p) for p in entries)
+        # Inputs that share a stem (a.png and a.jpg) keep their whole file name in the output's.
+        return _distinct_outputs([Case(p, prompts, args.out / ((_case_name(p) if stems[_case_name(p)] == 1
+                                                                 else p.name) + extension)) for p in entries])
     if not args.csv.is_file():
         raise ValueError(f"--csv {args.csv} is not a file")
     with args.csv.open(newline="", encoding="utf-8") as handle:
@@ -101,6 +108,17 @@ def collect_cases(args: argparse.Namespace) -> list[Case]:
         source = args.csv.parent / row["input"]
         output = args.out / (row.get("output") or (_case_name(source) + extension))
         cases.append(Case(source, texts, output))
+    return _distinct_outputs(cases)
+
+
+def _distinct_outputs(cases: list[Case]) -> list[Case]:
+    """The cases, or a ValueError when two of them would write the same output file."""
+    seen: dict[Path, Path] = {}
+    for case in cases:
+        if case.output in seen:
+            raise ValueError(f"{seen[case.output]} and {case.input} would both be written to {case.output}: "
+                             f"give each row its own 'output' in the --csv table")
+        seen[case.output] = case.input
     return cases
 
 

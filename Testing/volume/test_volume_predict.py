@@ -36,9 +36,21 @@ def test_input_dir_cohort(tiny_model_dir, volumes_dir, tmp_path, capsys):
                   "--out", str(tmp_path / "out"), "--format", "seg.nrrd", "--device", "cpu"])
     assert code == 0
     names = sorted(p.name for p in (tmp_path / "out").glob("*.seg.nrrd"))
-    assert names == ["ct-head-dicom-12.seg.nrrd", "spinalcord-t2.seg.nrrd", "totalseg-ct-slice15.seg.nrrd",
-                     "totalseg-ct.seg.nrrd"]
-    assert "5/5" in capsys.readouterr().err  # the progress bar (the .jpg and .png share one output name)
+    # The .jpg and the .png of one slice share a stem: each keeps its whole name, neither replaces the other.
+    assert names == ["ct-head-dicom-12.seg.nrrd", "spinalcord-t2.seg.nrrd", "totalseg-ct-slice15.jpg.seg.nrrd",
+                     "totalseg-ct-slice15.png.seg.nrrd", "totalseg-ct.seg.nrrd"]
+    assert "5/5" in capsys.readouterr().err  # the progress bar
+
+
+def test_csv_rows_that_would_write_one_file_are_refused_before_any_work(volumes_dir, tmp_path, capsys):
+    table = tmp_path / "cases.csv"
+    table.write_text(f"input,text,output\n{volumes_dir / 'totalseg-ct.nii.gz'},liver,same.nii.gz\n"
+                     f"{volumes_dir / 'spinalcord-t2.nii.gz'},spinal cord,same.nii.gz\n")
+    code = tevia(["predict", "--model", "no-such-model", "--csv", str(table), "--out", str(tmp_path / "out"),
+                  "--device", "cpu"])
+    assert code == 2
+    assert "would both be written to" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_csv_cohort_with_a_failing_row(tiny_model_dir, volumes_dir, tmp_path, capsys):
