@@ -14,12 +14,10 @@ import json
 import logging
 import os
 import queue
-import reprlib
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -28,27 +26,16 @@ import torch
 
 from tevia.device import check_precision, describe_device, is_out_of_memory
 from tevia.pipeline import Cancelled, FeatureCache, SegmentOptions, image_fingerprint, segment_volume
-from tevia.volume.clicks import RequestClick, parse_clicks
+from tevia.volume.clicks import RequestClick
 from tevia.volume.errors import InputError
 from tevia.volume.io import input_signature, read_input
 from tevia.volume.writers import check_output_path, write_labelmap
+from tevia.worker_requests import (ERROR_CODES, MAX_REQUEST_CHARS, PROTOCOL_VERSION, RequestError, input_key,
+                                    parse_request, request_clicks, request_lines, shown)
 
 __all__ = ["PROTOCOL_VERSION", "ERROR_CODES", "MAX_REQUEST_CHARS", "RequestError", "Worker", "main"]
 
 log = logging.getLogger("tevia.worker")
-
-PROTOCOL_VERSION = 1
-ERROR_CODES = ("bad_request", "not_found", "unsupported_format", "bad_input", "model_error",
-               "out_of_memory", "cancelled", "internal")
-_REQUEST_TYPES = ("load", "segment", "cancel", "ping", "shutdown")
-MAX_REQUEST_CHARS = 1 << 20
-"""Longest request line; a longer one is skipped unparsed (requests hold paths and prompts only)."""
-MAX_INPUT_KEY_CHARS = 200
-"""Longest ``input_key`` of a segment request (the client's name for an input's current content)."""
-_REPR = reprlib.Repr()  # a client's value in a message: nested and long values elided
-_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 2, 60, 60, 4, 4
-_shown = _REPR.repr
-
 
 @dataclass
 class _KeptInput:
@@ -59,60 +46,6 @@ class _KeptInput:
     image: Any
     warnings: list[str]
     fingerprint: str
-
-
-class RequestError(Exception):
-    """An error answered with an ``error`` event of the given protocol code (and request id, if known)."""
-
-    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.request_id = request_id
-
-
-def parse_request(line: str) -> dict[str, Any]:
-    """Parse and check one request line (id, type, a cancel's target); raises RequestError("bad_request").
-
-    The error carries the request's id once the line is a JSON object with a valid id.
-    """
-    try:
-        request = json.loads(line)
-    except (ValueError, RecursionError) as error:  # JSONDecodeError, a too-long integer, too deep nesting
-        raise RequestError("bad_request", f"malformed JSON request line ({str(error)[:120]}): send one "
-                                          "JSON object per line") from None
-    if not isinstance(request, dict):
-        raise RequestError("bad_request", f"a request must be a JSON object, got {type(request).__name__}")
-    request_id = request.get("id")
-    if not isinstance(request_id, str) or not request_id:
-        raise RequestError("bad_request", f"a request needs a non-empty string 'id', got {_shown(request_id)}")
-    if not isinstance(request.get("type"), str) or request["type"] not in _REQUEST_TYPES:
-        raise RequestError("bad_request", f"request type must be one of {', '.join(_REQUEST_TYPES)}, "
-                                          f"got {_shown(request.get('type'))}", request_id)
-    target = request.get("target")
-    if request["type"] == "cancel" and (not isinstance(target, str) or not target):
-        raise RequestError("bad_request", f"cancel needs 'target', the string id of a running or queued request, "
-                                          f"got {_shown(target)}", request_id)
-    return request
-
-
-def _input_key(request: dict[str, Any]) -> str | None:
-    """A segment request's optional ``input_key`` (see PROTOCOL.md); raises RequestError("bad_request")."""
-    key = request.get("input_key")
-    if key is not None and (not isinstance(key, str) or not key or len(key) > MAX_INPUT_KEY_CHARS):
-        raise RequestError("bad_request", f"'input_key' must be a non-empty string of at most {MAX_INPUT_KEY_CHARS} "
-                                          f"characters, got {_shown(key)}")
-    return key
-
-
-def _lines(stream: IO[str]) -> Iterator[str | None]:
-    """The stream's lines, each at most MAX_REQUEST_CHARS long; None for a longer line (skipped)."""
-    while line := stream.readline(MAX_REQUEST_CHARS + 1):
-        if len(line) <= MAX_REQUEST_CHARS or line.endswith("\n"):
-            yield line
-            continue
-        while (rest := stream.readline(MAX_REQUEST_CHARS)) and not rest.endswith("\n"):
-            pass
-        yield None
 
 
 class Worker:
@@ -149,7 +82,7 @@ class Worker:
         reader, and whatever ends it (end of input, a read error) ends the worker.
         """
         try:
-            for line in _lines(stream):
+            for line in request_lines(stream):
                 try:
                     self._take(line)
                 except RequestError as error:
@@ -234,7 +167,7 @@ class Worker:
         model, device = request.get("model", "default"), request.get("device", "auto")
         if not isinstance(model, str) or not model or not isinstance(device, str):
             raise RequestError("bad_request", f"load needs 'model' (name or folder) and 'device' strings, "
-                                              f"got model={_shown(model)}, device={_shown(device)}")
+                                              f"got model={shown(model)}, device={shown(device)}")
         self.emit(request["id"], "result", **self._load(model, device, request.get("precision", "fp32")))
 
     def _load(self, model: str, device: str, precision: str = "fp32") -> dict[str, Any]:
@@ -271,16 +204,16 @@ class Worker:
         if not inputs or not all(isinstance(p, str) and p for p in inputs) or not isinstance(output, str) or not output:
             raise RequestError("bad_request", "segment needs 'input' (a path or {\"npy\": path, \"geometry\": "
                                               "path}), 'prompts' (list of strings) and 'output' (a path), got input "
-                                              f"{_shown(source)} and output {_shown(output)}")
+                                              f"{shown(source)} and output {shown(output)}")
         relative = [p for p in [output, *inputs] if not os.path.isabs(p)]
         if relative:
             raise RequestError("bad_request", f"paths must be absolute (the worker's folder is not the "
-                                              f"client's), got {_shown(relative)}")
+                                              f"client's), got {shown(relative)}")
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-            raise RequestError("bad_request", f"'prompts' must be a list of strings, got {_shown(prompts)}")
+            raise RequestError("bad_request", f"'prompts' must be a list of strings, got {shown(prompts)}")
         for key in ("model", "device"):
             if request.get(key) is not None and not isinstance(request[key], str):
-                raise RequestError("bad_request", f"'{key}' must be a string, got {_shown(request[key])}")
+                raise RequestError("bad_request", f"'{key}' must be a string, got {shown(request[key])}")
         try:
             options = SegmentOptions.from_dict(request.get("options"))
         except (TypeError, ValueError) as error:
@@ -290,8 +223,8 @@ class Worker:
     def _handle_segment(self, request: dict[str, Any]) -> None:
         request_id = request["id"]
         source, prompts, output, options = self._segment_request(request)
-        key = _input_key(request)
-        clicks = _request_clicks(request, prompts)
+        key = input_key(request)
+        clicks = request_clicks(request, prompts)
         model = request.get("model")
         if model is not None and model != self.model or self.segmenter is None:
             self._load(model or "default", request.get("device") or "auto")
@@ -377,16 +310,6 @@ class Worker:
         self._load(self.model or "default", "cpu", precision)
         return segment_volume(self.segmenter, image, prompts, options, progress, cancelled, self.cache, digest,
                               clicks)
-
-
-def _request_clicks(request: dict[str, Any], prompts: list[str]) -> list[list[RequestClick]] | None:
-    """A segment request's optional `clicks` (tevia.volume.clicks); malformed ones are a bad_request."""
-    if request.get("clicks") is None:
-        return None
-    try:
-        return parse_clicks(request["clicks"], len(prompts))
-    except ValueError as error:
-        raise RequestError("bad_request", f"bad clicks: {error}") from error
 
 
 def main(argv: list[str] | None = None) -> int:
