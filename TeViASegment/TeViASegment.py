@@ -382,14 +382,14 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.log(f"Added {len(added)} slices to {folder}.")
 
     def onFineTuneOrCancel(self):
-        from TeViASegmentLib.finetune import FineTuneSettings
+        from TeViASegmentLib.finetune import settings_from_parameters
 
         if self.logic.fineTuneJob is not None and self.logic.fineTuneJob.running:
             self.logic.fineTuneJob.cancel()
             return
         with slicer.util.tryWithErrorDisplay("Could not start fine-tuning.", waitCursor=True):
             folder, model = str(self._parameterNode.datasetFolder), self._currentModel()
-            self.logic.fineTuneAsync(folder, model, FineTuneSettings(epochs=self.ui.fineTuneEpochsSpinBox.value),
+            self.logic.fineTuneAsync(folder, model, settings_from_parameters(self._parameterNode),
                                      onProgress=self.onFineTuneProgress, onDone=self.onFineTuneDone)
             self.ui.fineTuneButton.text = "Cancel fine-tuning"
             self.log(f"Fine-tuning {model} on {folder}...")

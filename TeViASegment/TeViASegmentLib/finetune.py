@@ -34,7 +34,8 @@ from . import finetune_card, jobs
 from .training_export import CSV_COLUMNS
 from .worker_client import default_python, kill_process_tree
 
-__all__ = ["FineTuneJob", "FineTuneSettings", "split_by_volume", "EPOCH_LINE"]
+__all__ = ["FineTuneJob", "FineTuneSettings", "split_by_volume", "reference_set", "settings_from_parameters",
+           "EPOCH_LINE"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,43 @@ class FineTuneSettings:
     reference_split: str = "val"
     reference_limit: int | None = None
     device: str = "auto"
+
+
+def reference_set(path: str | Path) -> tuple[str, str]:
+    """The reference set a path names, as (data set folder, split).
+
+    A split's CSV names its folder and split (``qata-cov19/val.csv``: that folder and "val"); a
+    data set folder names its "val" split; an empty path (or ".", what an empty path field
+    holds) names none: ("", "val").
+
+    Raises:
+        ValueError: the path is neither an existing CSV file nor a folder holding val.csv.
+    """
+    text = str(path).strip()
+    if text in ("", "."):
+        return "", "val"
+    path = Path(text)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return str(path.parent), path.stem
+    if path.is_dir() and (path / "val.csv").is_file():
+        return str(path), "val"
+    raise ValueError(f"the reference set {path} is neither a split's CSV file nor a folder holding val.csv: choose "
+                     "the CSV of a data set the model was good on (CSV + folders layout, e.g. qata-cov19/val.csv), "
+                     "or leave the field empty to measure no reference set")
+
+
+def settings_from_parameters(parameters) -> FineTuneSettings:
+    """The job's settings from the module's parameter node (`parameters.TeViASegmentParameters`):
+    its `fineTuneEpochs` and its reference set `fineTuneReference` (see `reference_set`).
+
+    Raises:
+        ValueError: fewer than one epoch, or a reference set that `reference_set` refuses.
+    """
+    epochs = int(parameters.fineTuneEpochs)
+    if epochs < 1:
+        raise ValueError(f"fine-tuning needs at least 1 epoch, got {epochs}")
+    data, split = reference_set(parameters.fineTuneReference)
+    return FineTuneSettings(epochs=epochs, reference_data=data, reference_split=split)
 
 
 def _read_rows(csv_path: Path) -> list[dict[str, str]]:

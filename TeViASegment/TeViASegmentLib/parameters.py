@@ -70,6 +70,10 @@ class TeViASegmentParameters:
         device, convention: see `Device`, `SideConvention`.
         bf16: run the local worker in bfloat16.
         datasetFolder: the training set folder of the annotator loop.
+        fineTuneEpochs: training epochs of Fine-tune.
+        fineTuneReference: the reference set Fine-tune measures before and after, to detect
+            forgetting: a split's CSV of a data set the model was good on (``qata-cov19/val.csv``);
+            empty: none (`finetune.reference_set` reads it).
     """
 
     inputVolume: slicer.vtkMRMLScalarVolumeNode
@@ -80,6 +84,8 @@ class TeViASegmentParameters:
     convention: SideConvention = SideConvention.PATIENT
     bf16: bool = False
     datasetFolder: pathlib.Path = pathlib.Path()
+    fineTuneEpochs: int = 5
+    fineTuneReference: pathlib.Path = pathlib.Path()
 
 
 def initial_values(settings) -> dict:

@@ -185,6 +185,8 @@ CONNECTORS = {
     "QCheckBox": lambda t: t is bool,
     "QComboBox": lambda t: isinstance(t, type) and issubclass(t, parameters.enum.Enum),
     "ctkDirectoryButton": lambda t: t is Path,
+    "ctkPathLineEdit": lambda t: t is Path,
+    "QSpinBox": lambda t: t is int,
     "QLineEdit": lambda t: t is str,
 }
 
@@ -196,7 +198,8 @@ def test_ui_widgets_named_for_parameters_have_a_connector_for_their_type():
         for prop in widget.findall("property"):
             if prop.get("name") == "SlicerParameterName":
                 connected[prop.findtext("string")] = widget.get("class")
-    assert set(connected) == {"inputVolume", "outputSegmentation", "device", "convention", "bf16", "datasetFolder"}
+    assert set(connected) == {"inputVolume", "outputSegmentation", "device", "convention", "bf16", "datasetFolder",
+                              "fineTuneEpochs", "fineTuneReference"}
     for name, widget_class in connected.items():
         assert CONNECTORS[widget_class](hints[name]), f"{widget_class} cannot show parameter {name}: {hints[name]}"
     assert set(hints) - set(connected) == {"prompts", "model"}, "the two parameters the Widget copies by hand"
