@@ -2,19 +2,27 @@
 
 `train.augmentation` chooses one: "affine" (the project's) or "zoom" (the reference code's
 MONAI RandZoomd: with probability 0.1 per image a centred zoom by 0.95-1.2, bicubic for the
-image, nearest for the mask, edge padding, the size kept). Neither flips: descriptions name sides.
+image, nearest for the mask, edge padding, the size kept). Neither flips left-right: descriptions
+name sides. `train.vertical_flip` adds up-down flips (`flip_vertically`), which keep the sides and
+so every description that names no vertical position (CT slices of prone patients, or stored
+upside down, look like that).
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AUGMENTATIONS", "augment_batch", "zoom_batch", "augment"]
+__all__ = ["AUGMENTATIONS", "augment_batch", "zoom_batch", "augment", "names_vertical_position", "flip_vertically"]
 
 AUGMENTATIONS = ("affine", "zoom")
+
+# Words whose meaning an up-down flip inverts (QaTa's lung zones say "upper", "middle", "lower").
+_VERTICAL_WORDS = re.compile(r"\b(upper|lower|middle|top|bottom|apex|apical|apices|base|basal|bases|superior|inferior)\b",
+                             re.IGNORECASE)
 
 
 def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -53,6 +61,23 @@ def zoom_batch(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generat
     zoomed_mask = F.grid_sample(mask, grid, mode="nearest", padding_mode="border", align_corners=False)
     keep = chosen.view(b, 1, 1, 1)
     return torch.where(keep, zoomed, image), torch.where(keep, zoomed_mask, mask)
+
+
+def names_vertical_position(text: str) -> bool:
+    """True when a description names a vertical position ("lower left lung"): an up-down flip
+    would make it false."""
+    return _VERTICAL_WORDS.search(text) is not None
+
+
+def flip_vertically(image: torch.Tensor, mask: torch.Tensor, texts: list[str],
+                    generator: torch.Generator | None = None, prob: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image whose text names no vertical position, with probability `prob`, flipped up-down
+    with its mask (B, C, H, W); the others unchanged. Left and right stay where they were."""
+    if len(texts) != image.shape[0]:
+        raise ValueError(f"texts must hold one description per image ({image.shape[0]}), got {len(texts)}")
+    allowed = torch.tensor([not names_vertical_position(t) for t in texts])
+    chosen = ((torch.rand(image.shape[0], generator=generator) < prob) & allowed).to(image.device).view(-1, 1, 1, 1)
+    return torch.where(chosen, image.flip(-2), image), torch.where(chosen, mask.flip(-2), mask)
 
 
 def augment(kind: str, image: torch.Tensor, mask: torch.Tensor,

@@ -127,9 +127,14 @@ class TrainConfig:
     alignment_skip_empty: leave samples with an empty mask out of the alignment loss (false:
         count them, as the reference does).
     augmentation: "affine" or "zoom" (the reference's RandZoom), when `augment` is true.
+    vertical_flip: with `augment`, also flip half the images up-down, those whose description
+        names no vertical position (tevia.augment.flip_vertically): for CT slices, whose text
+        names only sides, and whose scans may be stored upside down or taken prone.
     checkpoint_monitor: "val_dice" (highest), "val_loss" (lowest, the reference's) or
         "val_click_dice" (highest: pooled Dice after 3 simulated clicks, click models only), for
-        the kept checkpoint and early stopping.
+        the kept checkpoint and early stopping; or "last": the last epoch is kept and training
+        never stops early (no selection on val: for a val split that stands for no one's data,
+        or that reports the result).
     prototype_warmup_epochs: the prototype collects during epoch index warmup - 1 and is on
         from the start of index warmup; the reference's is 21 (collects in epoch 20, on after
         it). Training refuses a value outside 1 .. max_epochs - 1 unless the initial model's
@@ -173,6 +178,7 @@ class TrainConfig:
     licence: str = ""
     augment: bool = True
     augmentation: str = "affine"
+    vertical_flip: bool = False
     loss: str = "dice_ce"
     alignment_skip_empty: bool = True
     checkpoint_monitor: str = "val_dice"
@@ -184,7 +190,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name, allowed in (("augmentation", ("affine", "zoom")), ("loss", ("dice_ce", "dice")),
-                              ("checkpoint_monitor", ("val_dice", "val_loss", "val_click_dice"))):
+                              ("checkpoint_monitor", ("val_dice", "val_loss", "val_click_dice", "last"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")
 

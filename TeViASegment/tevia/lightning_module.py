@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from monai.losses import DiceCELoss, DiceLoss
 
-from tevia.augment import augment
+from tevia.augment import augment, flip_vertically
 from tevia.click_training import draw_counts, simulate_click_maps
 from tevia.config import TrainConfig
 from tevia.model.alignment import alignment_loss
@@ -84,6 +84,8 @@ class LitTeViA(L.LightningModule):
         image, mask = batch["image"], batch["mask"]
         if self.config.augment:
             image, mask = augment(self.config.augmentation, image, mask)
+            if self.config.vertical_flip:
+                image, mask = flip_vertically(image, mask, batch["text"])
         text = self._text(batch["text"])
         if self.config.train_only_clicks:
             return self._clicks_only_step(image, mask, text)

@@ -179,12 +179,14 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
     on_gpu = torch.cuda.is_available() and tc.accelerator in ("auto", "gpu", "cuda")
     precision = tc.precision if tc.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
     monitor, mode = tc.checkpoint_monitor, ("min" if tc.checkpoint_monitor == "val_loss" else "max")
-    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
-                           save_last=True, save_top_k=1)
+    selecting = monitor != "last"  # "last": the last epoch is kept, no early stopping
+    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor if selecting else None,
+                           mode=mode, save_last=True, save_top_k=1)
+    stopping = [EarlyStopping(monitor=monitor, mode=mode, patience=tc.early_stopping_patience)] if selecting else []
     trainer = L.Trainer(
         max_epochs=tc.max_epochs, accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes,
         strategy=tc.strategy, precision=precision, default_root_dir=out, deterministic=False,
-        callbacks=[ckpt, EarlyStopping(monitor=monitor, mode=mode, patience=tc.early_stopping_patience)],
+        callbacks=[ckpt, *stopping],
         logger=[CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="tensorboard", version="")],
         check_val_every_n_epoch=tc.val_every_n_epochs, limit_train_batches=tc.limit_train_batches,
         log_every_n_steps=10, enable_progress_bar=True,
@@ -203,8 +205,9 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
     best = ckpt.best_model_path or str(last)
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     network.load_state_dict({k.removeprefix("network."): v for k, v in state.items() if k.startswith("network.")})
-    score = float(ckpt.best_model_score) if ckpt.best_model_score is not None else None
-    metrics = {{"val_dice": "val_dice_global"}.get(monitor, monitor): score,
+    score = ckpt.best_model_score if selecting else trainer.callback_metrics.get("val_dice")
+    score = float(score) if score is not None else None
+    metrics = {{"val_dice": "val_dice_global", "last": "val_dice_global"}.get(monitor, monitor): score,
                "epochs": trainer.current_epoch, "best_checkpoint": Path(best).name, "checkpoint_monitor": monitor}
     folder = export_model(network, config, out / "model",
                           model_metadata(config, text_encoder.folder, _texts(train_ds), metrics))

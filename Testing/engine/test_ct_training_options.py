@@ -1,0 +1,57 @@
+"""The training options the CT recipe (configs/ct-covid-lung.yaml) uses: up-down flips of the
+images whose description names no vertical position, and keeping the last epoch (no selection
+on val, no early stop)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, TESTDATA
+from tevia.augment import flip_vertically, names_vertical_position
+from tevia.cli import main as cli_main
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("text, vertical", [
+    ("Bilateral pulmonary infection, two infected areas, left lung and right lung.", False),
+    ("Unilateral pulmonary infection, one infected area, lower left lung.", True),
+    ("Unilateral pulmonary infection, one infected area, middle left lung.", True),
+    ("Upper right lung.", True),
+    ("opacity at the right base", True),
+    ("", False),
+])
+def test_names_vertical_position(text, vertical):
+    assert names_vertical_position(text) is vertical
+
+
+def test_flips_keep_sides_and_spare_descriptions_that_name_a_height():
+    image = torch.zeros(64, 1, 8, 8)
+    image[:, :, 0:2, 0:3] = 1.0  # top left: a flip moves it to the bottom left
+    mask = image.clone()
+    texts = ["one infected area, left lung.", "one infected area, lower left lung."] * 32
+    flipped_image, flipped_mask = flip_vertically(image, mask, texts, torch.Generator().manual_seed(0))
+    assert torch.equal(flipped_image, flipped_mask), "the mask goes with its image"
+    moved = flipped_image[:, 0, 6:8, 0:3].sum((1, 2)) == 6
+    assert not moved[1::2].any(), "'lower' would become false: never flipped"
+    assert 8 < int(moved[0::2].sum()) < 24, "about half of the others"
+    assert flipped_image[:, 0, :, 3:].sum() == 0, "left stays left"
+    with pytest.raises(ValueError, match="one description per image"):
+        flip_vertically(image, mask, texts[:3])
+
+
+def test_last_epoch_kept_without_selection_and_with_flips(tmp_path):
+    out = tmp_path / "run"
+    assert cli_main(["train", "--config", str(REPO / "configs" / "smoke.yaml"), f"data.root={TESTDATA / 'qata_samples'}",
+                     f"train.out_dir={out}", "train.checkpoint_monitor=last", "train.early_stopping_patience=0",
+                     "train.vertical_flip=true", "train.max_epochs=3"]) == 0
+    info = json.loads((out / "model" / "model.json").read_text())
+    assert info["metrics"]["checkpoint_monitor"] == "last" and info["metrics"]["epochs"] == 3, "no early stop"
+    assert 0.0 <= info["metrics"]["val_dice_global"] <= 1.0
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 2
+    exported = load_file(str(out / "model" / "model.safetensors"))
+    name = next(iter(exported))
+    torch.testing.assert_close(exported[name], last["state_dict"][f"network.{name}"])
