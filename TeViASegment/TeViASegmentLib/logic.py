@@ -130,14 +130,7 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
                 node.RemoveAttribute(NOTICE_TAG)
             return node
 
-        def done(job):
-            if job.state == "failed":
-                self._loaded = None
-            self.workerInfo.update(job.info)
-            if onDone:
-                onDone(job)
-
-        callbacks = {"on_progress": onProgress, "on_warning": onWarning, "on_done": done}
+        callbacks = {"on_progress": onProgress, "on_warning": onWarning, "on_done": self._whenDone(onDone)}
         self.settings.add_prompts(promptList)
         if self.remoteUrl:
             self.job = self._remoteJob(volumeNode, promptList, options, importer, callbacks)
@@ -145,7 +138,51 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
             self.job = self._localJob(volumeNode, promptList, model, device, precision, options, importer, callbacks)
         return self.job
 
-    def _localJob(self, volumeNode, prompts, model, device, precision, options, importer, callbacks):
+    def refineAsync(self, volumeNode, segmentationNode, segmentId, clicks, apply, model="default", device="auto",
+                    options=None, precision="fp32", onDone=None, onWarning=None) -> jobs.SegmentJob:
+        """Re-run one segment's prompt with corrective clicks (local worker; a model with click
+        inputs); returns the job at once. The scene is changed only by `apply`.
+
+        Args:
+            volumeNode, segmentationNode, segmentId: the volume and the segment (its prompt is
+                the segment's `scene.PROMPT_TAG`, else its name).
+            clicks: the segment's clicks, as requests carry them ({"ras": [R, A, S], "positive": bool}).
+            apply: called with (labelmap_kji, the worker's result) when it arrives; its return
+                value is the job's result. model, device, options, precision, onDone, onWarning:
+                as in `segmentAsync`.
+
+        Raises:
+            ValueError: bad arguments, a remote server chosen, or a segment not in the segmentation.
+            RuntimeError: a segmentation is already running.
+        """
+        if self.remoteUrl:
+            raise ValueError("Corrective clicks run on the local worker only: clear 'Use remote server' to use them")
+        options = arguments.checked_options(volumeNode, segmentationNode, device, options, precision)
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId) if segmentationNode else None
+        if segment is None:
+            raise ValueError(f"segmentId {segmentId!r} is not in the segmentation: choose a TeViA segment")
+        if self.job is not None and self.job.running:
+            raise RuntimeError("A segmentation is already running: wait for it or cancel it first")
+        started: list[jobs.SegmentJob] = []
+        callbacks = {"on_warning": onWarning, "on_done": self._whenDone(onDone)}
+        prompt = scene.segment_prompt(segment) or segment.GetName()
+        self.job = self._localJob(volumeNode, [prompt], model, device, precision, options,
+                                  lambda labelmap, labels, warnings: apply(labelmap, started[0].answer), callbacks,
+                                  {"clicks": [list(clicks)]})
+        started.append(self.job)
+        return self.job
+
+    def _whenDone(self, onDone):
+        """A job's on_done: forget the loaded model after a failure, keep what the worker said, call onDone."""
+        def done(job):
+            if job.state == "failed":
+                self._loaded = None
+            self.workerInfo.update(job.info)
+            if onDone:
+                onDone(job)
+        return done
+
+    def _localJob(self, volumeNode, prompts, model, device, precision, options, importer, callbacks, extra=None):
         modelRef = model if model in self.models.catalogue and self.models.entry(model).bundled \
             else self.models.resolve(model)
         workDir = Path(tempfile.mkdtemp(prefix="TeViA-"))
@@ -155,7 +192,7 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         try:
             source, key, _ = self.workerInputs.input_for(volumeNode)
             requests.append({"type": "segment", "input": source, "input_key": key, "prompts": prompts,
-                             "output": str(workDir / "labelmap.npy"), "options": options})
+                             "output": str(workDir / "labelmap.npy"), "options": options, **(extra or {})})
             job = jobs.LocalSegmentJob(self.worker, requests, workDir, importer, self.cancelGraceSeconds, **callbacks)
         except Exception:  # the job could not start: leave no files behind
             shutil.rmtree(workDir, ignore_errors=True)

@@ -18,7 +18,9 @@ import types
 import unittest
 from pathlib import Path
 
+import numpy as np
 import pytest
+import vtk
 
 import slicer
 import slicer.util
@@ -164,3 +166,16 @@ def scene_snapshot(scene) -> dict:
                     segment.GetName(), segment.GetColor(), segment.GetLabelValue(),
                     None if image is None else image.GetExtent(), voxels)
     return snapshot
+
+
+def oblique_volume():
+    """The committed CT with a non-identity direction matrix: axes permuted and rotated 30 degrees."""
+    volume = load_volume(Path(__file__).resolve().parents[1] / "data" / "volumes" / "totalseg-ct.nii.gz")
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    directions = np.array([[0, c, -s], [0, s, c], [1, 0, 0]], dtype=float)
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(3):
+        for col in range(3):
+            matrix.SetElement(r, col, directions[r, col])
+    volume.SetIJKToRASDirectionMatrix(matrix)
+    return volume

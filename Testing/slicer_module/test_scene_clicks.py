@@ -5,29 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import slicer.util
-import vtk
-from conftest import TESTDATA
-from slicer_fixtures import load_volume, slicer_scene  # noqa: F401 (fixture)
+from slicer_fixtures import oblique_volume, slicer_scene  # noqa: F401 (fixture)
 
 from TeViASegmentLib import scene
 
 
-def _oblique_volume():
-    """The committed CT with a non-identity direction matrix: axes permuted and rotated 30 degrees."""
-    volume = load_volume(TESTDATA / "volumes" / "totalseg-ct.nii.gz")
-    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
-    directions = np.array([[0, c, -s], [0, s, c], [1, 0, 0]], dtype=float)
-    matrix = vtk.vtkMatrix4x4()
-    for r in range(3):
-        for col in range(3):
-            matrix.SetElement(r, col, directions[r, col])
-    volume.SetIJKToRASDirectionMatrix(matrix)
-    return volume
-
-
 @pytest.mark.parametrize("refined_axis", [0, 2])
 def test_a_click_result_replaces_only_its_segment_on_its_slices(slicer_scene, refined_axis):
-    volume = _oblique_volume()
+    volume = oblique_volume()
     shape = slicer.util.arrayFromVolume(volume).shape  # K, J, I
     first = np.zeros(shape, dtype=np.uint8)
     first[:, 20:60, 30:80] = 1
@@ -52,7 +37,7 @@ def test_a_click_result_replaces_only_its_segment_on_its_slices(slicer_scene, re
 
 
 def test_a_bad_click_result_changes_nothing(slicer_scene):
-    volume = _oblique_volume()
+    volume = oblique_volume()
     shape = slicer.util.arrayFromVolume(volume).shape
     labels = np.zeros(shape, dtype=np.uint8)
     labels[:, 20:60, 30:80] = 1
