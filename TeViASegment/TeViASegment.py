@@ -20,7 +20,8 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from TeViASegmentLib import parameters, scene, settings
+from TeViASegmentLib import clicks, parameters, scene, settings
+from TeViASegmentLib.click_editor import ClickEditor
 from TeViASegmentLib.logic import TeViASegmentLogic
 from TeViASegmentLib.slicer_version import MINIMUM_SLICER, unsupported_reason
 
@@ -88,6 +89,8 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.setInterval(100)
         self.timer.timeout.connect(self.onPoll)
         self.install = None
+        self.clickEditor = ClickEditor(self.logic, on_message=self.log, on_busy=self.timer.start)
+        self.shortcuts = []
         self._fillChoices()
         self.ui.segmentButton.clicked.connect(self.onSegmentOrCancel)
         self.ui.promptHistoryComboBox.activated.connect(self.onHistoryChosen)
@@ -103,6 +106,12 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.testConnectionButton.clicked.connect(self.onTestConnection)
         self.ui.installButton.clicked.connect(self.onInstall)
         self.ui.outputSegmentationSelector.currentNodeChanged.connect(self.ui.trainingSegmentSelector.setCurrentNode)
+        self.ui.outputSegmentationSelector.currentNodeChanged.connect(self.ui.clickSegmentSelector.setCurrentNode)
+        self.ui.positiveClickButton.clicked.connect(lambda: self.onPlaceClicks(True))
+        self.ui.negativeClickButton.clicked.connect(lambda: self.onPlaceClicks(False))
+        self.ui.undoClickButton.clicked.connect(self.clickEditor.undo)
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        self.addObserver(interaction, interaction.InteractionModeChangedEvent, self.updateClickButtons)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
@@ -114,6 +123,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for call in self.calls:
             call.cancel()
         self.removeObservers()
+        self.clickEditor.clear()
         self.logic.shutdown()
         if self.install is not None:
             self.install.cancel()
@@ -126,9 +136,20 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         super().onReload()
 
     def enter(self):
+        import qt
+
         self.initializeParameterNode()
+        keys = {"P": lambda: self.onPlaceClicks(True), "N": lambda: self.onPlaceClicks(False),
+                "Escape": self.clickEditor.stop_placement, "Ctrl+Z": self.clickEditor.undo}
+        for key, action in keys.items():  # only while the module is shown; text fields keep their keys
+            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            shortcut.activated.connect(action)
+            self.shortcuts.append(shortcut)
 
     def exit(self):
+        for shortcut in self.shortcuts:
+            shortcut.setParent(None)
+        self.shortcuts = []
         if self._parameterNode is not None and self._parameterNodeGuiTag is not None:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -285,12 +306,8 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         import qt
 
         with slicer.util.tryWithErrorDisplay("Could not start the segmentation.", waitCursor=True):
-            s, p = self.logic.settings, self._parameterNode
-            model, device, convention = p.model, p.device.value, p.convention.value
-            precision = "bf16" if p.bf16 else "fp32"
-            for key, value in (("model", model), ("device", device), ("convention", convention), ("precision", precision)):
-                s.set(key, value)
-            s.set("useRemote", bool(self.ui.useRemoteCheckBox.checked))
+            p, run = self._parameterNode, self._runSettings()
+            self.logic.settings.set("useRemote", bool(self.ui.useRemoteCheckBox.checked))
             url = self.ui.remoteUrlEdit.text if self.ui.useRemoteCheckBox.checked else None
             self.logic.setRemoteServer(url, self.ui.remoteTokenEdit.text, self.ui.rememberTokenCheckBox.checked)
             if not self._dependenciesReady():
@@ -305,13 +322,37 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.grantRemoteConsent()
             self.ui.statusLog.clear()
             self.logic.segmentAsync(
-                p.inputVolume, p.prompts, p.outputSegmentation, model, device, {"convention": convention},
-                onProgress=self.onProgress, onDone=self.onDone, onWarning=lambda m: self.log(f"Warning: {m}"),
-                precision=precision)
+                p.inputVolume, p.prompts, p.outputSegmentation, onProgress=self.onProgress, onDone=self.onDone,
+                onWarning=lambda m: self.log(f"Warning: {m}"), **run)
             self.ui.segmentButton.text = "Cancel"
             self.ui.progressBar.setRange(0, 0)
             self.log("Segmenting...")
             self.timer.start()
+
+    def _runSettings(self) -> dict:
+        """Model, device, options and precision from the parameter node, remembered in the settings."""
+        p = self._parameterNode
+        run = {"model": p.model, "device": p.device.value, "precision": "bf16" if p.bf16 else "fp32"}
+        for key, value in (*run.items(), ("convention", p.convention.value)):
+            self.logic.settings.set(key, value)
+        return {**run, "options": {"convention": p.convention.value}}
+
+    def onPlaceClicks(self, positive):
+        """Start placing positive or negative clicks on the chosen segment (again: stop)."""
+        if clicks.placing(self.clickEditor.app_logic) == positive:
+            self.clickEditor.stop_placement()
+            return
+        with slicer.util.tryWithErrorDisplay("Could not start placing clicks.", waitCursor=True):
+            selector = self.ui.clickSegmentSelector
+            self.clickEditor.set_target(self._parameterNode.inputVolume, selector.currentNode(),
+                                        selector.currentSegmentID(), **self._runSettings())
+            self.clickEditor.start_placement(positive)
+        self.updateClickButtons()
+
+    def updateClickButtons(self, caller=None, event=None):
+        placing = clicks.placing(self.clickEditor.app_logic)
+        self.ui.positiveClickButton.checked = placing is True
+        self.ui.negativeClickButton.checked = placing is False
 
     def onPoll(self):
         if self.logic.job is not None and self.logic.job.running:
@@ -321,7 +362,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._pollInstall()
         fineTuning = self.logic.fineTuneJob is not None and self.logic.fineTuneJob.poll()
         if (self.logic.job is None or not self.logic.job.running) and self.install is None and not self.calls \
-                and not fineTuning:
+                and not fineTuning and not self.clickEditor.poll():
             self.timer.stop()
 
     def _pollInstall(self):
