@@ -109,7 +109,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.outputSegmentationSelector.currentNodeChanged.connect(self.ui.clickSegmentSelector.setCurrentNode)
         self.ui.positiveClickButton.clicked.connect(lambda: self.onPlaceClicks(True))
         self.ui.negativeClickButton.clicked.connect(lambda: self.onPlaceClicks(False))
-        self.ui.undoClickButton.clicked.connect(self.clickEditor.undo)
+        self.ui.undoClickButton.clicked.connect(lambda: self.clickEditor.undo())
         interaction = slicer.app.applicationLogic().GetInteractionNode()
         self.addObserver(interaction, interaction.InteractionModeChangedEvent, self.updateClickButtons)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -155,6 +155,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event):
+        self.clickEditor.clear()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):

@@ -79,7 +79,8 @@ class ClickEditor:
         self.target: tuple | None = None  # (volume node, segmentation node, segment ID)
         self.steps: list[_Step] = []
         self._order: list[tuple[tuple[str, str], tuple[str, str]]] = []  # (key, point) in placement order
-        self._lists: dict[str, tuple[object, tuple[str, str], object, list[int]]] = {}  # list ID -> node, key, volume, observers
+        # list ID -> (the list node, its segment's key, its volume node, observer tags)
+        self._lists: dict[str, tuple[object, tuple[str, str], object, list[int]]] = {}
         self._bases: dict[tuple, np.ndarray] = {}  # (key, IJK axis, slice) -> the slice before its first click
         self._queue: deque[_Run] = deque()
         self._run: _Run | None = None
@@ -92,7 +93,7 @@ class ClickEditor:
         Raises:
             ValueError: no volume, or a segment that is not in the segmentation.
         """
-        if volume_node is None or segmentation_node is None:
+        if volume_node is None or segmentation_node is None or not segment_id:
             raise ValueError("Choose the volume and a TeViA segment to correct first")
         lists = clicks.click_lists(segmentation_node, segment_id)
         key = (segmentation_node.GetID(), segment_id)
@@ -161,11 +162,17 @@ class ClickEditor:
                 self._job.poll(timeout_s=0.1)
 
     def clear(self) -> None:
-        """Stop observing the click lists (the lists and their points stay in the scene)."""
+        """Stop observing the click lists and forget the undo history and queued runs (the
+        lists and their points stay in the scene); a running run is cancelled."""
+        if self._job is not None:
+            self._job.cancel()
         for node, _, _, tags in self._lists.values():
             for tag in tags:
                 node.RemoveObserver(tag)
         self._lists.clear()
+        self.steps, self._order, self._bases, self.target = [], [], {}, None
+        self._queue.clear()
+        self._run = self._job = None
 
     def _slice_axis(self) -> str:
         return self.settings.get("options", {}).get("slice_axis", "axial")

@@ -168,7 +168,8 @@ def test_a_point_outside_the_volume_is_refused_and_changes_nothing(logic, click_
     editor = _editor(logic, messages)
     positive_list, _ = editor.set_target(volume, node, segment, model=str(click_model_dir), device="cpu")
     snapshot = scene_snapshot(slicer_scene)
-    with pytest.raises(ValueError, match=r"lies outside volume 'xray stack' .*size 3 x 224 x 224.*place clicks on the image"):
+    outside = r"lies outside volume 'xray stack' .*size 3 x 224 x 224.*place clicks on the image"
+    with pytest.raises(ValueError, match=outside):
         editor.place(True, _ras(3, 10, 10))  # a fourth X-ray that is not there
     positive_list.AddControlPointWorld(-10.0, 400.0, 1.0)  # placed in a view, beyond the image
     assert "lies outside volume" in messages[-1] and messages[-1].endswith("The point was removed.")
