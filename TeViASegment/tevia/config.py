@@ -157,6 +157,7 @@ class TrainConfig:
         hence the kept checkpoint and early stopping, and the exported model use the averaged
         weights; checkpoints keep both, so `--resume` continues both (tevia.ema). Keep it the
         same across `--resume`: a run resumed with it off continues from the averaged weights.
+        Refused with precision bf16-true or 16-true (the average is float32; bf16-mixed works).
     """
 
     max_epochs: int = 20
@@ -202,6 +203,9 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be 0 (off) or in (0, 1), e.g. 0.999; got {self.ema_decay}")
+        if self.ema_decay and self.precision.endswith("-true") and self.precision != "32-true":
+            raise ValueError(f"train.ema_decay keeps a float32 average, which train.precision={self.precision} "
+                             f"(weights in another dtype) cannot update: use bf16-mixed, or train.ema_decay=0")
 
 
 @dataclass

@@ -116,12 +116,15 @@ def test_resume_continues_the_average_and_the_trained_weights(tiny_model_dir, tm
         torch.testing.assert_close(averaged[key], expected, atol=1e-6, rtol=1e-5, msg=key)
 
 
-def test_decay_outside_its_range_is_refused():
+def test_decay_outside_its_range_and_half_precision_weights_are_refused():
     for value in (-0.1, 1.0, 1.5):
         with pytest.raises(ValueError, match=r"train.ema_decay must be 0 \(off\) or in \(0, 1\)"):
             load_config(REPO / "configs" / "smoke.yaml", [f"train.ema_decay={value}"])
     with pytest.raises(ValueError, match=r"train.ema_decay must be in \(0, 1\)"):
         WeightEMA(0.0)
+    with pytest.raises(ValueError, match="train.precision=bf16-true .* use bf16-mixed"):
+        load_config(REPO / "configs" / "smoke.yaml", ["train.ema_decay=0.999", "train.precision=bf16-true"])
+    assert load_config(REPO / "configs" / "smoke.yaml", ["train.ema_decay=0.999", "train.precision=bf16-mixed"])
 
 
 def _smoke(out, *extra: str) -> int:
