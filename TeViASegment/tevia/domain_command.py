@@ -22,7 +22,7 @@ from tevia.checkpoint import CheckpointError, read_model_json, resolve_model
 from tevia.config import TrainConfig, load_config
 from tevia.data.dataset import CSVSegmentationDataset
 from tevia.domain import DIMENSIONALITIES, DomainProfile, pooled_features
-from tevia.pipeline import volume_slices
+from tevia.volume.pipeline import volume_slices
 from tevia.volume.io import read_input
 from tevia.volume.labelling import resize_slices
 from tevia.volume.preprocess import IntensityScaler

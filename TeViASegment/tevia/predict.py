@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from tevia.checkpoint import CheckpointError
 from tevia.device import DEVICE_CHOICES, add_precision_argument
-from tevia.pipeline import FeatureCache, SegmentOptions, segment_volume
+from tevia.volume.pipeline import FeatureCache, SegmentOptions, segment_volume
 from tevia.prompts import CONVENTIONS
 from tevia.volume.geometry import SLICE_AXES
 from tevia.volume.io import READ_EXTENSIONS, file_extension, read_input

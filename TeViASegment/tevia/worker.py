@@ -25,7 +25,7 @@ from typing import IO, Any
 import torch
 
 from tevia.device import check_precision, describe_device, is_out_of_memory
-from tevia.pipeline import Cancelled, FeatureCache, SegmentOptions, image_fingerprint, segment_volume
+from tevia.volume.pipeline import Cancelled, FeatureCache, SegmentOptions, image_fingerprint, segment_volume
 from tevia.volume.clicks import RequestClick
 from tevia.volume.errors import InputError
 from tevia.volume.io import input_signature, read_input

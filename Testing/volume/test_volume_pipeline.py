@@ -4,7 +4,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from tevia.pipeline import Cancelled, FeatureCache, SegmentOptions, segment_volume
+from tevia.volume.pipeline import Cancelled, FeatureCache, SegmentOptions, segment_volume
 from tevia.volume.errors import BadInputError
 from tevia.volume.geometry import as_3d, same_geometry, slice_layout
 from tevia.volume.io import read_image

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import torch
 
 import tevia.volume.io as volume_io
-from tevia.pipeline import FeatureCache, SegmentOptions, image_fingerprint, segment_volume
+from tevia.volume.pipeline import FeatureCache, SegmentOptions, image_fingerprint, segment_volume
 from tevia.volume.cache import fingerprint
 from tevia.volume.io import input_signature, read_image
 from tevia.volume.preprocess import IntensityScaler

@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tevia.device import is_out_of_memory
-from tevia.pipeline import Cancelled, SegmentOptions
+from tevia.volume.pipeline import Cancelled, SegmentOptions
 from tevia.server.auth import bearer_matches
 from tevia.server.engine import API_VERSION, SegmentationService
 from tevia.server.jobs import InferenceQueue, Job, QueueFull

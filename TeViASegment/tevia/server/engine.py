@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tevia import __version__
-from tevia.pipeline import FeatureCache, SegmentOptions, segment_volume
+from tevia.volume.pipeline import FeatureCache, SegmentOptions, segment_volume
 from tevia.server.tempfiles import RequestFolder
 from tevia.server.volume_io import UploadedVolume, encode_labelmap, read_uploaded_volume
 
@@ -21,7 +21,7 @@ API_VERSION = 2
 
 
 class SegmentationService:
-    """Runs `tevia.pipeline.segment_volume` on one loaded model with a shared feature cache.
+    """Runs `tevia.volume.pipeline.segment_volume` on one loaded model with a shared feature cache.
 
     Only the inference queue's worker thread calls `segment`, so the model runs one request
     at a time, as in the worker process, and only one decoded volume is held at a time.
@@ -63,7 +63,7 @@ class SegmentationService:
         Raises:
             ValueError: the voxels cannot be read or segmented (message without server paths).
             VolumeTooLargeError: the volume does not fit the memory available now.
-            tevia.pipeline.Cancelled: `cancelled()` turned True.
+            tevia.volume.pipeline.Cancelled: `cancelled()` turned True.
         """
         began = time.perf_counter()
         image, warnings = read_uploaded_volume(volume, folder)
