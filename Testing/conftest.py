@@ -69,7 +69,8 @@ def build_click_model(folder: Path, trained: bool = True) -> Path:
 
     from safetensors.torch import load_file
 
-    from tevia.checkpoint import load_network_weights, read_model_json, resolve_model, save_model
+    from tevia.checkpoint import load_network_weights, read_model_json, save_model
+    from tevia.model_folders import resolve_model
     from tevia.model.build import build_network
 
     default = resolve_model("default")
