@@ -56,6 +56,35 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
+class GpuOutOfMemory:
+    """A loaded Segmenter as if on a GPU that runs out of memory on batches above ``limit`` slices.
+
+    There is no GPU here: the real model computes every batch it lets through, ``device`` says
+    cuda, and a larger batch raises the error CUDA raises. ``sizes`` records every batch asked for.
+    """
+
+    def __init__(self, segmenter, limit: int = 0) -> None:
+        import torch
+
+        self.segmenter, self.limit, self.sizes = segmenter, limit, []
+        self.spec, self.domain, self.folder = segmenter.spec, segmenter.domain, segmenter.folder
+        self.precision, self.device = segmenter.precision, torch.device("cuda")
+
+    def encode_text(self, prompts):
+        return self.segmenter.encode_text(prompts)
+
+    def encode_images(self, images):
+        import torch
+
+        self.sizes.append(len(images))
+        if len(images) > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.segmenter.encode_images(images)
+
+    def decode(self, features, text, clicks=None):
+        return self.segmenter.decode(features, text, clicks)
+
+
 CLICK_INJECTION = TESTDATA / "clicks" / "default-clicks-injection.safetensors"
 
 
@@ -69,7 +98,8 @@ def build_click_model(folder: Path, trained: bool = True) -> Path:
 
     from safetensors.torch import load_file
 
-    from tevia.checkpoint import load_network_weights, read_model_json, resolve_model, save_model
+    from tevia.checkpoint import load_network_weights, read_model_json, save_model
+    from tevia.model_folders import resolve_model
     from tevia.model.build import build_network
 
     default = resolve_model("default")

@@ -64,7 +64,7 @@ def set_result(name: str, scores: np.ndarray, val: np.ndarray, threshold: float)
 
 def volume_pngs(image: sitk.Image, folder: Path, stem: str) -> list[Path]:
     """Non-constant axial, coronal and sagittal slices as 8-bit PNGs (0.5-99.5 percentile scaling)."""
-    from tevia.pipeline import volume_slices
+    from tevia.volume.pipeline import volume_slices
     from tevia.volume.preprocess import IntensityScaler
 
     paths = []
@@ -111,7 +111,7 @@ def check_cost(segmenter, repeats: int = 20) -> dict:
 def main() -> int:
     from tevia.domain_command import image_features, split_features
     from tevia.inference import Segmenter
-    from tevia.pipeline import segment_volume
+    from tevia.volume.pipeline import segment_volume
     from tevia.volume.io import read_input
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

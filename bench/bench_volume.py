@@ -50,7 +50,7 @@ def make_volume(source: Path, size: tuple[int, int, int], out: Path) -> Path:
 
 def pick_model(folder: Path, requested: str | None) -> tuple[str, str]:
     """The requested model; else the bundled default when it exists; else a freshly built tiny model."""
-    from tevia.checkpoint import resolve_model
+    from tevia.model_folders import resolve_model
 
     if requested:
         return str(resolve_model(requested)), requested

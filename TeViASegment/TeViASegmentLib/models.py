@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
 CATALOGUE_PATH = BUNDLED_MODELS_DIR / "catalogue.json"
-MODEL_FILES = ("model.json", "model.safetensors")
 _CHUNK = 1 << 20
 
 
@@ -83,11 +82,6 @@ def load_catalogue(path: str | Path = CATALOGUE_PATH) -> list[ModelEntry]:
     return entries
 
 
-def is_model_folder(path: str | Path) -> bool:
-    """Whether a folder holds a model (model.json and model.safetensors)."""
-    return all((Path(path) / name).is_file() for name in MODEL_FILES)
-
-
 def default_cache_dir() -> Path:
     """The user's model cache: $TEVIA_MODEL_CACHE, else the platform's user cache folder."""
     if os.environ.get("TEVIA_MODEL_CACHE"):
@@ -106,6 +100,11 @@ def _user_models():
     import tevia.user_models
 
     return tevia.user_models
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """Whether a folder holds a model (tevia.user_models.is_model_folder)."""
+    return _user_models().is_model_folder(path)
 
 
 class ModelStore:
@@ -138,10 +137,14 @@ class ModelStore:
             ValueError: unknown name (lists the known ones and this computer's own).
         """
         if name not in self.catalogue:
-            mine = [m.label for m in _user_models().list_user_models(self.user_dir)]
-            raise ValueError(f"model {name!r} is not in the catalogue; known models: {sorted(self.catalogue)}; "
-                             f"models in {self.user_dir}: {mine or 'none'}")
+            raise self._unknown(name)
         return self.catalogue[name]
+
+    def _unknown(self, name: str) -> ValueError:
+        """The error for a name that is neither in the catalogue nor a model on this computer."""
+        mine = [m.label for m in _user_models().list_user_models(self.user_dir)]
+        return ValueError(f"model {name!r} is not in the catalogue; known models: {sorted(self.catalogue)}; "
+                          f"models in {self.user_dir}: {mine or 'none'}")
 
     def folder(self, name: str) -> Path:
         """Where a catalogue model lives (bundled, cache or per-user models folder), present or not."""
@@ -157,10 +160,11 @@ class ModelStore:
         return is_model_folder(self.folder(name))
 
     def resolve(self, model: str) -> str:
-        """The value to send to the worker for a model choice.
+        """The value to send to the worker for a model choice: a catalogue model's folder, else
+        what tevia.model_folders.find_model finds (a folder path, a bundled or a per-user model).
 
         Args:
-            model: a catalogue name, or a folder path holding a model.
+            model: a catalogue name, a per-user model's name, or a folder path holding a model.
 
         Returns:
             The model folder path.
@@ -169,14 +173,16 @@ class ModelStore:
             ValueError: an unknown name, a catalogue model not downloaded yet, or a folder
                 without model.json + model.safetensors.
         """
-        path = Path(model).expanduser()
-        if model not in self.catalogue and (path.is_absolute() or path.exists()):
-            if not is_model_folder(path):
-                raise ValueError(f"model folder {model!r} must hold {' and '.join(MODEL_FILES)}")
-            return str(path)
-        mine = None if model in self.catalogue else _user_models().find_user_model(model, self.user_dir)
-        if mine is not None:
-            return str(mine)
+        if model not in self.catalogue:
+            from tevia.model_folders import find_model
+
+            try:
+                found = find_model(model, self.bundled_dir, self.user_dir)
+            except FileNotFoundError as error:
+                raise ValueError(str(error)) from None
+            if found is None:
+                raise self._unknown(model)
+            return str(found)
         folder = self.folder(model)
         if not is_model_folder(folder):
             entry = self.entry(model)

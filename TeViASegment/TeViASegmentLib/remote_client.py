@@ -145,7 +145,7 @@ class RemoteClient:
             volume_kji: voxels, shape (K, J, I) (slicer.util.arrayFromVolume order).
             ijk_to_ras: 4x4 IJK-to-RAS matrix of the volume (Slicer's frame).
             prompts: one or more text prompts; label n answers prompt n.
-            options: segmentation options (tevia.pipeline.SegmentOptions fields).
+            options: segmentation options (tevia.segment_options.SegmentOptions fields).
             cancelled: polled during upload, wait and download; True closes the connection
                 (the server then cancels the work) and raises RemoteCancelled.
 

@@ -5,15 +5,14 @@ of its weight files, preprocessing, training data, validation metrics, licence, 
 prompts, side convention and training vocabulary, and the sha256 of model.safetensors (and,
 under "domain", of the optional domain.safetensors: see tevia.domain).
 Loading never unpickles anything: a truncated or tampered weights file is refused, and
-weights load strictly (missing or unexpected keys are an error that names them).
+weights load strictly (missing or unexpected keys are an error that names them). Which folder a
+model's name means: tevia.model_folders.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,61 +23,17 @@ from safetensors.torch import load_file, save_file
 from tevia.config import ModelConfig, from_dict, to_dict
 from tevia.files import atomic_path, atomic_write_text, sha256_file
 from tevia.model.network import TeViANet
-from tevia.user_models import find_user_model, list_user_models, user_models_dir
 
-__all__ = ["CheckpointError", "MODELS_DIR", "FORMAT", "resolve_model", "available_models", "save_model",
-           "read_model_json", "update_model_json", "load_checked_tensors", "load_network_weights"]
+__all__ = ["CheckpointError", "FORMAT", "save_model", "read_model_json", "update_model_json", "load_checked_tensors",
+           "load_network_weights"]
 
 log = logging.getLogger(__name__)
 
 FORMAT = "tevia-model/1"
 
 
-def _bundled_models_dir() -> Path:
-    """$TEVIA_MODELS_DIR; else the module's Resources/Models beside the source (the Slicer
-    module, an editable install); else <prefix>/share/tevia/Models (a wheel install)."""
-    if os.environ.get("TEVIA_MODELS_DIR"):
-        return Path(os.environ["TEVIA_MODELS_DIR"])
-    source = Path(__file__).resolve().parents[1] / "Resources" / "Models"
-    return source if source.is_dir() else Path(sys.prefix) / "share" / "tevia" / "Models"
-
-
-MODELS_DIR = _bundled_models_dir()
-DEFAULT_MODEL = "default"
-
-
 class CheckpointError(RuntimeError):
     """A model folder that cannot be used: corrupt, tampered, or of another format."""
-
-
-def available_models() -> list[str]:
-    """Names of the bundled models (folders under MODELS_DIR holding a model.json)."""
-    if not MODELS_DIR.is_dir():
-        return []
-    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "model.json").is_file())
-
-
-def resolve_model(name_or_path: str | Path) -> Path:
-    """A model folder from a folder path, a bundled model name ("default" included), or the
-    name of a model in the per-user models folder (`tevia.user_models`: the newest version,
-    or ``<name>-<version>`` for one version)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        if not (path / "model.json").is_file():
-            raise FileNotFoundError(f"{path} is not a TeViA model folder: it has no model.json")
-        return path
-    bundled = MODELS_DIR / str(name_or_path)
-    if (bundled / "model.json").is_file():
-        return bundled
-    if any(sep in str(name_or_path) for sep in ("/", "\\")) or str(name_or_path).startswith("."):
-        raise FileNotFoundError(f"model folder {name_or_path} does not exist")
-    mine = find_user_model(str(name_or_path))
-    if mine is not None:
-        return mine
-    raise ValueError(f"unknown model {str(name_or_path)!r}; bundled models: {available_models() or 'none'}; "
-                     f"models in {user_models_dir()}: {[m.label for m in list_user_models()] or 'none'}; "
-                     "or give the path of a model folder (a catalogue model that is built, not shipped, "
-                     "has its build command in its card under docs/models/)")
 
 
 def save_model(folder: str | Path, network: TeViANet, config: ModelConfig, metadata: dict[str, Any]) -> Path:

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from tevia.gallery import overlay
     from tevia.inference import Segmenter
     from tevia.metrics import dice_score
-    from tevia.pipeline import SegmentOptions, segment_volume
+    from tevia.volume.pipeline import SegmentOptions, segment_volume
     from tevia.volume.io import read_image
 
     rows = list(csv.DictReader(open(SAMPLES / "samples.csv", newline="")))

@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from tevia.checkpoint import CheckpointError, read_model_json, resolve_model
+from tevia.checkpoint import CheckpointError, read_model_json
+from tevia.model_folders import resolve_model
 from tevia.config import TrainConfig, load_config
 from tevia.data.dataset import CSVSegmentationDataset
 from tevia.domain import DIMENSIONALITIES, DomainProfile, pooled_features
-from tevia.pipeline import volume_slices
+from tevia.volume.pipeline import volume_slices
 from tevia.volume.io import read_input
 from tevia.volume.labelling import resize_slices
 from tevia.volume.preprocess import IntensityScaler

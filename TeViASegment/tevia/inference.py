@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tevia.checkpoint import CheckpointError, load_network_weights, read_model_json, resolve_model
+from tevia.checkpoint import CheckpointError, load_network_weights, read_model_json
 from tevia.data.text_cache import TextEmbeddingCache
 from tevia.device import PRECISIONS, check_precision
 from tevia.domain import DomainProfile
 from tevia.model.build import build_network, build_text_encoder
 from tevia.model.clicks import Click, render_clicks, validate_clicks
 from tevia.model.text import weight_files_sha256
+from tevia.model_folders import resolve_model
 
 __all__ = ["ModelSpec", "ImageFeatures", "Segmenter", "select_device", "PRECISIONS"]
 

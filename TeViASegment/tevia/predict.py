@@ -22,14 +22,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tevia.checkpoint import CheckpointError
 from tevia.device import DEVICE_CHOICES, add_precision_argument
-from tevia.pipeline import FeatureCache, SegmentOptions, segment_volume
 from tevia.prompts import CONVENTIONS
+from tevia.segment_options import SegmentOptions
+from tevia.session import InferenceSession, ModelLoadError
 from tevia.volume.geometry import SLICE_AXES
-from tevia.volume.io import READ_EXTENSIONS, file_extension, read_input
+from tevia.volume.io import READ_EXTENSIONS, file_extension
 from tevia.volume.preprocess import WINDOWS
-from tevia.volume.writers import WRITE_EXTENSIONS, check_output_path, write_labelmap
+from tevia.volume.writers import WRITE_EXTENSIONS
 
 __all__ = ["Case", "configure_parser", "collect_cases", "main"]
 
@@ -124,44 +124,33 @@ def _distinct_outputs(cases: list[Case]) -> list[Case]:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``tevia predict``; returns 0 when every case succeeded, 1 otherwise, 2 on bad arguments."""
-    from tevia.inference import Segmenter, select_device
-
+    session = InferenceSession(1024**3)
     try:
         options = SegmentOptions(slice_axis=args.slice_axis, threshold=args.threshold, batch_size=args.batch_size,
                                  window=args.window, largest_component=args.largest_component,
                                  fill_holes=args.fill_holes, min_size=args.min_size, convention=args.convention)
         cases = collect_cases(args)
-        device = select_device(args.device)
-    except ValueError as error:
+        model = session.load(args.model, args.device, args.precision)
+    except (ValueError, ModelLoadError) as error:
         print(f"tevia predict: error: {error}", file=sys.stderr)
         return 2
     cohort = args.input is None
     (args.out if cohort else args.out.parent).mkdir(parents=True, exist_ok=True)
-    try:
-        segmenter = Segmenter.load(args.model, device=str(device), precision=args.precision)
-    except (ValueError, FileNotFoundError, CheckpointError) as error:
-        print(f"tevia predict: error: cannot load model {args.model!r}: {error}", file=sys.stderr)
-        return 2
-    log.info("model %s on %s; %d case(s)", args.model, segmenter.device, len(cases))
-    cache = FeatureCache(1024**3)
+    log.info("model %s (%s %s) on %s; %d case(s)", args.model, model["name"], model["version"], model["device_name"],
+             len(cases))
     failures = 0
     for case in tqdm(cases, desc="cases", unit="case", disable=not cohort, file=sys.stderr):
         try:
-            image, warnings = read_input(case.input)
-            check_output_path(case.output, image, inputs=(case.input,))
-            result = segment_volume(segmenter, image, list(case.prompts), options, feature_cache=cache)
-            warnings += result.warnings
-            write_labelmap(result.labelmap, case.output, result.labels, {
-                "model": args.model, "input": str(case.input), "convention": options.convention,
-                "prompts": result.prompts, "voxels": result.voxels, "options": options.to_dict(),
-                "warnings": warnings, "domain": result.domain})
+            done = session.segment_file(case.input, list(case.prompts), case.output, options,
+                                        sidecar={"input": str(case.input)})
         except (OSError, ValueError) as error:
             failures += 1
             tqdm.write(f"ERROR: {case.input}: {error}", file=sys.stderr)
             continue
-        for message in warnings:
+        for message in done.warnings:
             tqdm.write(f"WARNING: {case.input.name}: {message}", file=sys.stderr)
-        log.info("%s -> %s %s (%.1f s)", case.input.name, case.output, result.voxels, result.timings["total"])
+        log.info("%s -> %s %s (%.1f s)", case.input.name, case.output, done.result.voxels,
+                 done.result.timings["total"])
     if failures:
         print(f"tevia predict: {failures} of {len(cases)} case(s) failed", file=sys.stderr)
     return 1 if failures else 0

@@ -1,4 +1,4 @@
-"""The options of a segmentation run (``tevia.pipeline.segment_volume``), checked on construction:
+"""The options of a segmentation run (``tevia.volume.pipeline.segment_volume``), checked on construction:
 every front end (worker, server, ``tevia predict``) builds them from its own input and gets the
 same errors for bad values.
 """
@@ -34,7 +34,7 @@ class SegmentOptions:
             matrix). A 2D image (or a volume with one slice) is always its own single slice.
         threshold: Probability above which a voxel is foreground, in (0, 1).
         batch_size: Most slices per model call; smaller batches are used when a batch would take
-            longer than :data:`tevia.pipeline.STEP_SECONDS`, and on out-of-memory.
+            longer than :data:`tevia.volume.pipeline.STEP_SECONDS`, and on out-of-memory.
         window: None for percentile scaling (8-bit images: /255, other 2D images: min-max, as in
             training), a CT window name (see
             ``tevia.volume.preprocess.WINDOWS``) or (center, width).

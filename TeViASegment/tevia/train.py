@@ -163,7 +163,8 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
     log.info("embedded %d distinct descriptions once: table %s", len(texts), tuple(table.shape))
     network = build_network(config.model, text_encoder.hidden_size)
     if init:
-        from tevia.checkpoint import load_network_weights, read_model_json, resolve_model
+        from tevia.checkpoint import load_network_weights, read_model_json
+        from tevia.model_folders import resolve_model
 
         folder = resolve_model(init)
         _, info = read_model_json(folder)

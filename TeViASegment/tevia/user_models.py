@@ -22,10 +22,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["USER_MODELS_ENV", "UserModel", "find_user_model", "list_user_models", "user_models_dir", "version_key"]
+__all__ = ["USER_MODELS_ENV", "MODEL_FILES", "UserModel", "is_model_folder", "find_user_model", "list_user_models",
+           "user_models_dir", "version_key"]
 
 USER_MODELS_ENV = "TEVIA_USER_MODELS"
 MODEL_FILES = ("model.json", "model.safetensors")
+"""What every model folder holds (see tevia.checkpoint)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,11 @@ class UserModel:
     def label(self) -> str:
         """``<name>-<version>``: the folder's name, and how to choose this version."""
         return self.folder.name
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """Whether a folder holds a model (every one of :data:`MODEL_FILES`)."""
+    return all((Path(path) / name).is_file() for name in MODEL_FILES)
 
 
 def user_models_dir() -> Path:
@@ -72,7 +79,7 @@ def list_user_models(folder: str | Path | None = None) -> list[UserModel]:
         return []
     found = []
     for path in root.iterdir():
-        if not all((path / name).is_file() for name in MODEL_FILES):
+        if not is_model_folder(path):
             continue
         try:
             info = json.loads((path / "model.json").read_text(encoding="utf-8"))

@@ -16,36 +16,24 @@ import os
 import queue
 import sys
 import threading
-import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
-from tevia.device import check_precision, describe_device, is_out_of_memory
-from tevia.pipeline import Cancelled, FeatureCache, SegmentOptions, image_fingerprint, segment_volume
-from tevia.volume.clicks import RequestClick
+from tevia.segment_options import SegmentOptions
+from tevia.session import InferenceSession, ModelLoadError, input_paths
 from tevia.volume.errors import InputError
-from tevia.volume.io import input_signature, read_input
-from tevia.volume.writers import check_output_path, write_labelmap
+from tevia.volume.pipeline import Cancelled
+from tevia.volume.writers import check_output_path
 from tevia.worker_requests import (ERROR_CODES, MAX_REQUEST_CHARS, PROTOCOL_VERSION, RequestError, input_key,
                                     parse_request, request_clicks, request_lines, shown)
 
 __all__ = ["PROTOCOL_VERSION", "ERROR_CODES", "MAX_REQUEST_CHARS", "RequestError", "Worker", "main"]
 
 log = logging.getLogger("tevia.worker")
-
-@dataclass
-class _KeptInput:
-    """The last input read: what identifies it (its files' signature, or the client's input key
-    and the input), the image, its warnings, and its voxel fingerprint."""
-
-    identity: tuple
-    image: Any
-    warnings: list[str]
-    fingerprint: str
 
 
 class Worker:
@@ -63,10 +51,7 @@ class Worker:
         self._cancelled: set[str] = set()
         self._pending: set[str] = set()
         self._state_lock = threading.Lock()
-        self.cache = FeatureCache(cache_bytes)
-        self._kept: _KeptInput | None = None
-        self.segmenter: Any = None
-        self.model: str | None = None
+        self.session = InferenceSession(cache_bytes)
 
     def emit(self, request_id: str | None, event: str, **fields: Any) -> None:
         """Write one event line (thread-safe, flushed)."""
@@ -159,48 +144,33 @@ class Worker:
                     self._cancelled.discard(request_id)
 
     def _handle_ping(self, request: dict[str, Any]) -> None:
-        self.emit(request["id"], "result", model=self.model,
-                  device=str(self.segmenter.device) if self.segmenter is not None else None,
-                  cache={"entries": len(self.cache), "bytes": self.cache.nbytes, "hits": self.cache.hits})
+        session = self.session
+        self.emit(request["id"], "result", model=session.model,
+                  device=str(session.segmenter.device) if session.segmenter is not None else None,
+                  cache={"entries": len(session.cache), "bytes": session.cache.nbytes, "hits": session.cache.hits})
 
     def _handle_load(self, request: dict[str, Any]) -> None:
         model, device = request.get("model", "default"), request.get("device", "auto")
         if not isinstance(model, str) or not model or not isinstance(device, str):
             raise RequestError("bad_request", f"load needs 'model' (name or folder) and 'device' strings, "
                                               f"got model={shown(model)}, device={shown(device)}")
-        self.emit(request["id"], "result", **self._load(model, device, request.get("precision", "fp32")))
+        self.emit(request["id"], "result", model=model,
+                  **self._session_call(self.session.load, model, device, request.get("precision", "fp32")))
 
-    def _load(self, model: str, device: str, precision: str = "fp32") -> dict[str, Any]:
-        from tevia.inference import Segmenter, select_device
-
+    @staticmethod
+    def _session_call(method: Callable[..., Any], *args: Any) -> Any:
+        """Call a session method that may load a model; its errors become protocol errors."""
         try:
-            resolved = select_device(device)
-            check_precision(precision, resolved)
-        except ValueError as error:
+            return method(*args)
+        except ValueError as error:  # a device or precision that cannot be used
             raise RequestError("bad_request", str(error)) from error
-        began = time.perf_counter()
-        try:
-            segmenter = Segmenter.load(model, device=str(resolved), precision=precision)
-        except (FileNotFoundError, ValueError) as error:
-            raise RequestError("not_found", f"cannot load model {model!r}: {error}") from error
-        except Exception as error:
-            log.error("loading %s failed:\n%s", model, traceback.format_exc())
-            raise RequestError("model_error", f"cannot load model {model!r}: {type(error).__name__}: {error}") from error
-        self.segmenter, self.model = segmenter, model
-        self.cache.clear()
-        spec = segmenter.spec
-        return {"model": model, "name": getattr(spec, "name", model), "version": getattr(spec, "version", ""),
-                "device": str(segmenter.device), "device_name": describe_device(segmenter.device),
-                "precision": segmenter.precision,
-                "image_size": list(spec.image_size), "side_convention": spec.side_convention,
-                "example_prompts": list(getattr(spec, "example_prompts", [])),
-                "click_inputs": bool(getattr(spec, "click_inputs", False)),
-                "load_seconds": round(time.perf_counter() - began, 3)}
+        except ModelLoadError as error:
+            raise RequestError("not_found" if error.missing else "model_error", str(error)) from error
 
     def _segment_request(self, request: dict[str, Any]) -> tuple[Any, list[str], Path, SegmentOptions]:
         source, prompts, output = request.get("input"), request.get("prompts"), request.get("output")
         raw = isinstance(source, dict) and set(source) == {"npy", "geometry"}
-        inputs = [source] if isinstance(source, str) else list(source.values()) if raw else []
+        inputs = list(input_paths(source)) if isinstance(source, str) or raw else []
         if not inputs or not all(isinstance(p, str) and p for p in inputs) or not isinstance(output, str) or not output:
             raise RequestError("bad_request", "segment needs 'input' (a path or {\"npy\": path, \"geometry\": "
                                               "path}), 'prompts' (list of strings) and 'output' (a path), got input "
@@ -225,91 +195,23 @@ class Worker:
         source, prompts, output, options = self._segment_request(request)
         key = input_key(request)
         clicks = request_clicks(request, prompts)
-        model = request.get("model")
-        if model is not None and model != self.model or self.segmenter is None:
-            self._load(model or "default", request.get("device") or "auto")
-        began = time.perf_counter()
-        self.emit(request_id, "progress", stage="read", done=0, total=1)
-        image, warnings, reused = self.read(source, key)
-        check_output_path(output, image)
-        read_seconds = time.perf_counter() - began
-        for message in warnings:
-            self.emit(request_id, "warning", message=message)
+        self._session_call(self.session.ensure_loaded, request.get("model"), request.get("device") or "auto")
 
         def progress(stage: str, done: int, total: int) -> None:
             self.emit(request_id, "progress", stage=stage, done=done, total=total)
 
-        def cancelled() -> bool:
-            return request_id in self._cancelled
-
-        result = self._run_with_fallback(request_id, image, prompts, options, progress, cancelled, clicks)
-        if cancelled():
-            raise Cancelled("cancelled before writing")
-        for message in result.warnings:
+        def warn(message: str) -> None:
             self.emit(request_id, "warning", message=message)
-        result.timings["read"] = read_seconds
-        result.timings["total"] += read_seconds
-        all_warnings = warnings + result.warnings
-        self.emit(request_id, "progress", stage="write", done=0, total=1)
-        began = time.perf_counter()
-        write_labelmap(result.labelmap, output, result.labels, {
-            "model": self.model, "convention": options.convention, "prompts": result.prompts,
-            "voxels": result.voxels, "options": options.to_dict(), "warnings": all_warnings,
-            "domain": result.domain})
-        result.timings["write"] = time.perf_counter() - began
-        result.timings["total"] += result.timings["write"]
-        self.emit(request_id, "result", output=str(output), labels={str(k): v for k, v in result.labels.items()},
-                  voxels=result.voxels, prompts=result.prompts, warnings=all_warnings, domain=result.domain,
-                  cache_hit=bool(result.timings.get("cache_hit")), input_reused=reused,
-                  timings={k: round(v, 4) for k, v in result.timings.items()},
+
+        done = self.session.segment_file(source, prompts, output, options, key, progress,
+                                         lambda: request_id in self._cancelled, warn, clicks)
+        result = done.result
+        self.emit(request_id, "result", output=str(done.output),
+                  labels={str(k): v for k, v in result.labels.items()}, voxels=result.voxels, prompts=result.prompts,
+                  warnings=done.warnings, domain=result.domain, cache_hit=bool(result.timings.get("cache_hit")),
+                  input_reused=done.input_reused, timings={k: round(v, 4) for k, v in result.timings.items()},
                   **({} if result.refined_slices is None else {"refined_slices": result.refined_slices,
                                                                "refined_axis": result.refined_axis}))
-
-    def read(self, source: Any, key: str | None = None) -> tuple[Any, list[str], bool]:
-        """``read_input``, reusing the previous request's image when it read the same input.
-
-        The same input is, without ``key``, the same unchanged files (see
-        ``tevia.volume.io.input_signature``); with ``key``, the same ``source`` under the same key:
-        the client's promise that the content is what it was (PROTOCOL.md, ``input_key``), so
-        the files are not even looked at. One image is kept, with its voxel fingerprint for the
-        feature cache; it is dropped before a different input is read, so two volumes never sit
-        in memory.
-
-        Returns:
-            (image, warnings, reused)
-        """
-        identity = ("input_key", key, json.dumps(source, sort_keys=True)) if key is not None \
-            else input_signature(source)
-        if identity is not None and self._kept is not None and self._kept.identity == identity:
-            return self._kept.image, list(self._kept.warnings), True
-        self._kept = None
-        image, warnings = read_input(source)
-        if identity is not None and (key is not None or input_signature(source) == identity):  # not changed while read
-            # the worker never changes the kept image: hash its voxels once, not once per prompt
-            self._kept = _KeptInput(identity, image, list(warnings), image_fingerprint(image))
-        return image, warnings, False
-
-    def _run_with_fallback(self, request_id: str, image: Any, prompts: list[str], options: SegmentOptions,
-                           progress: Any, cancelled: Any, clicks: list[list[RequestClick]] | None = None) -> Any:
-        """segment_volume; on device out-of-memory (even one slice), reload on the CPU and retry."""
-        digest = self._kept.fingerprint if self._kept is not None and self._kept.image is image else None
-        try:
-            return segment_volume(self.segmenter, image, prompts, options, progress, cancelled, self.cache, digest,
-                                  clicks)
-        except Exception as error:
-            if not is_out_of_memory(error):
-                raise
-            if self.segmenter.device.type == "cpu":
-                raise MemoryError(str(error)) from error
-            self.emit(request_id, "warning", message=f"out of memory on {self.segmenter.device} even with one "
-                                                     "slice per batch: falling back to the CPU (slower)")
-        precision = self.segmenter.precision
-        self.segmenter = None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        self._load(self.model or "default", "cpu", precision)
-        return segment_volume(self.segmenter, image, prompts, options, progress, cancelled, self.cache, digest,
-                              clicks)
 
 
 def main(argv: list[str] | None = None) -> int:

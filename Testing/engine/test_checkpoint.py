@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tevia.checkpoint import CheckpointError, resolve_model
+from tevia.checkpoint import CheckpointError
+from tevia.model_folders import resolve_model
 from tevia.inference import Segmenter
 
 torch.set_num_threads(1)

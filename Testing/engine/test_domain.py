@@ -16,7 +16,7 @@ from tevia import cli
 from tevia.checkpoint import CheckpointError, read_model_json
 from tevia.domain import DOMAIN_FILE, WARNING_PREFIX, slice_ranges
 from tevia.inference import Segmenter
-from tevia.pipeline import FeatureCache, segment_volume
+from tevia.volume.pipeline import FeatureCache, segment_volume
 from tevia.volume.io import read_input
 
 SAMPLES = TESTDATA / "qata_samples"

@@ -21,7 +21,7 @@ import torch
 from conftest import REPO, TESTDATA, shared_path
 from tevia import cli
 from tevia.inference import Segmenter
-from tevia.pipeline import segment_volume
+from tevia.volume.pipeline import segment_volume
 from tevia.volume.io import read_input
 
 STRIDE = 8

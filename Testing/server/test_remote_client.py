@@ -16,7 +16,7 @@ from server_helpers import (TOKEN, certificate, cropped_volume, module_server, o
                             serve, wait_until)
 
 from TeViASegmentLib.remote_client import RemoteCancelled, RemoteClient, RemoteError
-from tevia.pipeline import SegmentOptions, segment_volume
+from tevia.volume.pipeline import SegmentOptions, segment_volume
 
 
 # batch_size 1: the pipeline sizes batches by time, and batch composition moves probabilities by

@@ -10,7 +10,7 @@ import vtk
 from server_helpers import TOKEN, cropped_volume, module_server, segmenter  # noqa: F401 (fixtures)
 
 from TeViASegmentLib.remote_client import RemoteClient
-from tevia.pipeline import SegmentOptions, segment_volume
+from tevia.volume.pipeline import SegmentOptions, segment_volume
 
 OPTIONS = {"threshold": 0.3, "batch_size": 1}  # batch_size 1: see test_remote_client
 

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from server_helpers import (ResidentMemory, auth, multipart_body, occupy_worker, raw_request, segmenter,  # noqa: F401
                             serve, wait_until)
 
-from tevia.pipeline import SegmentResult
+from tevia.volume.pipeline import SegmentResult
 
 MB = 2**20
 

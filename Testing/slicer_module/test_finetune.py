@@ -83,7 +83,7 @@ def test_fine_tune_writes_a_new_listed_model_with_its_card(logic, dataset, tiny_
     # The new model is in the selector and found by name, by version and by the engine.
     assert "my-ct-1" in logic.models.choices() and "default" in logic.models.choices()
     assert logic.models.resolve("my-ct") == logic.models.resolve("my-ct-1") == str(folder)
-    from tevia.checkpoint import resolve_model
+    from tevia.model_folders import resolve_model
 
     monkeypatch.setenv("TEVIA_USER_MODELS", str(logic.models.user_dir))
     assert resolve_model("my-ct") == folder

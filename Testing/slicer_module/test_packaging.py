@@ -20,8 +20,8 @@ SLICER_SIDE = [MODULE_FILE, *sorted(LIB_DIR.glob("*.py"))]
 FILE_SCOPE_ALLOWED = {"slicer", "vtk", "numpy", "SimpleITK", "TeViASegmentLib"} | set(sys.stdlib_module_names)
 NEVER_ON_SLICER_SIDE = {"torch", "monai", "transformers", "lightning"}
 # Standard library, numpy and SimpleITK only (no torch); imported inside functions.
-ENGINE_MODULES_ALLOWED = {"tevia.files", "tevia.volume.geometry", "tevia.prompts", "tevia.prompts.normalise",
-                          "tevia.prompts.sides", "tevia.user_models"}
+ENGINE_MODULES_ALLOWED = {"tevia.files", "tevia.model_folders", "tevia.volume.geometry", "tevia.prompts",
+                          "tevia.prompts.normalise", "tevia.prompts.sides", "tevia.user_models"}
 
 
 def _cmake_list(text: str, variable: str) -> list[str]:

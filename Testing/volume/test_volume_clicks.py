@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from tevia.inference import Segmenter
-from tevia.pipeline import FeatureCache, SegmentOptions, segment_volume
+from tevia.volume.pipeline import FeatureCache, SegmentOptions, segment_volume
 from tevia.volume.clicks import parse_clicks
 from tevia.volume.errors import BadInputError
 from tevia.volume.io import read_input

@@ -4,11 +4,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from tevia.pipeline import Cancelled, FeatureCache, SegmentOptions, segment_volume
+from tevia.volume.pipeline import Cancelled, FeatureCache, SegmentOptions, segment_volume
 from tevia.volume.errors import BadInputError
 from tevia.volume.geometry import as_3d, same_geometry, slice_layout
 from tevia.volume.io import read_image
 from tevia.volume.preprocess import IntensityScaler
+from conftest import GpuOutOfMemory
 from volume_fixtures import committed_input, shared_input, ct_path, volumes_dir  # noqa: F401 (pytest fixtures)
 
 torch.set_num_threads(1)
@@ -100,34 +101,15 @@ def test_cancel_stops_between_steps(segmenter, ct):
     assert seen[-1] < ct.GetSize()[2]
 
 
-class _OutOfMemoryAbove:
-    """The real segmenter, except that batches above ``limit`` slices raise a device OOM (no GPU here)."""
-
-    def __init__(self, segmenter, limit):
-        self.segmenter, self.limit, self.spec, self.sizes = segmenter, limit, segmenter.spec, []
-
-    def encode_text(self, prompts):
-        return self.segmenter.encode_text(prompts)
-
-    def encode_images(self, images):
-        self.sizes.append(len(images))
-        if len(images) > self.limit:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return self.segmenter.encode_images(images)
-
-    def decode(self, features, text):
-        return self.segmenter.decode(features, text)
-
-
 def test_out_of_memory_halves_the_batch(segmenter, ct):
     options = SegmentOptions(threshold=_threshold(segmenter, ct), batch_size=8)
     expected = segment_volume(segmenter, ct, ["liver"], options)
-    limited = _OutOfMemoryAbove(segmenter, limit=1)
+    limited = GpuOutOfMemory(segmenter, limit=1)
     result = segment_volume(limited, ct, ["liver"], options)
     assert max(limited.sizes) > 1 and limited.sizes[-1] == 1
     assert _disagreement(sitk.GetArrayViewFromImage(result.labelmap), sitk.GetArrayViewFromImage(expected.labelmap)) < 0.001
     with pytest.raises(torch.OutOfMemoryError):
-        segment_volume(_OutOfMemoryAbove(segmenter, limit=0), ct, ["liver"], options)
+        segment_volume(GpuOutOfMemory(segmenter, limit=0), ct, ["liver"], options)
 
 
 def test_two_d_image(segmenter, volumes_dir):

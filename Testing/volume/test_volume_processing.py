@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tevia.pipeline import SegmentOptions
+from tevia.volume.pipeline import SegmentOptions
 from tevia.volume.errors import BadInputError
 from tevia.volume.postprocess import fill_holes, largest_components, postprocess_mask, remove_small
 from tevia.volume.preprocess import WINDOWS, IntensityScaler, parse_window

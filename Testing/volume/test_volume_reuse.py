@@ -1,4 +1,5 @@
-"""What a second request on the same voxels reuses: the fingerprint, the intensity scaling, the read image."""
+"""What a second request on the same voxels reuses: the fingerprint, the intensity scaling, the read image
+(tevia.session.InferenceSession.read, behind the worker and `tevia predict`)."""
 import io
 import json
 import os
@@ -11,10 +12,11 @@ import SimpleITK as sitk
 import torch
 
 import tevia.volume.io as volume_io
-from tevia.pipeline import FeatureCache, SegmentOptions, image_fingerprint, segment_volume
+from tevia.volume.pipeline import FeatureCache, SegmentOptions, image_fingerprint, segment_volume
 from tevia.volume.cache import fingerprint
 from tevia.volume.io import input_signature, read_image
 from tevia.volume.preprocess import IntensityScaler
+from tevia.session import InferenceSession
 from tevia.worker import RequestError, Worker
 from volume_fixtures import ct_path, volumes_dir  # noqa: F401 (pytest fixtures)
 
@@ -97,18 +99,18 @@ def test_input_signature_follows_every_change(ct_path, volumes_dir, tmp_path):
     assert input_signature(folder, now=later) not in (None, before)
 
 
-def test_worker_reuses_the_last_read_image_until_the_file_changes(ct_path, tmp_path, monkeypatch):
+def test_session_reuses_the_last_read_image_until_the_file_changes(ct_path, tmp_path, monkeypatch):
     monkeypatch.setattr(volume_io, "SETTLE_SECONDS", 0.0)  # trust fresh files: no waiting in a test
     read = sitk.ReadImage(str(ct_path))
     image = sitk.GetImageFromArray(sitk.GetArrayFromImage(read))  # geometry without NIfTI header fields
     image.CopyInformation(read)
     path = tmp_path / "ct.nrrd"
     sitk.WriteImage(image, str(path), useCompression=False)
-    worker = Worker(io.StringIO())
-    first, _, reused_first = worker.read(str(path))
-    second, _, reused_second = worker.read(str(path))
+    session = InferenceSession()
+    first, _, reused_first = session.read(str(path))
+    second, _, reused_second = session.read(str(path))
     assert (reused_first, reused_second) == (False, True) and second is first
-    kept = worker._kept.fingerprint
+    kept = session._kept.fingerprint
     assert kept == image_fingerprint(first)  # what the pipeline keys its caches with
     # the same size, other voxels: read again
     flipped = sitk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayFromImage(image)[:, :, ::-1]))
@@ -116,22 +118,22 @@ def test_worker_reuses_the_last_read_image_until_the_file_changes(ct_path, tmp_p
     size = path.stat().st_size
     sitk.WriteImage(flipped, str(path), useCompression=False)
     assert path.stat().st_size == size
-    third, _, reused_third = worker.read(str(path))
+    third, _, reused_third = session.read(str(path))
     assert reused_third is False
     assert np.array_equal(sitk.GetArrayViewFromImage(third), sitk.GetArrayViewFromImage(flipped))
     assert not np.array_equal(sitk.GetArrayViewFromImage(third), sitk.GetArrayViewFromImage(first))
-    assert worker._kept.fingerprint == image_fingerprint(third) != kept
+    assert session._kept.fingerprint == image_fingerprint(third) != kept
     # another input replaces the kept one
     other = tmp_path / "other.nrrd"
     sitk.WriteImage(image, str(other), useCompression=False)
-    assert worker.read(str(other))[2] is False and worker.read(str(path))[2] is False
+    assert session.read(str(other))[2] is False and session.read(str(path))[2] is False
 
 
-def test_worker_does_not_trust_a_file_changed_just_now(ct_path, tmp_path):
+def test_session_does_not_trust_a_file_changed_just_now(ct_path, tmp_path):
     path = tmp_path / "ct.nii.gz"
     shutil.copyfile(ct_path, path)
-    worker = Worker(io.StringIO())
-    assert worker.read(str(path))[2] is False and worker.read(str(path))[2] is False
+    session = InferenceSession()
+    assert session.read(str(path))[2] is False and session.read(str(path))[2] is False
 
 
 def _raw_input(folder, array, name):
@@ -140,28 +142,28 @@ def _raw_input(folder, array, name):
     return {"npy": str(folder / f"{name}.npy"), "geometry": str(folder / f"{name}.json")}
 
 
-def test_worker_reuses_an_input_by_its_key_without_looking_at_the_files(ct_path, tmp_path):
+def test_session_reuses_an_input_by_its_key_without_looking_at_the_files(ct_path, tmp_path):
     """A client's input_key stands for the content: the same key and input are reused at once (no
     settling time, no stat, no hash); a new key, or the key with another input, is read again."""
     array = sitk.GetArrayFromImage(sitk.ReadImage(str(ct_path)))
     source = _raw_input(tmp_path, array, "v")  # just written: without a key it is never reused
-    worker = Worker(io.StringIO())
-    assert worker.read(source)[2] is False and worker.read(source)[2] is False
-    first, _, reused = worker.read(source, "key-1")
+    session = InferenceSession()
+    assert session.read(source)[2] is False and session.read(source)[2] is False
+    first, _, reused = session.read(source, "key-1")
     assert reused is False
-    kept = worker._kept.fingerprint
+    kept = session._kept.fingerprint
     assert kept == image_fingerprint(first)
-    second, _, reused = worker.read(source, "key-1")
-    assert reused is True and second is first and worker._kept.fingerprint == kept
+    second, _, reused = session.read(source, "key-1")
+    assert reused is True and second is first and session._kept.fingerprint == kept
     changed = array.copy()
     changed[0, 0, 0] += 1
     np.save(tmp_path / "v.npy", changed)  # new content: the client sends a new key with it
-    third, _, reused = worker.read(source, "key-2")
+    third, _, reused = session.read(source, "key-2")
     assert reused is False and sitk.GetArrayViewFromImage(third)[0, 0, 0] == changed[0, 0, 0]
-    assert worker._kept.fingerprint == image_fingerprint(third) != kept
+    assert session._kept.fingerprint == image_fingerprint(third) != kept
     other = _raw_input(tmp_path, array, "w")
-    assert worker.read(other, "key-2")[2] is False, "the same key with another input is not the same input"
-    assert worker.read(source, "key-2")[2] is False and worker.read(source)[2] is False
+    assert session.read(other, "key-2")[2] is False, "the same key with another input is not the same input"
+    assert session.read(source, "key-2")[2] is False and session.read(source)[2] is False
 
 
 @pytest.mark.parametrize("key", [5, "", "k" * 201, ["a"]])
@@ -171,4 +173,4 @@ def test_a_bad_input_key_is_a_bad_request_before_any_work(key, tmp_path):
                "output": str(tmp_path / "m.npy"), "input_key": key}
     with pytest.raises(RequestError, match="'input_key' must be a non-empty string") as error:
         worker._handle_segment(request)
-    assert error.value.code == "bad_request" and worker.segmenter is None, "refused before loading a model"
+    assert error.value.code == "bad_request" and worker.session.segmenter is None, "refused before loading a model"

@@ -234,3 +234,34 @@ def test_bf16_precision_loads_segments_and_reverts(worker, tiny_model_dir, ct_pa
     # closeness to fp32 is tested on probabilities (Testing/engine/test_precision.py): this random
     # model's probabilities all sit near the threshold, so labels are no measure here
     assert bf16.shape == fp32.shape and bf16.max() == 1
+
+
+def test_a_gpu_out_of_memory_falls_back_to_the_cpu(tiny_model_dir, ct_path, tmp_path):
+    """Even one slice per batch does not fit the GPU: the worker warns, reloads the model on the CPU,
+    answers the request from there and stays there. No GPU here: the real model in a worker of
+    this process, whose device says cuda and whose encoder raises CUDA's out-of-memory."""
+    import io
+
+    from conftest import GpuOutOfMemory
+    from tevia.worker import Worker
+
+    events = io.StringIO()
+    worker = Worker(events)
+    worker.session.load(str(tiny_model_dir), "cpu")
+    cpu = worker.session.segmenter
+    gpu = worker.session.segmenter = GpuOutOfMemory(cpu)
+    request = {"id": "s", "type": "segment", "input": str(ct_path), "prompts": ["liver"],
+               "output": str(tmp_path / "m.nii.gz"), "options": {"threshold": 0.4649}}
+    worker._handle_segment(request)
+    worker._handle_ping({"id": "p", "type": "ping"})
+    seen = [json.loads(line) for line in events.getvalue().splitlines()]
+    warnings = [e["message"] for e in seen if e["event"] == "warning"]
+    assert "out of memory on cuda even with one slice per batch: falling back to the CPU (slower)" in warnings
+    assert gpu.sizes[-1] == 1, "the GPU was tried down to one slice per batch"
+    result, ping = [e for e in seen if e["event"] == "result"]
+    assert result["id"] == "s" and ping["device"] == "cpu"
+    request.update(id="s2", output=str(tmp_path / "cpu.nii.gz"))
+    worker.session.segmenter = cpu
+    worker._handle_segment(request)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "m.nii.gz"))),
+                          sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "cpu.nii.gz"))))

@@ -20,7 +20,7 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
@@ -29,8 +29,9 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tevia import __version__
 from tevia.device import is_out_of_memory
-from tevia.pipeline import Cancelled, SegmentOptions
+from tevia.segment_options import SegmentOptions
 from tevia.server.auth import bearer_matches
 from tevia.server.engine import API_VERSION, SegmentationService
 from tevia.server.jobs import InferenceQueue, Job, QueueFull
@@ -40,6 +41,10 @@ from tevia.server.upload import UploadError, read_segment_form
 from tevia.server.validation import options_from, prompts_from
 from tevia.server.volume_io import UploadedVolume, VolumeError, VolumeTooLargeError, inspect_upload, public_message
 from tevia.volume.errors import InputError
+from tevia.volume.pipeline import Cancelled
+
+if TYPE_CHECKING:
+    from tevia.inference import Segmenter
 
 __all__ = ["create_app", "OPEN_PATHS"]
 
@@ -90,11 +95,12 @@ def _answer_body(summary: dict[str, Any], labelmap: bytes) -> bytes:
     return json.dumps(answer, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
 
 
-def create_app(segmenter: Any, settings: ServerSettings | None = None) -> FastAPI:
+def create_app(segmenter: Segmenter, settings: ServerSettings | None = None) -> FastAPI:
     """Build the server application around a loaded model.
 
     Args:
-        segmenter: a loaded `tevia.inference.Segmenter`; only the app's inference thread uses it.
+        segmenter: a loaded `tevia.inference.Segmenter`; only the app's inference thread uses it (through
+            a tevia.session.InferenceSession, which moves it to the CPU on a GPU out-of-memory).
         settings: token and limits (default: ServerSettings(), i.e. no token: use it only on
             127.0.0.1; `tevia serve` enforces that rule).
 
@@ -120,7 +126,7 @@ def create_app(segmenter: Any, settings: ServerSettings | None = None) -> FastAP
         if owns_temp_root:
             remove_path(temp_root)
 
-    app = FastAPI(title="TeViA inference server", version=service.info()["version"], lifespan=lifespan,
+    app = FastAPI(title="TeViA inference server", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.queue = queue
     app.state.temp_root = temp_root
@@ -244,8 +250,8 @@ async def _wait(queue: InferenceQueue, job: Job, request: Request, deadline: flo
         raise HTTPException(422, public_message(str(error)))
     if isinstance(error, ValueError):
         raise HTTPException(422, f"the volume or prompts cannot be segmented: {public_message(str(error))}")
-    if is_out_of_memory(error):
-        raise HTTPException(503, "the server ran out of GPU memory on this volume; retry later or send a smaller "
+    if isinstance(error, MemoryError) or is_out_of_memory(error):  # on the CPU: a GPU's fell back to it
+        raise HTTPException(503, "the server ran out of memory on this volume; retry later or send a smaller "
                                  "volume", headers={"Retry-After": str(queue.retry_after())})
     logger.error("segmentation failed", exc_info=error)
     raise HTTPException(500, f"the segmentation failed on the server ({type(error).__name__}); the server's log "

@@ -1,55 +1,47 @@
-"""The server's view of the engine: one Segmenter, one feature cache, the volume pipeline."""
+"""The server's view of the engine: an inference session (tevia.session) behind the HTTP API."""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tevia import __version__
-from tevia.pipeline import FeatureCache, SegmentOptions, segment_volume
+from tevia.segment_options import SegmentOptions
 from tevia.server.tempfiles import RequestFolder
 from tevia.server.volume_io import UploadedVolume, encode_labelmap, read_uploaded_volume
+from tevia.session import InferenceSession, describe_model
+
+if TYPE_CHECKING:
+    from tevia.inference import Segmenter
 
 __all__ = ["SegmentationService", "API_VERSION"]
-
-logger = logging.getLogger(__name__)
 
 API_VERSION = 2
 """Version of the HTTP API; 2: the answer is one JSON body holding the label map and the labelmap."""
 
 
 class SegmentationService:
-    """Runs `tevia.pipeline.segment_volume` on one loaded model with a shared feature cache.
+    """Segments uploads with an :class:`~tevia.session.InferenceSession` on one loaded model.
 
     Only the inference queue's worker thread calls `segment`, so the model runs one request
-    at a time, as in the worker process, and only one decoded volume is held at a time.
+    at a time, as in the worker process, and only one decoded volume is held at a time. A
+    device out-of-memory falls back to the CPU as in the worker (the answer's warnings say so).
 
     Args:
         segmenter: a loaded `tevia.inference.Segmenter`.
         feature_cache_bytes: memory for cached per-volume image features.
     """
 
-    def __init__(self, segmenter: Any, feature_cache_bytes: int) -> None:
-        self.segmenter = segmenter
-        self.feature_cache = FeatureCache(feature_cache_bytes)
+    def __init__(self, segmenter: Segmenter, feature_cache_bytes: int) -> None:
+        self.session = InferenceSession(feature_cache_bytes, segmenter)
 
     def info(self) -> dict[str, Any]:
-        """Name, versions, device, precision, side convention and example prompts of the served model."""
-        spec = self.segmenter.spec
-        return {
-            "name": "tevia",
-            "version": __version__,
-            "api": API_VERSION,
-            "model": spec.name,
-            "model_version": spec.version,
-            "modality": spec.modality,
-            "device": str(self.segmenter.device),
-            "precision": getattr(self.segmenter, "precision", "fp32"),
-            "side_convention": spec.side_convention,
-            "example_prompts": list(spec.example_prompts),
-        }
+        """The server's name, version and API, and the served model (tevia.session.describe_model:
+        `model` is its name, `model_version` its version)."""
+        model = describe_model(self.session.segmenter)
+        return {"name": "tevia", "version": __version__, "api": API_VERSION, "model": model.pop("name"),
+                "model_version": model.pop("version"), **model}
 
     def segment(self, volume: UploadedVolume, prompts: list[str], options: SegmentOptions, folder: RequestFolder,
                 cancelled: Callable[[], bool]) -> tuple[dict[str, Any], bytes]:
@@ -63,13 +55,13 @@ class SegmentationService:
         Raises:
             ValueError: the voxels cannot be read or segmented (message without server paths).
             VolumeTooLargeError: the volume does not fit the memory available now.
-            tevia.pipeline.Cancelled: `cancelled()` turned True.
+            MemoryError: out of memory even on the CPU.
+            tevia.volume.pipeline.Cancelled: `cancelled()` turned True.
         """
         began = time.perf_counter()
         image, warnings = read_uploaded_volume(volume, folder)
         read_seconds = time.perf_counter() - began
-        result = segment_volume(self.segmenter, image, prompts, options, cancelled=cancelled,
-                                feature_cache=self.feature_cache)
+        result = self.session.segment(image, prompts, options, cancelled=cancelled, warn=warnings.append)
         del image
         labelmap = encode_labelmap(result.labelmap, folder)
         timings = {**result.timings, "read": read_seconds}

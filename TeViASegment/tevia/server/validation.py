@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tevia.pipeline import SegmentOptions
+from tevia.volume.pipeline import SegmentOptions
 from tevia.server.settings import ServerSettings
 from tevia.server.upload import UploadError
 

@@ -144,7 +144,8 @@ def test_stage_norms_false_gives_convnext_raw_stage_outputs(tmp_path):
 def test_model_json_without_the_new_keys_is_todays_network():
     """The bundled model's model.json predates the options: it builds the project's defaults
     and gives the probabilities the code before the options gave (recorded from commit 610c19c)."""
-    from tevia.checkpoint import read_model_json, resolve_model
+    from tevia.checkpoint import read_model_json
+    from tevia.model_folders import resolve_model
     from tevia.inference import Segmenter
 
     folder = resolve_model("default")

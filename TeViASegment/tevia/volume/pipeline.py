@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,6 +34,9 @@ from tevia.volume.labelling import BatchLabels, count_labels, resize_slices
 from tevia.volume.postprocess import postprocess_mask
 from tevia.segment_options import SegmentOptions
 from tevia.volume.preprocess import PERCENTILES, IntensityScaler, parse_window
+
+if TYPE_CHECKING:  # tevia.inference imports transformers: the worker imports it only to load a model
+    from tevia.inference import Segmenter
 
 __all__ = ["SegmentOptions", "SegmentResult", "Cancelled", "FeatureCache", "image_fingerprint",
            "segment_volume", "volume_slices", "STEP_SECONDS"]
@@ -95,7 +98,7 @@ class _BatchSizer:
         self.cap = self.size = max(1, self.size // 2)
 
 
-def _prepare_prompts(segmenter: Any, prompts: list[str], options: SegmentOptions,
+def _prepare_prompts(segmenter: Segmenter, prompts: list[str], options: SegmentOptions,
                      layout: SliceLayout) -> list[Any]:
     if not isinstance(prompts, (list, tuple)) or not prompts:
         raise BadInputError(f"prompts must be a non-empty list of strings, got {prompts!r}")
@@ -118,7 +121,7 @@ def _prepare_prompts(segmenter: Any, prompts: list[str], options: SegmentOptions
 class _Run:
     """State of one :func:`segment_volume` call: the slice loop with cache, cancel and OOM back-off."""
 
-    def __init__(self, segmenter: Any, slices: np.ndarray, labels: np.ndarray, scaler: IntensityScaler,
+    def __init__(self, segmenter: Segmenter, slices: np.ndarray, labels: np.ndarray, scaler: IntensityScaler,
                  text: torch.Tensor, options: SegmentOptions, domain: DomainCheck,
                  progress: Callable[[str, int, int], None], cancelled: Callable[[], bool]) -> None:
         self.segmenter, self.slices, self.labels, self.domain = segmenter, slices, labels, domain
@@ -239,7 +242,7 @@ def image_fingerprint(image: sitk.Image) -> str:
     return fingerprint(sitk.GetArrayViewFromImage(volume), torch.get_num_threads())
 
 
-def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
+def segment_volume(segmenter: Segmenter, image: sitk.Image, prompts: list[str],
                    options: SegmentOptions | None = None,
                    progress: Callable[[str, int, int], None] | None = None,
                    cancelled: Callable[[], bool] | None = None,
@@ -285,10 +288,10 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
         raise BadInputError(f"image must have scalar voxels, got {image.GetNumberOfComponentsPerPixel()} components")
     volume, array, layout, percentiles = volume_slices(image, options.slice_axis)
     prepared = _prepare_prompts(segmenter, prompts, options, layout)
-    domain = DomainCheck(getattr(segmenter, "domain", None), image, len(layout.view(array)))
+    domain = DomainCheck(segmenter.domain, image, len(layout.view(array)))
     located = None
     if clicks is not None and any(clicks):
-        if not getattr(segmenter.spec, "click_inputs", False):
+        if not segmenter.spec.click_inputs:
             raise BadInputError(f"model {segmenter.spec.name} takes no clicks (it was trained without click "
                                 "inputs); send the request without 'clicks', or load a model trained with clicks")
         located = locate_clicks(clicks, volume, image.GetDimension(), layout, tuple(segmenter.spec.image_size))
@@ -307,7 +310,7 @@ def segment_volume(segmenter: Any, image: sitk.Image, prompts: list[str],
         timings["encode_text"] = time.perf_counter() - started
         run = _Run(segmenter, layout.view(array), layout.view(labels), scaler, text, options, domain,
                    progress, cancelled)
-        key = (id(segmenter), getattr(segmenter.spec, "name", ""), getattr(segmenter.spec, "version", ""),
+        key = (id(segmenter), segmenter.spec.name, segmenter.spec.version,
                digest, layout, scaler.low, scaler.high)
         cached = feature_cache.get(key) if feature_cache is not None else None
         if located is not None:
