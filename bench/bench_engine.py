@@ -21,7 +21,7 @@ Cases:
   reference code runs it (facts from ../shared/notes/reference-implementation.md), on this
   machine, so that ours and the reference's way compare side by side: the frozen text encoder (BERT with its masked-LM head
   over the whole vocabulary, as the reference calls it) runs on every batch; the network runs
-  its plain path (`TeViANet.forward_plain`: NCHW, MONAI's upsampling, fresh position codes);
+  its plain path (bench/plain_path.py: NCHW, MONAI's upsampling, fresh position codes);
   the optimiser is torch's default AdamW. Paper configuration only unless --reference-configs
   says otherwise.
 The prototype is switched on (as after the warm-up) in every case.
@@ -245,6 +245,7 @@ def _reference_case(train: bool, config, network, encode_text, batch: int, gen, 
     """Times a ref_* case (see the module docstring); returns (wall, cpu) seconds per run."""
     import torch
     from monai.losses import DiceCELoss
+    from plain_path import plain_forward
 
     from tevia.model.alignment import alignment_loss
 
@@ -259,7 +260,7 @@ def _reference_case(train: bool, config, network, encode_text, batch: int, gen, 
 
         def step() -> None:
             optimiser.zero_grad(set_to_none=True)
-            out = network.forward_plain(image, encode_text())
+            out = plain_forward(network, image, encode_text())
             foreground = network.foreground(out, mask)
             loss = loss_fn(out.logits, mask) + 0.1 * alignment_loss(out.stage_text, foreground, mask)
             network.prototype.observe([f.mean(0, keepdim=True) for f in foreground])
@@ -270,7 +271,7 @@ def _reference_case(train: bool, config, network, encode_text, batch: int, gen, 
 
         def step() -> torch.Tensor:
             with torch.no_grad():
-                return torch.sigmoid(network.forward_plain(image, encode_text()).logits)
+                return torch.sigmoid(plain_forward(network, image, encode_text()).logits)
 
     return _time(step, warmup, runs)
 

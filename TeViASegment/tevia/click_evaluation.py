@@ -17,13 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from tevia.click_simulation import dice, next_click
-from tevia.evaluate import _model_input
 from tevia.model.clicks import Click
-from tevia.prompts import normalise_prompt
+from tevia.transforms import model_input, model_text, resize_planes
 
 if TYPE_CHECKING:
     from tevia.inference import Segmenter
@@ -43,10 +41,7 @@ def to_model_click(click: Click, data_size: tuple[int, int], model_size: tuple[i
 
 def _masks(segmenter: Segmenter, features, text: torch.Tensor, clicks: list[list[Click]] | None,
            size: tuple[int, int], threshold: float) -> np.ndarray:
-    probabilities = segmenter.decode(features, text, clicks)
-    if tuple(probabilities.shape[-2:]) != size:
-        probabilities = F.interpolate(probabilities[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return (probabilities > threshold).numpy()
+    return (resize_planes(segmenter.decode(features, text, clicks), size) > threshold).numpy()
 
 
 def _run_mode(segmenter: Segmenter, features, text: torch.Tensor, truth: np.ndarray, max_clicks: int,
@@ -110,10 +105,10 @@ def evaluate_clicks(segmenter: Segmenter, dataset: Dataset, max_clicks: int = 5,
     rows: dict[str, list[np.ndarray]] = {mode: [] for mode in text_modes}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for step, batch in enumerate(loader, start=1):
-        features = segmenter.encode_images(_model_input(segmenter, batch["image"]))
+        features = segmenter.encode_images(model_input(batch["image"], segmenter.spec))
         truth = batch["mask"][:, 0].numpy() > 0.5
         for mode in text_modes:
-            texts = [normalise_prompt(t) if mode == "given" and t.strip() else "" for t in batch["text"]]
+            texts = [model_text(t) if mode == "given" else "" for t in batch["text"]]
             text = segmenter.encode_text(texts)
             rows[mode].append(_run_mode(segmenter, features, text, truth, max_clicks, threshold))
         log.info("click evaluation: %d/%d batches (%.0f s)", step, len(loader), time.perf_counter() - started)

@@ -25,7 +25,7 @@ from tevia.data.dataset import CSVSegmentationDataset
 from tevia.domain import DIMENSIONALITIES, DomainProfile, pooled_features
 from tevia.volume.pipeline import volume_slices
 from tevia.volume.io import read_input
-from tevia.volume.labelling import resize_slices
+from tevia.transforms import model_input
 from tevia.volume.preprocess import IntensityScaler
 
 __all__ = ["configure_parser", "image_features", "split_features", "describe_model", "declaration_of", "main"]
@@ -58,7 +58,7 @@ def image_features(segmenter: Any, source: Any, batch_size: int = 16) -> torch.T
     pooled = []
     for start in range(0, len(slices), batch_size):
         batch = torch.from_numpy(scaler(slices[start:start + batch_size]))
-        features = segmenter.encode_images(resize_slices(batch, tuple(segmenter.spec.image_size)))
+        features = segmenter.encode_images(model_input(batch, segmenter.spec))
         pooled.append(pooled_features(features.maps))
     return torch.cat(pooled)
 

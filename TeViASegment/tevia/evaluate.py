@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from tevia.device import add_precision_argument
 from tevia.files import atomic_write_text
 from tevia.data.dataset import TEXT_MODES, CSVSegmentationDataset
 from tevia.metrics import PER_CASE_FIELDS, SegmentationMetrics
-from tevia.prompts import normalise_prompt
+from tevia.transforms import model_input, model_text, resize_planes
 
 if TYPE_CHECKING:
     from tevia.inference import Segmenter
@@ -75,21 +74,6 @@ def _check_arguments(batch_size: int, threshold: float) -> None:
         raise ValueError(f"threshold must be strictly between 0 and 1, got {threshold}")
 
 
-def _model_input(segmenter: Segmenter, images: torch.Tensor) -> torch.Tensor:
-    """Dataset images (B, C, H, W) resized (bilinear) to the model's size, in the layout
-    Segmenter.encode_images takes."""
-    height, width = segmenter.spec.image_size
-    channels = segmenter.spec.in_channels
-    if images.shape[1] != channels:
-        raise ValueError(
-            f"the data set gives {images.shape[1]}-channel images but the model takes {channels}; "
-            f"build the data set with channels={channels}"
-        )
-    if tuple(images.shape[-2:]) != (height, width):
-        images = F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-    return images[:, 0] if channels == 1 else images
-
-
 def predict_masks(segmenter: Segmenter, images: torch.Tensor, texts: list[str], threshold: float) -> np.ndarray:
     """Binary masks for a batch, each image with its own text.
 
@@ -99,21 +83,17 @@ def predict_masks(segmenter: Segmenter, images: torch.Tensor, texts: list[str], 
     Args:
         segmenter: a loaded `tevia.inference.Segmenter`.
         images: (B, C, H, W) float32 in [0, 1] with the model's channels, at any size: the model
-            sees them resized to its input size, and its probabilities are resized back
-            (bilinear) before thresholding, so masks are measured at the data's resolution.
-        texts: B prompts, encoded as training encoded them (tevia.prompts.normalise_prompt).
+            sees them resized to its input size, and its probabilities are resized back before
+            thresholding (tevia.transforms), so masks are measured at the data's resolution.
+        texts: B descriptions, encoded as training encodes them (tevia.transforms.model_text).
         threshold: probability threshold.
 
     Returns:
         bool array (B, H, W).
     """
-    features = segmenter.encode_images(_model_input(segmenter, images))
-    encoded = [normalise_prompt(t) if t.strip() else "" for t in texts]
-    probabilities = segmenter.decode(features, segmenter.encode_text(encoded))
-    if tuple(probabilities.shape[-2:]) != tuple(images.shape[-2:]):
-        probabilities = F.interpolate(probabilities[:, None], size=tuple(images.shape[-2:]), mode="bilinear",
-                                      align_corners=False)[:, 0]
-    return (probabilities > threshold).numpy()
+    features = segmenter.encode_images(model_input(images, segmenter.spec))
+    probabilities = segmenter.decode(features, segmenter.encode_text([model_text(t) for t in texts]))
+    return (resize_planes(probabilities, tuple(images.shape[-2:])) > threshold).numpy()
 
 
 def evaluate_model(

@@ -1,10 +1,10 @@
 """The LightningModule: a thin shell (steps, optimiser, logged metrics) around TeViANet.
 
 Loss = DiceCE(logits, mask) (or Dice alone: `train.loss`) + alignment_weight x alignment. The
-historic prototype collects during the last warm-up epoch (index warmup - 1) and switches on at
-the start of the next one, then follows each training batch with momentum. Switching at the
-start, not at the end, keeps the collecting epoch's checkpoint as its validation ran (prototype
-off), and a run resumed from that checkpoint switches it on. Validation never touches it.
+historic prototype keeps its own schedule (`HistoricPrototype.begin_epoch`: it collects during
+the last warm-up epoch, index warmup - 1, and switches on at the start of the next one) and
+follows each training batch with momentum (`observe`); validation never touches it. The
+validation Dice (pooled: `val_dice`; per-image mean: `val_dice_mean`) is tevia.metrics.DiceTotals.
 
 With model.click_inputs, each batch also decodes once more with simulated corrective clicks
 (tevia.click_training) and that pass's segmentation loss is added; validation also logs
@@ -25,6 +25,7 @@ from monai.losses import DiceCELoss, DiceLoss
 from tevia.augment import augment, flip_vertically
 from tevia.click_training import draw_counts, simulate_click_maps
 from tevia.config import TrainConfig
+from tevia.metrics import DiceTotals
 from tevia.model.alignment import alignment_loss
 from tevia.model.network import TeViANet
 
@@ -36,7 +37,14 @@ log = logging.getLogger(__name__)
 
 
 class LitTeViA(L.LightningModule):
-    """Training shell. `embeddings` maps each description to its row in `table` (N, T, D)."""
+    """Training shell around a network.
+
+    Args:
+        network: the TeViANet to train.
+        table: (N, T, D) text embeddings (tevia.data.text_cache.text_table).
+        index: each description -> its row in ``table``.
+        config: the `train` section.
+    """
 
     def __init__(self, network: TeViANet, table: torch.Tensor, index: dict[str, int], config: TrainConfig) -> None:
         super().__init__()
@@ -53,7 +61,8 @@ class LitTeViA(L.LightningModule):
         # "dice" is what the reference code trains on in effect: its DiceCELoss on probabilities,
         # under its MONAI version, has a zero cross-entropy term for one channel.
         self.loss_fn = DiceCELoss(sigmoid=True) if config.loss == "dice_ce" else DiceLoss(sigmoid=True)
-        self._val: dict[str, float] = {}
+        self.val_dice = DiceTotals()
+        self.val_click_dice = DiceTotals()
         if config.train_only_clicks:
             if network.clicks is None:
                 raise ValueError("train.train_only_clicks needs a network with click inputs (model.click_inputs: true)")
@@ -71,14 +80,7 @@ class LitTeViA(L.LightningModule):
         return t
 
     def on_train_epoch_start(self) -> None:
-        proto = self.network.prototype
-        if proto.collecting and self.current_epoch >= self.config.prototype_warmup_epochs:
-            for i in range(len(proto.widths)):
-                s = getattr(proto, f"sum{i}")
-                s.copy_(self._reduce_mean(s))
-            proto.finish_collecting()
-        elif self.current_epoch == self.config.prototype_warmup_epochs - 1:
-            proto.start_collecting()
+        self.network.prototype.begin_epoch(self.current_epoch, self.config.prototype_warmup_epochs, self._reduce_mean)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         image, mask = batch["image"], batch["mask"]
@@ -101,9 +103,7 @@ class LitTeViA(L.LightningModule):
             click_loss = self.loss_fn(self.network.decode(feats, text, maps).logits, mask)
             loss = loss + click_loss
             self.log("train_click_loss", click_loss, batch_size=image.shape[0])
-        proto = self.network.prototype
-        if proto.collecting or proto.active:
-            proto.observe([self._reduce_mean(f.float().mean(0, keepdim=True)) for f in fg])  # fp32 under bf16-true
+        self.network.prototype.observe(fg, self._reduce_mean)
         bs = image.shape[0]
         self.log("train_loss", loss, prog_bar=True, batch_size=bs, sync_dist=False)
         self.log("train_align", align, batch_size=bs)
@@ -122,7 +122,7 @@ class LitTeViA(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._val = {"inter": 0.0, "total": 0.0, "dice_sum": 0.0, "n": 0.0, "click_inter": 0.0, "click_total": 0.0}
+        self.val_dice, self.val_click_dice = DiceTotals(), DiceTotals()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
@@ -132,32 +132,21 @@ class LitTeViA(L.LightningModule):
         loss = self.loss_fn(out.logits, mask)
         if self.network.clicks is not None:
             counts = torch.full((image.shape[0],), VAL_CLICKS)
-            click_pred = self.network.decode(feats, text, simulate_click_maps(
-                self.network, feats, text, mask, out.logits, counts)).logits > 0
-            self._val["click_inter"] += float((click_pred * mask).sum())
-            self._val["click_total"] += float(click_pred.sum() + mask.sum())
-        pred = (out.logits > 0).float()
-        inter = (pred * mask).flatten(1).sum(1)
-        total = pred.flatten(1).sum(1) + mask.flatten(1).sum(1)
-        dice = torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
-        self._val["inter"] += float(inter.sum())
-        self._val["total"] += float(total.sum())
-        self._val["dice_sum"] += float(dice.sum())
-        self._val["n"] += float(dice.numel())
+            self.val_click_dice.update(self.network.decode(feats, text, simulate_click_maps(
+                self.network, feats, text, mask, out.logits, counts)).logits > 0, mask)
+        self.val_dice.update(out.logits > 0, mask)
         self.log("val_loss", loss, prog_bar=True, batch_size=image.shape[0], sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        keys = ("inter", "total", "dice_sum", "n", "click_inter", "click_total")
-        stats = self._reduce_mean(torch.tensor([self._val[k] for k in keys], device=self.device, dtype=torch.float64))
-        inter, total, dice_sum, n, click_inter, click_total = stats.tolist()
         if self.network.clicks is not None:
-            self.log("val_click_dice", 2 * click_inter / max(click_total, 1.0), prog_bar=True, sync_dist=False)
-        self.log("val_dice", 2 * inter / max(total, 1.0), prog_bar=True, sync_dist=False)
-        self.log("val_dice_mean", dice_sum / max(n, 1.0), sync_dist=False)
+            click_dice, _ = self.val_click_dice.compute(self._reduce_mean, self.device)
+            self.log("val_click_dice", click_dice, prog_bar=True, sync_dist=False)
+        dice, dice_mean = self.val_dice.compute(self._reduce_mean, self.device)
+        self.log("val_dice", dice, prog_bar=True, sync_dist=False)
+        self.log("val_dice_mean", dice_mean, sync_dist=False)
         if not self.trainer.sanity_checking and self.trainer.is_global_zero:
             # One line per epoch that front ends parse for progress (the Slicer fine-tune job).
-            log.info("epoch %d/%d val_dice %.4f", self.current_epoch + 1, self.trainer.max_epochs,
-                     2 * inter / max(total, 1.0))
+            log.info("epoch %d/%d val_dice %.4f", self.current_epoch + 1, self.trainer.max_epochs, dice)
 
     def configure_optimizers(self):
         params = [p for p in self.network.parameters() if p.requires_grad]

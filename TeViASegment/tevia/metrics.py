@@ -8,7 +8,8 @@ IoU = D / (2 - D), and ``iou_global`` equals ``dice_global / (2 - dice_global)``
 (pooled |P∩G| / |P∪G|, with |P∪G| = |P| + |G| - |P∩G|). HD95 is MONAI's 95th-percentile
 symmetric Hausdorff distance, in pixels.
 
-Masks are numpy (or torch) arrays (H, W); any non-zero value is foreground.
+Masks are numpy (or torch) arrays (H, W); any non-zero value is foreground. :class:`DiceTotals`
+takes batches of torch masks on any device (training's validation).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from typing import Callable
 
 import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
 
-__all__ = ["SegmentationMetrics", "dice_score", "iou_score", "hd95", "HD95_UNIT", "PER_CASE_FIELDS"]
+__all__ = ["SegmentationMetrics", "DiceTotals", "dice_score", "iou_score", "hd95", "HD95_UNIT", "PER_CASE_FIELDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -163,3 +165,42 @@ class SegmentationMetrics:
             "n_hd95": len(distances),
             "n_hd95_undefined": undefined,
         }
+
+
+class DiceTotals:
+    """Running sums behind pooled and per-image-mean Dice over batches of torch masks.
+
+    Per image, Dice is 2|P∩G| / (|P| + |G|), 1.0 when both masks are empty (as
+    :func:`dice_score`); the sums stay on the masks' device until :meth:`compute`.
+    """
+
+    def __init__(self) -> None:
+        self.intersection = self.total = self.dice_sum = self.images = 0.0
+
+    def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
+        """Add a batch: pred and gt (B, ...) binary masks (non-zero is foreground), same shape."""
+        if pred.shape != gt.shape or pred.ndim < 2:
+            raise ValueError(f"pred and gt must be batches of masks (B, ...) of one shape, got {tuple(pred.shape)} "
+                             f"and {tuple(gt.shape)}")
+        p, g = (pred != 0).flatten(1).float(), (gt != 0).flatten(1).float()
+        intersection = (p * g).sum(1)
+        total = p.sum(1) + g.sum(1)
+        dice = torch.where(total > 0, 2 * intersection / total.clamp_min(1), torch.ones_like(total))
+        self.intersection += float(intersection.sum())
+        self.total += float(total.sum())
+        self.dice_sum += float(dice.sum())
+        self.images += float(dice.numel())
+
+    def compute(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                device: torch.device | str = "cpu") -> tuple[float, float]:
+        """(pooled Dice, mean per-image Dice) of every batch added.
+
+        Args:
+            reduce: combines the four sums (a float64 tensor on ``device``) over processes, by
+                sum or by mean (the ratios are the same); None for one process.
+            device: where that tensor lives (the device the reduction runs on).
+        """
+        sums = torch.tensor([self.intersection, self.total, self.dice_sum, self.images], dtype=torch.float64,
+                            device=device)
+        intersection, total, dice_sum, images = (reduce(sums) if reduce is not None else sums).tolist()
+        return 2 * intersection / max(total, 1.0), dice_sum / max(images, 1.0)

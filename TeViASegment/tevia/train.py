@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from tevia import __version__
 from tevia.config import Config, load_config, to_dict
 from tevia.data.conventions import MODEL_CONVENTION
+from tevia.data.text_cache import text_table
 from tevia.model.build import build_network, build_text_encoder
 from tevia.model.text import weight_files_sha256
-from tevia.prompts import build_vocabulary, normalise_prompt
+from tevia.prompts import build_vocabulary
 
 __all__ = ["configure_parser", "main", "train", "export_model", "describe_training_images"]
 
@@ -154,13 +156,10 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
     train_ds, val_ds = _datasets(config)
     out = Path(tc.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(__import__("yaml").safe_dump(to_dict(config), sort_keys=False))
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     text_encoder = build_text_encoder(config.model)
-    texts = sorted(set(_texts(train_ds)) | set(_texts(val_ds)))
-    encoded = [normalise_prompt(t) if t.strip() else "" for t in texts]  # what inference will encode
-    with torch.no_grad():
-        table = torch.cat([text_encoder(encoded[i : i + 64]) for i in range(0, len(encoded), 64)])
-    log.info("embedded %d distinct descriptions once: table %s", len(texts), tuple(table.shape))
+    table, index = text_table(text_encoder, _texts(train_ds) + _texts(val_ds))
+    log.info("embedded %d distinct descriptions once: table %s", len(index), tuple(table.shape))
     network = build_network(config.model, text_encoder.hidden_size)
     if init:
         from tevia.checkpoint import load_network_weights, read_model_json
@@ -171,7 +170,7 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
         load_network_weights(network, folder, info, new_modules=("clicks.",))
         network.train()
         log.info("initialised from %s", folder)
-    lit = LitTeViA(network, table, {t: i for i, t in enumerate(texts)}, tc)
+    lit = LitTeViA(network, table, index, tc)
 
     loader_args = dict(batch_size=tc.batch_size, num_workers=config.data.num_workers, collate_fn=_collate,
                        persistent_workers=config.data.num_workers > 0)

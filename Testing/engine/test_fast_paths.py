@@ -1,9 +1,11 @@
 """The engine's fast paths (channels_last on CPU, torch's pixel_shuffle before the head, the head's
 pooling as a depthwise convolution, cached position codes, fused AdamW) give the plain fp32 path's results within float tolerance, in
 inference and in training, for a ConvNeXt (Hugging Face) and a MobileNetV2 encoder, and with the
-reference code's architecture options (the `paper` preset's)."""
+reference code's architecture options (the `paper` preset's). The plain path is bench/plain_path.py,
+the computation bench/bench_engine.py times as the reference code's way."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +17,11 @@ from tevia.lightning_module import LitTeViA
 from tevia.model.alignment import alignment_loss, foreground_vectors
 from tevia.model.build import REFERENCE_ARCHITECTURE, build_network
 from tevia.model.positions import cached_grid_positions, grid_positions
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+from plain_path import plain_forward  # noqa: E402 (bench/ is not a package)
 
 torch.set_num_threads(1)
 
@@ -48,13 +55,6 @@ def _network(kind: str, tmp_path) -> torch.nn.Module:
     return net
 
 
-def plain_forward(net, image: torch.Tensor, text: torch.Tensor):
-    """The plain fp32 path the fast paths must match (`TeViANet.forward_plain`: contiguous NCHW
-    tensors, MONAI's own upsampling and pad + average pool, freshly computed position codes)."""
-    out = net.forward_plain(image, text)
-    return out.logits, out.head_features, out.stage_text
-
-
 @pytest.mark.parametrize("kind", ["convnext", "mobilenet", "reference"])
 def test_inference_matches_plain_path(kind, tmp_path):
     net = _network(kind, tmp_path).eval()
@@ -62,11 +62,11 @@ def test_inference_matches_plain_path(kind, tmp_path):
     with torch.inference_mode():
         feats = net.encode_image(image)
         fast = net.decode(feats, text)
-        logits, head, stage_text = plain_forward(net, image, text)
+        plain = plain_forward(net, image, text)
     assert all(f.is_contiguous(memory_format=torch.channels_last) for f in feats)  # the fast path is in use
-    torch.testing.assert_close(torch.sigmoid(fast.logits), torch.sigmoid(logits), atol=1e-4, rtol=0)
-    torch.testing.assert_close(fast.head_features, head, atol=1e-4, rtol=1e-4)
-    for a, b in zip(fast.stage_text, stage_text):
+    torch.testing.assert_close(torch.sigmoid(fast.logits), torch.sigmoid(plain.logits), atol=1e-4, rtol=0)
+    torch.testing.assert_close(fast.head_features, plain.head_features, atol=1e-4, rtol=1e-4)
+    for a, b in zip(fast.stage_text, plain.stage_text):
         torch.testing.assert_close(a, b)
 
 
@@ -86,13 +86,9 @@ def test_training_step_matches_plain_path(kind, dtype, grad_tolerance, tmp_path)
     results = []
     for fast in (True, False):
         net = _network(kind, tmp_path).to(dtype).train()
-        if fast:
-            out = net(image, text)
-            logits, stage_text, fg = out.logits, out.stage_text, net.foreground(out, mask)
-        else:
-            logits, head, stage_text = plain_forward(net, image, text)
-            fg = foreground_vectors(head, mask, net.stage_widths, net.foreground_pooling)
-        loss = loss_fn(logits, mask) + 0.1 * alignment_loss(stage_text, fg, mask)
+        out = net(image, text) if fast else plain_forward(net, image, text)
+        fg = foreground_vectors(out.head_features, mask, net.stage_widths, net.foreground_pooling)
+        loss = loss_fn(out.logits, mask) + 0.1 * alignment_loss(out.stage_text, fg, mask)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
         results.append((loss.detach(), grads))
@@ -125,9 +121,9 @@ def test_segmenter_matches_plain_path(tiny_model_dir):
     prompt = json.loads((tiny_model_dir / "model.json").read_text())["example_prompts"][0]
     probs = seg.predict(images, prompt)
     with torch.inference_mode():
-        logits, _, _ = plain_forward(seg.network, torch.from_numpy(images)[:, None], seg.encode_text([prompt]))
+        plain = plain_forward(seg.network, torch.from_numpy(images)[:, None], seg.encode_text([prompt]))
     assert probs.shape == (2, h, w)
-    np.testing.assert_allclose(probs, torch.sigmoid(logits[:, 0]).numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(probs, torch.sigmoid(plain.logits[:, 0]).numpy(), atol=1e-4, rtol=0)
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")

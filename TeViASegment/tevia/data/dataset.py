@@ -28,8 +28,9 @@ import torch
 from PIL import Image
 
 from tevia.prompts import normalise_prompt, swap_sides
+from tevia.transforms import resize_planes
 
-__all__ = ["CSVSegmentationDataset", "TEXT_MODES", "find_split_dir", "load_image", "load_mask"]
+__all__ = ["CSVSegmentationDataset", "TEXT_MODES", "find_split_dir", "image_tensor", "load_image", "load_mask"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +88,13 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
 
 
-def load_image(path: str | Path, channels: int, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Read an image as 8-bit.
+def load_image(path: str | Path, channels: int) -> np.ndarray:
+    """Read an image as 8-bit, at the file's size.
 
     Args:
         path: any image file PIL reads.
         channels: 1 gives grayscale (RGB converted by luminance); 3 gives RGB, except that a
             grayscale file stays (H, W) so that callers can repeat it cheaply.
-        size: (H, W) to resize to (bilinear), or None to keep the file's size.
 
     Returns:
         uint8 array (H, W) or (H, W, 3).
@@ -105,9 +105,14 @@ def load_image(path: str | Path, channels: int, size: tuple[int, int] | None = N
             im = im.convert("L")
         elif im.mode not in ("L", "RGB"):
             im = im.convert("RGB")
-        if size is not None and im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         return np.array(im)
+
+
+def image_tensor(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """An 8-bit image (H, W) or (H, W, 3) as the model takes it: float32 (1 or 3, H', W') in
+    [0, 1] (value / 255), resized to ``size`` as inference resizes (tevia.transforms.resize_planes)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).to(torch.float32).div_(255.0)
+    return resize_planes(tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1), size)
 
 
 def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -198,7 +203,8 @@ class CSVSegmentationDataset(torch.utils.data.Dataset):
 
     Items are dicts: ``image`` float32 Tensor (C, H, W) in [0, 1], ``mask`` float32 Tensor
     (1, H, W) in {0, 1}, ``text`` str, ``name`` str (the image file name without extension),
-    at ``image_size`` (bilinear for images, nearest for masks).
+    at ``image_size``: images resized as inference resizes them (:func:`image_tensor`), masks
+    nearest neighbour.
 
     Args:
         root: the data set folder holding ``<split>.csv``.
@@ -208,8 +214,8 @@ class CSVSegmentationDataset(torch.utils.data.Dataset):
         skip_bad: skip bad rows instead of raising.
         text_mode: ``"given"`` (the CSV's descriptions), ``"empty"`` (every text is ``""``)
             or ``"shuffled"`` (the descriptions permuted among the rows with ``seed``).
-        cache: decode every image and mask once at construction and keep them in memory
-            (uint8 images, bit-packed masks: about 50 KB per 224x224 grayscale item);
+        cache: decode and resize every image and mask once at construction and keep them in
+            memory (float32 images, bit-packed masks: about 66 KB per 128x128 grayscale item);
             decoding errors then count as bad rows too.
         seed: the seed of the ``"shuffled"`` permutation.
         mirror_sides: swap "left" and "right" in every description (normalised first, as
@@ -253,7 +259,7 @@ class CSVSegmentationDataset(torch.utils.data.Dataset):
         self.skipped: list[tuple[int, str]] = []
         rows, modes = self._validate(skip_bad)
         self._rows = rows
-        self._cache_images: np.ndarray | None = None
+        self._cache_images: torch.Tensor | None = None
         self._cache_masks: np.ndarray | None = None
         if cache:
             self._fill_cache(all(m in _GRAY_MODES for m in modes), skip_bad)
@@ -298,21 +304,18 @@ class CSVSegmentationDataset(torch.utils.data.Dataset):
 
     def _fill_cache(self, all_gray: bool, skip_bad: bool) -> None:
         height, width = self.image_size
-        shape = (height, width) if self.channels == 1 or all_gray else (height, width, 3)
-        images = np.empty((len(self._rows), *shape), dtype=np.uint8)
+        images = torch.empty((len(self._rows), 1 if self.channels == 1 or all_gray else 3, height, width))
         masks = np.empty((len(self._rows), (height * width + 7) // 8), dtype=np.uint8)
         kept: list[_Row] = []
         problems: list[tuple[int, str]] = []
         for row in self._rows:
             try:
-                image = load_image(row.image, self.channels, self.image_size)
+                image = image_tensor(load_image(row.image, self.channels), self.image_size)
                 mask = load_mask(row.mask, self.image_size)
             except Exception as err:  # any decoding failure of PIL
                 problems.append((row.row, f"cannot decode {row.image.name} or its mask: {err}"))
                 continue
-            if image.ndim == 2 and len(shape) == 3:
-                image = np.repeat(image[:, :, None], 3, axis=2)
-            images[len(kept)] = image
+            images[len(kept)] = image  # a grayscale image broadcasts over 3 cached channels
             masks[len(kept)] = np.packbits(mask.reshape(-1))
             kept.append(row)
         self._record_problems(problems, skip_bad)
@@ -354,15 +357,16 @@ class CSVSegmentationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self._rows)
 
-    def _arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 image (H, W) or (H, W, 3) and bool mask (H, W) of one item."""
+    def _arrays(self, index: int) -> tuple[torch.Tensor, np.ndarray]:
+        """float32 image (1 or 3, H, W) (see :func:`image_tensor`) and bool mask (H, W) of one item."""
         if self._cache_images is not None and self._cache_masks is not None:
             height, width = self.image_size
             bits = np.unpackbits(self._cache_masks[index], count=height * width)
             return self._cache_images[index], bits.reshape(height, width).astype(bool)
         row = self._rows[index]
         try:
-            return load_image(row.image, self.channels, self.image_size), load_mask(row.mask, self.image_size)
+            return (image_tensor(load_image(row.image, self.channels), self.image_size),
+                    load_mask(row.mask, self.image_size))
         except Exception as err:  # any decoding failure of PIL
             raise ValueError(
                 f"{self.csv_path} row {row.row}: cannot decode {row.image} or {row.mask}: {err}; "
@@ -372,9 +376,7 @@ class CSVSegmentationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
-        image, mask = self._arrays(index)
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).to(torch.float32).div_(255.0)
-        tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+        tensor, mask = self._arrays(index)
         if tensor.shape[0] != self.channels:
             tensor = tensor.expand(self.channels, -1, -1).contiguous()
         return {

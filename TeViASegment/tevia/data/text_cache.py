@@ -11,7 +11,9 @@ from typing import Callable, Iterable
 
 import torch
 
-__all__ = ["TextEmbeddingCache"]
+from tevia.transforms import model_text
+
+__all__ = ["TextEmbeddingCache", "text_table"]
 
 
 class TextEmbeddingCache:
@@ -55,3 +57,28 @@ class TextEmbeddingCache:
             self._items.move_to_end(t)
             out.append(self._items[t])
         return torch.stack(out)
+
+
+def text_table(encode: Callable[[list[str]], torch.Tensor], texts: Iterable[str]) -> tuple[torch.Tensor, dict[str, int]]:
+    """The embeddings of distinct descriptions, each as the model encodes it (:func:`model_text`).
+
+    Computed once, in batches, through :class:`TextEmbeddingCache` (the cache behind
+    ``Segmenter.encode_text``), without autograd: the text encoder is frozen.
+
+    Args:
+        encode: the frozen text encoder, list[str] -> (B, T, D).
+        texts: descriptions, repeats allowed.
+
+    Returns:
+        (table, index): table (N, T, D) on the CPU for the N distinct descriptions in sorted
+        order; index maps each description (as given) to its row.
+
+    Raises:
+        ValueError: no text was given.
+    """
+    distinct = sorted(set(texts))
+    if not distinct:
+        raise ValueError("texts must hold at least one description, got none")
+    with torch.no_grad():
+        table = TextEmbeddingCache(encode, max_items=len(distinct)).get([model_text(t) for t in distinct])
+    return table, {text: row for row, text in enumerate(distinct)}

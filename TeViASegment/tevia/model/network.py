@@ -106,7 +106,7 @@ class TeViANet(nn.Module):
             raise ValueError(f"image must be (B, {self.in_channels}, H, W), got {tuple(image.shape)}")
         if image.shape[-1] % 32 or image.shape[-2] % 32:
             raise ValueError(f"image height and width must be divisible by 32, got {tuple(image.shape[-2:])}")
-        image = self._normalise(image)
+        image = self.normalise(image)
         if image.device.type == "cpu":
             # oneDNN runs the encoder's convolutions faster on NHWC (channels_last) tensors.
             image = image.contiguous(memory_format=torch.channels_last)
@@ -115,7 +115,7 @@ class TeViANet(nn.Module):
             feats = [n(f) for n, f in zip(self.neck, feats)]
         return feats
 
-    def _normalise(self, image: torch.Tensor) -> torch.Tensor:
+    def normalise(self, image: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, H, W) in [0, 1] -> the encoder's (B, 3, H, W) input."""
         if self.in_channels == 1:
             image = image.expand(-1, 3, -1, -1)
@@ -171,24 +171,6 @@ class TeViANet(nn.Module):
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> NetworkOutput:
         return self.decode(self.encode_image(image), text)
-
-    def forward_plain(self, image: torch.Tensor, text: torch.Tensor) -> NetworkOutput:
-        """`forward` without the fast paths: contiguous (NCHW) tensors throughout, MONAI's own
-        upsampling module, position codes computed afresh. The computation the fast paths must
-        match (Testing/engine/test_fast_paths.py) and that bench/bench_engine.py times as the
-        reference code's way of running this architecture."""
-        feats = self.encoder(self._normalise(image).contiguous())
-        if self.neck is not None:
-            feats = [n(f) for n, f in zip(self.neck, feats)]
-        feats = [f.contiguous() for f in feats]
-        if text.shape[0] == 1 and image.shape[0] > 1:
-            text = text.expand(image.shape[0], -1, -1)
-        x, stage_text = feats[3], []
-        for i, stage in enumerate(self.stages):
-            x, t = stage(x.contiguous(), feats[2 - i], text, self.prototype.modulation(i), fresh_positions=True)
-            stage_text.append(t)
-        head = self.head_act(self.upsample(x.contiguous()))
-        return NetworkOutput(self.out(head), head, stage_text)
 
     def foreground(self, output: NetworkOutput, mask: torch.Tensor) -> list[torch.Tensor]:
         """Per-stage foreground representations (B, width_i) of a batch with its ground truth."""

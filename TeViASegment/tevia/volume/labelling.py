@@ -1,7 +1,7 @@
 """From per-prompt probabilities to a uint8 labelmap: resize to the slice size, threshold, pick a prompt.
 
 The model answers at its own input size (e.g. 128x128); each prompt's probabilities are resized
-back to the slice size (bilinear) before the threshold. Resizing is most of the cost on a big
+back to the slice size (``tevia.transforms.resize_planes``, bilinear) before the threshold. Resizing is most of the cost on a big
 volume, so slices that cannot reach the threshold are not resized at all (exact: see
 :func:`may_exceed`), and a single prompt is thresholded straight into the labelmap.
 """
@@ -10,27 +10,19 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-__all__ = ["SKIP_MARGIN", "BatchLabels", "count_labels", "may_exceed", "resize_slices"]
+from tevia.transforms import resize_planes
+
+__all__ = ["SKIP_MARGIN", "BatchLabels", "count_labels", "may_exceed"]
 
 SKIP_MARGIN = 1e-5
 """Relative margin of :func:`may_exceed`, far above the float32 rounding of a resize (a few ulps)."""
 
 
-def resize_slices(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of (B, H, W) to (B, *size), antialiased when shrinking."""
-    if tuple(batch.shape[-2:]) == tuple(size):
-        return batch
-    shrink = batch.shape[-2] > size[0] or batch.shape[-1] > size[1]
-    return F.interpolate(batch[:, None], size=size, mode="bilinear", align_corners=False,
-                         antialias=shrink)[:, 0]
-
-
 def may_exceed(probs: torch.Tensor, threshold: float) -> torch.Tensor:
     """(B,) bool: which slices of (B, H, W) probabilities may exceed ``threshold`` once resized.
 
-    :func:`resize_slices` makes every output value a convex combination of input values
+    ``tevia.transforms.resize_planes`` makes every output value a convex combination of input values
     (bilinear weights, or antialiasing weights normalised to sum to one), so it never exceeds the
     slice's maximum except by float rounding. A slice whose maximum is at most
     ``threshold * (1 - SKIP_MARGIN)`` thresholds to all zeros, resized or not. NaN never exceeds.
@@ -66,7 +58,7 @@ class BatchLabels:
         if len(hot) == 0:
             return
         whole = len(hot) == len(probs)
-        resized = resize_slices(probs if whole else probs[hot], tuple(self.target.shape[1:]))
+        resized = resize_planes(probs if whole else probs[hot], tuple(self.target.shape[1:]))
         self.resized_slices += len(hot)
         if self.prompts == 1:
             values = resized.numpy()

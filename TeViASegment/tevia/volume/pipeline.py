@@ -30,7 +30,8 @@ from tevia.volume.cache import FeatureCache, fingerprint
 from tevia.volume.clicks import RequestClick, locate_clicks, refine_clicked
 from tevia.volume.errors import BadInputError
 from tevia.volume.geometry import SliceLayout, as_3d, slice_layout
-from tevia.volume.labelling import BatchLabels, count_labels, resize_slices
+from tevia.transforms import model_input
+from tevia.volume.labelling import BatchLabels, count_labels
 from tevia.volume.postprocess import postprocess_mask
 from tevia.segment_options import SegmentOptions
 from tevia.volume.preprocess import PERCENTILES, IntensityScaler, parse_window
@@ -140,7 +141,7 @@ class _Run:
         """Scale slices [start, stop) (B, rows, columns), resize to the model's (B, H, W), encode."""
         began = time.perf_counter()
         batch = torch.from_numpy(self.scaler(self.slices[start:stop]))
-        features = self.segmenter.encode_images(resize_slices(batch, tuple(self.segmenter.spec.image_size)))
+        features = self.segmenter.encode_images(model_input(batch, self.segmenter.spec))
         self.timings["encode_images"] += time.perf_counter() - began
         return features
 
