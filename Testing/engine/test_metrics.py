@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tevia.metrics import PER_CASE_FIELDS, SegmentationMetrics, dice_score, hd95, iou_score
+from tevia.metrics import PER_CASE_FIELDS, DiceTotals, SegmentationMetrics, dice_score, hd95, iou_score
 
 
 def _square(top: int, left: int, size: int = 10, shape: tuple[int, int] = (32, 32)) -> np.ndarray:
@@ -79,3 +79,24 @@ def test_without_hd95_and_bad_shapes():
         metrics.update(_square(0, 0), np.zeros((16, 16)), "b")
     with pytest.raises(ValueError, match="2D masks"):
         dice_score(np.zeros((2, 8, 8)), np.zeros((2, 8, 8)))
+
+
+def test_dice_totals_of_torch_batches_are_the_accumulators_dice():
+    """What training's validation logs (pooled and mean Dice of logit batches) is the Dice that
+    `tevia evaluate` reports for the same masks, also when processes combine their sums."""
+    empty = np.zeros((32, 32), bool)
+    pairs = [(_square(0, 0), _square(5, 0)), (empty, empty), (empty, _square(0, 0, size=20)),
+             (_square(0, 0), _square(0, 0)), (_square(3, 7, size=12), _square(6, 2))]
+    metrics, totals = SegmentationMetrics(with_hd95=False), DiceTotals()
+    for index, (pred, gt) in enumerate(pairs):
+        metrics.update(pred, gt, str(index))
+    logits = torch.where(torch.from_numpy(np.stack([p for p, _ in pairs]))[:, None], 3.0, -3.0)
+    masks = torch.from_numpy(np.stack([g for _, g in pairs])).float()[:, None]
+    totals.update(logits[:2] > 0, masks[:2])  # (B, 1, H, W) batches, bool predictions, float masks
+    totals.update(logits[2:] > 0, masks[2:])
+    expected = metrics.compute()
+    assert totals.compute() == pytest.approx((expected["dice_global"], expected["dice_mean"]), abs=1e-6)  # float32 per image
+    assert totals.compute(lambda sums: sums * 2) == pytest.approx(totals.compute(), abs=1e-12)  # two processes
+    assert DiceTotals().compute() == (0.0, 0.0)
+    with pytest.raises(ValueError, match=r"got \(2, 1, 32, 32\) and \(2, 32, 32\)"):
+        totals.update(logits[:2] > 0, masks[:2, 0])

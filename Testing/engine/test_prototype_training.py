@@ -222,3 +222,30 @@ def test_a_warmup_that_never_switches_the_prototype_on_is_refused(samples, warmu
     proto.finish_collecting()
     # Fine-tuning a model whose prototype is on: the warm-up does not matter and is accepted.
     LitTeViA(lit.network, lit.text_table, lit.text_index, TrainConfig(max_epochs=3, prototype_warmup_epochs=warmup))
+
+
+def test_the_schedule_is_a_method_of_the_prototype():
+    """begin_epoch: off before epoch warmup - 1, collecting there, on from epoch warmup with the
+    sums combined over the processes (`reduce`) first; observe combines each batch mean, and
+    not at all while off."""
+    proto = HistoricPrototype([3, 2], momentum=0.5)
+    doubled = lambda t: 2 * t  # noqa: E731 (a stand-in for the DDP mean: visible in the values)
+
+    def refuse(t):
+        raise AssertionError("reduce called while the prototype is off")
+
+    proto.begin_epoch(0, 2, doubled)
+    proto.observe([torch.ones(4, 3), torch.ones(4, 2)], refuse)
+    assert int(proto.state) == 0 and int(proto.count) == 0
+    proto.begin_epoch(1, 2, doubled)
+    assert proto.collecting
+    proto.observe([torch.full((4, 3), 1.0), torch.full((4, 2), 3.0)], doubled)
+    proto.observe([torch.full((4, 3), 2.0), torch.full((4, 2), 5.0)])
+    torch.testing.assert_close(proto.sum1, torch.full((2,), 2 * 3.0 + 5.0))
+    proto.begin_epoch(2, 2, doubled)
+    assert proto.active and int(proto.count) == 2
+    torch.testing.assert_close(proto.vector(0), torch.full((3,), 2 * (2 * 1.0 + 2.0) / 2))
+    proto.observe([torch.zeros(4, 3), torch.zeros(4, 2)], doubled)
+    torch.testing.assert_close(proto.vector(0), torch.full((3,), 0.5 * 4.0))
+    proto.begin_epoch(3, 2, refuse)  # on stays on
+    assert proto.active

@@ -6,7 +6,8 @@ import torch
 
 from tevia.volume.geometry import slice_layout
 from tevia.volume.io import read_image
-from tevia.volume.labelling import SKIP_MARGIN, BatchLabels, count_labels, may_exceed, resize_slices
+from tevia.transforms import model_input, resize_planes
+from tevia.volume.labelling import SKIP_MARGIN, BatchLabels, count_labels, may_exceed
 from tevia.volume.preprocess import IntensityScaler
 from volume_fixtures import ct_path  # noqa: F401 (pytest fixture)
 
@@ -19,7 +20,7 @@ def reference_labels(probs_per_prompt, size, threshold):
     best = torch.zeros((batch, *size), dtype=torch.float32)
     label = torch.zeros((batch, *size), dtype=torch.uint8)
     for index, probs in enumerate(probs_per_prompt):
-        resized = resize_slices(probs, size)
+        resized = resize_planes(probs, size)
         wins = (resized > threshold) & (resized > best)
         best = torch.where(wins, resized, best)
         label[wins] = index + 1
@@ -52,7 +53,7 @@ def ct_probabilities(ct_path):
         layout = slice_layout(image, axis)
         slices = torch.from_numpy(scaler(layout.view(array)))
         with torch.no_grad():
-            features = segmenter.encode_images(resize_slices(slices, tuple(segmenter.spec.image_size)))
+            features = segmenter.encode_images(model_input(slices, segmenter.spec))
             text = segmenter.encode_text(PROMPTS)
             probs = [segmenter.decode(features, text[i:i + 1]).float().cpu() for i in range(len(PROMPTS))]
         result[axis] = (layout, probs)

@@ -4,6 +4,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from tevia.transforms import model_input
 from tevia.volume.pipeline import Cancelled, FeatureCache, SegmentOptions, segment_volume
 from tevia.volume.errors import BadInputError
 from tevia.volume.geometry import as_3d, same_geometry, slice_layout
@@ -27,8 +28,7 @@ def _threshold(segmenter, image, prompt="liver"):
     volume = as_3d(image)
     view = slice_layout(volume, "axial").view(sitk.GetArrayViewFromImage(volume))
     scaler, _ = IntensityScaler.from_volume(sitk.GetArrayViewFromImage(volume))
-    plane = torch.from_numpy(scaler(view[len(view) // 2: len(view) // 2 + 1]))[:, None]
-    plane = torch.nn.functional.interpolate(plane, size=segmenter.spec.image_size, mode="bilinear")[:, 0]
+    plane = model_input(torch.from_numpy(scaler(view[len(view) // 2: len(view) // 2 + 1])), segmenter.spec)
     return float(np.median(segmenter.predict(plane.numpy(), prompt)))
 
 
