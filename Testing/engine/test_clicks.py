@@ -3,18 +3,17 @@
 The click model is the bundled default plus the click injection fine-tuned by
 configs/default-qata-clicks.yaml (Testing/data/clicks; conftest.build_click_model).
 """
-import csv
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from conftest import TESTDATA, build_click_model
 from tevia.click_simulation import next_click
 from tevia.click_training import simulate_click_maps
 from tevia.config import TrainConfig
+from tevia.data.dataset import CSVSegmentationDataset
 from tevia.inference import Segmenter
 from tevia.lightning_module import LitTeViA
 from tevia.model.clicks import Click, render_clicks
@@ -23,16 +22,10 @@ SAMPLES = TESTDATA / "qata_samples"
 
 
 def _samples(count: int = 4) -> list[tuple[np.ndarray, np.ndarray, str]]:
-    """(image 128x128 in [0, 1], ground truth 128x128 bool, description) of the first samples."""
-    with open(SAMPLES / "samples.csv", newline="") as stream:
-        rows = list(csv.DictReader(stream))[:count]
-    out = []
-    for row in rows:
-        mask_name = row["Image"]
-        image = Image.open(SAMPLES / "Images" / mask_name.removeprefix("mask_")).convert("L").resize((128, 128), Image.BILINEAR)
-        mask = Image.open(SAMPLES / "GTs" / mask_name).convert("L").resize((128, 128), Image.NEAREST)
-        out.append((np.asarray(image, dtype=np.float32) / 255.0, np.asarray(mask) > 127, row["Description"]))
-    return out
+    """(image 128x128 in [0, 1], ground truth 128x128 bool, description) of the first samples, as
+    the training data set gives them."""
+    data = CSVSegmentationDataset(SAMPLES, "samples", image_size=(128, 128))
+    return [(data[i]["image"][0].numpy(), data[i]["mask"][0].numpy() > 0.5, data.texts[i]) for i in range(count)]
 
 
 @pytest.fixture(scope="module")

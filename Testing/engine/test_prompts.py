@@ -328,13 +328,13 @@ def segmenter(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def sample_images(segmenter) -> np.ndarray:
-    """(4, H, W) float32 in [0, 1]: committed chest X-rays resized to the model's image size."""
-    from PIL import Image
+    """(4, H, W) float32 in [0, 1]: committed chest X-rays at the model's image size, as the
+    training data set gives them."""
+    from tevia.data.dataset import CSVSegmentationDataset
 
-    height, width = segmenter.spec.image_size
-    names = sorted((SAMPLES / "Images").glob("*.png"))[:4]
-    images = [Image.open(p).convert("L").resize((width, height), Image.BILINEAR) for p in names]
-    return np.stack([np.asarray(i, dtype=np.float32) / 255.0 for i in images])
+    data = CSVSegmentationDataset(SAMPLES, "samples", image_size=segmenter.spec.image_size)
+    first = sorted(range(len(data)), key=lambda i: data.image_paths[i].name)[:4]
+    return np.stack([data[i]["image"][0].numpy() for i in first])
 
 
 @pytest.mark.parametrize(

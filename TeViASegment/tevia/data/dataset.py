@@ -357,7 +357,7 @@ class CSVSegmentationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self._rows)
 
-    def _arrays(self, index: int) -> tuple[torch.Tensor, np.ndarray]:
+    def _image_and_mask(self, index: int) -> tuple[torch.Tensor, np.ndarray]:
         """float32 image (1 or 3, H, W) (see :func:`image_tensor`) and bool mask (H, W) of one item."""
         if self._cache_images is not None and self._cache_masks is not None:
             height, width = self.image_size
@@ -376,7 +376,7 @@ class CSVSegmentationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
-        tensor, mask = self._arrays(index)
+        tensor, mask = self._image_and_mask(index)
         if tensor.shape[0] != self.channels:
             tensor = tensor.expand(self.channels, -1, -1).contiguous()
         return {
