@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-from tevia.click_evaluation import evaluate_clicks
+from tevia.click_evaluation import CLICK_PROTOCOL, evaluate_clicks
 from tevia.data.dataset import CSVSegmentationDataset
 from tevia.inference import Segmenter
 
@@ -53,10 +53,7 @@ def main() -> None:
     result = {
         "model": segmenter.spec.name, "model_path": str(args.model), "data": f"{Path(args.data).name}/{args.split}.csv",
         "eval_size": [224, 224], "threshold": segmenter.spec.threshold, "max_clicks": args.max_clicks,
-        "protocol": "click k at the centre (distance-transform maximum) of the largest error region of the "
-                    "prediction after k - 1 clicks, positive in a missed region, negative in a false one; "
-                    "NoC capped at max_clicks (images never reaching the threshold count as max_clicks, "
-                    "'failed' counts them)",
+        "protocol": CLICK_PROTOCOL,
         "text_given": {"n": given["n"], **given["given"]},
         "text_empty": {"n": empty["n"], **empty["empty"]},
         "seconds": given["seconds"] + empty["seconds"],

@@ -26,11 +26,16 @@ from tevia.transforms import model_input, model_text, resize_planes
 if TYPE_CHECKING:
     from tevia.inference import Segmenter
 
-__all__ = ["evaluate_clicks", "to_model_click", "NOC_THRESHOLDS"]
+__all__ = ["evaluate_clicks", "to_model_click", "NOC_THRESHOLDS", "CLICK_PROTOCOL"]
 
 log = logging.getLogger(__name__)
 
 NOC_THRESHOLDS = (0.85, 0.90)
+CLICK_PROTOCOL = ("click k at the centre (distance-transform maximum) of the largest error region of the "
+                  "prediction after k - 1 clicks, positive in a missed region, negative in a false one; "
+                  "NoC capped at max_clicks (images never reaching the threshold count as max_clicks, "
+                  "'failed' counts them)")
+"""How the clicks are simulated and NoC counted, in words (for the JSON that reports them)."""
 
 
 def to_model_click(click: Click, data_size: tuple[int, int], model_size: tuple[int, int]) -> Click:

@@ -2,6 +2,9 @@
 
 Library API: `evaluate_model(segmenter, dataset, batch_size, threshold)`; the command wraps it
 and writes ``metrics.json``, ``per_case.csv`` and ``gallery.png`` (best and worst 4 cases).
+With ``--clicks N`` (a model with click inputs), ``metrics.json`` also holds ``clicks``: Dice
+after 0..N simulated corrective clicks and NoC@85/90 (tevia.click_evaluation), with the texts of
+``--text-mode`` (``empty``: what the clicks do without text).
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-size", type=int, nargs=2, metavar=("H", "W"), default=[224, 224],
                         help="resolution masks are measured at (default 224 224, QaTa's own; 0 0 = the model's input size)")
     parser.add_argument("--no-hd95", action="store_true", help="skip the HD95 distance (faster)")
+    parser.add_argument("--clicks", type=int, default=None, metavar="N",
+                        help="also measure mean and pooled Dice after 0..N simulated corrective clicks and "
+                             "NoC@85/NoC@90 (a model with click inputs only; under `clicks` in metrics.json)")
 
 
 def _check_arguments(batch_size: int, threshold: float) -> None:
@@ -216,7 +222,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    if args.clicks is not None and args.clicks < 1:
+        raise ValueError(f"--clicks must be >= 1, got {args.clicks}")
     segmenter = Segmenter.load(args.model, device=args.device, precision=args.precision)
+    if args.clicks is not None and not segmenter.spec.click_inputs:
+        raise ValueError(f"--clicks needs a model with click inputs, and {segmenter.spec.name} ({args.model}) was "
+                         f"trained without them: evaluate it without --clicks, or give a model trained with "
+                         f"clicks (configs/default-qata-clicks.yaml)")
     threshold = segmenter.spec.threshold if args.threshold is None else args.threshold
     _check_arguments(args.batch_size, threshold)
     size = tuple(args.eval_size) if min(args.eval_size) > 0 else segmenter.spec.image_size
@@ -240,6 +252,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         limit=args.limit,
         eval_size=list(size),
     )
+    if args.clicks is not None:
+        metrics["clicks"] = _click_metrics(segmenter, dataset, args.clicks, args.batch_size, threshold)
     out = Path(args.out)
     metrics_path, cases_path = write_results(out, metrics, per_case)
     gallery = write_gallery(
@@ -252,6 +266,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              f"{metrics['hd95_mean']:.2f}" if math.isfinite(metrics["hd95_mean"]) else "undefined", metrics["seconds"])
     log.info("wrote %s, %s, %s", metrics_path, cases_path, gallery)
     return metrics
+
+
+def _click_metrics(segmenter: Segmenter, dataset: Dataset, max_clicks: int, batch_size: int,
+                   threshold: float) -> dict[str, Any]:
+    """`evaluate_clicks` with each item's text as the data set gives it (after --text-mode), logged."""
+    from tevia.click_evaluation import CLICK_PROTOCOL, evaluate_clicks
+
+    result = evaluate_clicks(segmenter, dataset, max_clicks, ("given",), batch_size, threshold)
+    clicks = {"max_clicks": max_clicks, **result["given"], "seconds": result["seconds"], "protocol": CLICK_PROTOCOL}
+    log.info("with clicks: Dice mean after 0..%d clicks %s, pooled %s; NoC@85 %.2f, NoC@90 %.2f (%.1f s)",
+             max_clicks, clicks["dice_mean"], clicks["dice_pooled"], clicks["noc@85"]["mean"],
+             clicks["noc@90"]["mean"], clicks["seconds"])
+    return clicks
 
 
 def main(args: argparse.Namespace) -> int:

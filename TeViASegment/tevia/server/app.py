@@ -38,8 +38,9 @@ from tevia.server.jobs import InferenceQueue, Job, QueueFull
 from tevia.server.settings import ServerSettings
 from tevia.server.tempfiles import RequestFolder, open_temp_root, remove_path
 from tevia.server.upload import UploadError, read_segment_form
-from tevia.server.validation import options_from, prompts_from
+from tevia.server.validation import clicks_from, options_from, prompts_from
 from tevia.server.volume_io import UploadedVolume, VolumeError, VolumeTooLargeError, inspect_upload, public_message
+from tevia.volume.clicks import RequestClick
 from tevia.volume.errors import InputError
 from tevia.volume.pipeline import Cancelled
 
@@ -159,12 +160,13 @@ def create_app(segmenter: Segmenter, settings: ServerSettings | None = None) -> 
         try:
             async with uploads:
                 try:
-                    volume, prompts, options = await _admit(request, folder.path, settings)
+                    volume, prompts, options, clicks = await _admit(request, folder.path, settings)
                 except ClientDisconnect:
                     logger.info("client disconnected during the upload")
                     return Response(status_code=499)
                 try:
-                    job = queue.submit(functools.partial(service.segment, volume, prompts, options, folder))
+                    job = queue.submit(functools.partial(service.segment, volume, prompts, options, folder,
+                                                         clicks=clicks))
                 except QueueFull as error:
                     raise HTTPException(503, str(error), headers={"Retry-After": str(error.retry_after)}) from None
             started = time.perf_counter()
@@ -185,8 +187,9 @@ def create_app(segmenter: Segmenter, settings: ServerSettings | None = None) -> 
 
 
 async def _admit(request: Request, folder: Path, settings: ServerSettings
-                 ) -> tuple[UploadedVolume, list[str], SegmentOptions]:
-    """Read a /v1/segment request and check it without decoding any voxel.
+                 ) -> tuple[UploadedVolume, list[str], SegmentOptions, list[list[RequestClick]] | None]:
+    """Read a /v1/segment request and check it without decoding any voxel: (volume, prompts,
+    options, clicks per prompt or None).
 
     The upload is written into `folder`; its header is read and checked against the voxel
     and memory limits.
@@ -204,6 +207,7 @@ async def _admit(request: Request, folder: Path, settings: ServerSettings
             raise UploadError(422, "no `volume` file: send the volume as a NRRD or NIfTI file in the `volume` field")
         prompts = prompts_from(form.texts, settings)
         options = options_from(form.options)
+        clicks = clicks_from(form.clicks, len(prompts))
     except UploadError as error:
         raise HTTPException(error.status, error.message) from None
     except asyncio.TimeoutError:
@@ -216,7 +220,7 @@ async def _admit(request: Request, folder: Path, settings: ServerSettings
         raise HTTPException(413, str(error)) from None
     except VolumeError as error:
         raise HTTPException(422, str(error)) from None
-    return volume, prompts, options
+    return volume, prompts, options, clicks
 
 
 async def _wait(queue: InferenceQueue, job: Job, request: Request, deadline: float, timeout: float) -> Any:

@@ -11,6 +11,7 @@ from tevia.segment_options import SegmentOptions
 from tevia.server.tempfiles import RequestFolder
 from tevia.server.volume_io import UploadedVolume, encode_labelmap, read_uploaded_volume
 from tevia.session import InferenceSession, describe_model
+from tevia.volume.clicks import RequestClick
 
 if TYPE_CHECKING:
     from tevia.inference import Segmenter
@@ -44,16 +45,21 @@ class SegmentationService:
                 "model_version": model.pop("version"), **model}
 
     def segment(self, volume: UploadedVolume, prompts: list[str], options: SegmentOptions, folder: RequestFolder,
-                cancelled: Callable[[], bool]) -> tuple[dict[str, Any], bytes]:
+                cancelled: Callable[[], bool], clicks: list[list[RequestClick]] | None = None
+                ) -> tuple[dict[str, Any], bytes]:
         """Decode an inspected upload, segment it for each prompt and encode the labelmap.
 
-        The decoded volume and the labelmap image live only inside this call.
+        The decoded volume and the labelmap image live only inside this call. With `clicks`
+        (tevia.volume.clicks), only the clicked slices are segmented, from the cached image
+        features of the volume when it was segmented before (see `segment_volume`).
 
         Returns:
-            (summary: labels, prompts, warnings, domain, voxels, timings; the labelmap as .nii.gz bytes).
+            (summary: labels, prompts, warnings, domain, voxels, timings, and with clicks
+            refined_slices and refined_axis; the labelmap as .nii.gz bytes).
 
         Raises:
-            ValueError: the voxels cannot be read or segmented (message without server paths).
+            ValueError: the voxels cannot be read or segmented, or clicks cannot be placed
+                (message without server paths).
             VolumeTooLargeError: the volume does not fit the memory available now.
             MemoryError: out of memory even on the CPU.
             tevia.volume.pipeline.Cancelled: `cancelled()` turned True.
@@ -61,7 +67,8 @@ class SegmentationService:
         began = time.perf_counter()
         image, warnings = read_uploaded_volume(volume, folder)
         read_seconds = time.perf_counter() - began
-        result = self.session.segment(image, prompts, options, cancelled=cancelled, warn=warnings.append)
+        result = self.session.segment(image, prompts, options, cancelled=cancelled, warn=warnings.append,
+                                     clicks=clicks)
         del image
         labelmap = encode_labelmap(result.labelmap, folder)
         timings = {**result.timings, "read": read_seconds}
@@ -73,4 +80,6 @@ class SegmentationService:
             "voxels": result.voxels,
             "timings": {name: round(float(value), 4) for name, value in timings.items()},
         }
+        if result.refined_slices is not None:
+            summary.update(refined_slices=result.refined_slices, refined_axis=result.refined_axis)
         return summary, labelmap

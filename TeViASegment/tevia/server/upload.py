@@ -16,14 +16,16 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
-__all__ = ["UploadError", "SegmentForm", "read_segment_form", "VOLUME_FIELD", "TEXT_FIELD", "OPTIONS_FIELD"]
+__all__ = ["UploadError", "SegmentForm", "read_segment_form", "VOLUME_FIELD", "TEXT_FIELD", "OPTIONS_FIELD",
+           "CLICKS_FIELD"]
 
-VOLUME_FIELD, TEXT_FIELD, OPTIONS_FIELD = "volume", "text", "options"
+VOLUME_FIELD, TEXT_FIELD, OPTIONS_FIELD, CLICKS_FIELD = "volume", "text", "options", "clicks"
 _MAX_OPTIONS_BYTES = 64 * 1024
+_MAX_CLICKS_BYTES = 256 * 1024  # 1000 clicks (tevia.volume.clicks.MAX_CLICKS) of about 60 bytes each, with room
 _MAX_PARTS = 256
 _DRAIN_SECONDS = 10.0
-_EXPECTED = "expected multipart/form-data with a `volume` file (NRRD or NIfTI), one or more `text` fields " \
-            "and an optional `options` JSON field"
+_EXPECTED = "expected multipart/form-data with a `volume` file (NRRD or NIfTI), one or more `text` fields, " \
+            "an optional `options` JSON field and an optional `clicks` JSON field"
 
 
 class UploadError(Exception):
@@ -44,12 +46,14 @@ class SegmentForm:
         volume_bytes: its size in bytes.
         texts: the `text` fields in order, decoded as UTF-8.
         options: the raw `options` field, or None.
+        clicks: the raw `clicks` field, or None.
     """
 
     volume: Path | None = None
     volume_bytes: int = 0
     texts: list[str] = field(default_factory=list)
     options: str | None = None
+    clicks: str | None = None
 
 
 class _Reader:
@@ -115,10 +119,10 @@ class _Reader:
                 raise UploadError(422, f"more than {self._max_prompts} `text` fields; split the prompts "
                                        f"over several requests")
             self._limit = self._max_text_bytes
-        elif self._name == OPTIONS_FIELD:
-            if self.form.options is not None:
-                raise UploadError(422, "more than one `options` field; send one JSON object")
-            self._limit = _MAX_OPTIONS_BYTES
+        elif self._name in (OPTIONS_FIELD, CLICKS_FIELD):
+            if getattr(self.form, self._name) is not None:
+                raise UploadError(422, f"more than one `{self._name}` field; send one JSON value")
+            self._limit = _MAX_OPTIONS_BYTES if self._name == OPTIONS_FIELD else _MAX_CLICKS_BYTES
         else:
             raise UploadError(422, f"unknown form field {self._name[:40]!r}; {_EXPECTED}")
 
@@ -142,7 +146,7 @@ class _Reader:
         if self._name == TEXT_FIELD:
             self.form.texts.append(text)
         else:
-            self.form.options = text
+            setattr(self.form, self._name, text)
 
 
 async def read_segment_form(

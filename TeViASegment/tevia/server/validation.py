@@ -1,4 +1,8 @@
-"""Checks of a /v1/segment request's `text` and `options` fields, before any voxel is read."""
+"""Checks of a /v1/segment request's `text`, `options` and `clicks` fields, before any voxel is read.
+
+`clicks` takes exactly what the worker protocol's `clicks` takes (TeViASegment/tevia/PROTOCOL.md),
+checked by the same code (tevia.volume.clicks.parse_clicks).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,15 @@ from typing import Any
 from tevia.volume.pipeline import SegmentOptions
 from tevia.server.settings import ServerSettings
 from tevia.server.upload import UploadError
+from tevia.volume.clicks import RequestClick, parse_clicks
 
-__all__ = ["prompts_from", "options_from"]
+__all__ = ["prompts_from", "options_from", "clicks_from"]
 
 _SCALARS = (str, int, float, bool, type(None))
 _MAX_LIST = 16
 _MAX_DETAIL = 300
 _EXAMPLE = '{"threshold": 0.5, "window": [40, 400]}'
+_CLICKS_EXAMPLE = '[[{"ras": [-80.5, 12.0, -301.2], "positive": true}], []]'
 
 
 def prompts_from(texts: list[str], settings: ServerSettings) -> list[str]:
@@ -70,3 +76,25 @@ def options_from(raw: str | None) -> SegmentOptions:
         return SegmentOptions.from_dict(values)
     except ValueError as error:
         raise UploadError(422, f"bad `options`: {str(error)[:_MAX_DETAIL]}") from None
+
+
+def clicks_from(raw: str | None, prompt_count: int) -> list[list[RequestClick]] | None:
+    """The `clicks` field (one list of clicks per prompt, as in the worker protocol), or None when absent.
+
+    Raises:
+        UploadError: 422 for a field that is not JSON or not clicks, naming the click that is wrong.
+    """
+    if raw is None or not raw.strip():
+        return None
+    try:
+        values = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise UploadError(422, f"the `clicks` field is not valid JSON ({error.msg} at character {error.pos}); "
+                               f"send one list of clicks per prompt, such as {_CLICKS_EXAMPLE}") from None
+    except RecursionError:
+        raise UploadError(422, f"the `clicks` field nests too deeply; send one list of clicks per prompt, such "
+                               f"as {_CLICKS_EXAMPLE}") from None
+    try:
+        return parse_clicks(values, prompt_count)
+    except ValueError as error:
+        raise UploadError(422, f"bad `clicks`: {str(error)[:_MAX_DETAIL]}") from None
