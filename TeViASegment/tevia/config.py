@@ -158,6 +158,10 @@ class TrainConfig:
         weights; checkpoints keep both, so `--resume` continues both (tevia.ema). Keep it the
         same across `--resume`: a run resumed with it off continues from the averaged weights.
         Refused with precision bf16-true or 16-true (the average is float32; bf16-mixed works).
+    model_from_init: build the architecture of the `--init` model (its model.json), with this
+        config's `model.click_inputs`; the config's other `model` keys are not used. One config
+        then fine-tunes any base model (e.g. adds click inputs to it); training refuses it
+        without `--init`.
     """
 
     max_epochs: int = 20
@@ -195,6 +199,7 @@ class TrainConfig:
     max_clicks: int = 3
     train_only_clicks: bool = False
     ema_decay: float = 0.0
+    model_from_init: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (("augmentation", ("affine", "zoom")), ("loss", ("dice_ce", "dice")),

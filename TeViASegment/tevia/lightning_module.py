@@ -53,7 +53,8 @@ class LitTeViA(L.LightningModule):
         self.text_index = index
         self.config = config
         warmup = config.prototype_warmup_epochs
-        if not network.prototype.active and not 1 <= warmup < config.max_epochs:
+        # train_only_clicks freezes the prototype too: it stays as the initial model has it, on or off.
+        if not config.train_only_clicks and not network.prototype.active and not 1 <= warmup < config.max_epochs:
             raise ValueError(
                 f"train.prototype_warmup_epochs={warmup} with train.max_epochs={config.max_epochs} never switches "
                 f"the historic prototype on (it collects in epoch index warmup - 1 and is used from index warmup): "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import logging
 import os
 import shutil
@@ -28,7 +29,7 @@ from tevia.model.build import build_network, build_text_encoder
 from tevia.model.text import weight_files_sha256
 from tevia.prompts import build_vocabulary
 
-__all__ = ["configure_parser", "main", "train", "export_model", "describe_training_images"]
+__all__ = ["configure_parser", "main", "train", "export_model", "describe_training_images", "with_init_architecture"]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_epochs=5")
     parser.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/last.ckpt")
-    parser.add_argument("--init", help="model folder or bundled name whose weights start the training (fine-tuning)")
+    parser.add_argument("--init", help="model folder or bundled name whose weights start the training (fine-tuning); "
+                                       "with train.model_from_init, also its architecture")
 
 
 def _datasets(config: Config):
@@ -149,6 +151,8 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
     from tevia.lightning_module import LitTeViA
 
     tc = config.train
+    if tc.model_from_init:
+        config = with_init_architecture(config, init)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     L.seed_everything(tc.seed, workers=True)
@@ -228,6 +232,25 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
     if installed is not None:
         _install(folder, installed)
     return folder
+
+
+def with_init_architecture(config: Config, init: str | None) -> Config:
+    """The config with the `--init` model's architecture and its own `model.click_inputs`
+    (train.model_from_init).
+
+    Raises:
+        ValueError: no `--init` model.
+        FileNotFoundError: the model folder does not exist.
+    """
+    from tevia.checkpoint import read_model_json, resolve_model
+
+    if not init:
+        raise ValueError("train.model_from_init builds the architecture of the initial model: give --init MODEL "
+                         "(a model folder or bundled name), or set train.model_from_init=false")
+    folder = resolve_model(init)
+    model, _ = read_model_json(folder)
+    log.info("architecture of %s (train.model_from_init), model.click_inputs %s", folder, config.model.click_inputs)
+    return dataclasses.replace(config, model=dataclasses.replace(model, click_inputs=config.model.click_inputs))
 
 
 def _install_target(config: Config) -> Path | None:
