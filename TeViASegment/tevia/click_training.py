@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 
 from tevia.click_simulation import next_click
-from tevia.model.clicks import render_clicks
 from tevia.model.network import TeViANet
 
 __all__ = ["simulate_click_maps", "draw_counts"]
@@ -27,15 +26,17 @@ def draw_counts(batch: int, max_clicks: int) -> torch.Tensor:
     return torch.randint(1, max_clicks + 1, (batch,))
 
 
-def _step(maps: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, active: torch.Tensor) -> None:
-    """Adds one corrective click, drawn into `maps` in place, for each image where `active`."""
+def _step(network: TeViANet, maps: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
+          active: torch.Tensor) -> None:
+    """Adds one corrective click, drawn into `maps` in place (the network's click encoding), for
+    each image where `active`."""
     prediction = (logits[:, 0] > 0).cpu().numpy()
     truth = (target[:, 0] > 0.5).cpu().numpy()
     clicks = []
     for b in range(prediction.shape[0]):
         click = next_click(prediction[b], truth[b]) if bool(active[b]) else None
         clicks.append([click] if click is not None else [])
-    render_clicks(clicks, tuple(maps.shape[-2:]), out=maps)
+    network.clicks.render(clicks, tuple(maps.shape[-2:]), out=maps)
 
 
 def simulate_click_maps(network: TeViANet, feats: list[torch.Tensor], text: torch.Tensor, target: torch.Tensor,
@@ -61,7 +62,7 @@ def simulate_click_maps(network: TeViANet, feats: list[torch.Tensor], text: torc
             if k > 1:
                 with torch.no_grad():
                     logits = network.decode(feats, text, maps).logits
-            _step(maps, logits, target, counts >= k)
+            _step(network, maps, logits, target, counts >= k)
     finally:
         network.train(was_training)
     return maps

@@ -72,6 +72,8 @@ class ModelConfig:
 
     click_inputs: the decoder also takes positive and negative click maps (tevia.model.clicks);
         off (the default) builds the text-only network every existing model.json describes.
+    click_encoding: how a click is drawn into its map: "disc" (a small disc, the default) or
+        "distance" (exp(-distance / (image side / 8)) to the nearest click).
     """
 
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -96,6 +98,7 @@ class ModelConfig:
     prototype_range_eps: str = "clamp"
     pixel_normalisation: str = "mean_std"
     click_inputs: bool = False
+    click_encoding: str = "disc"
 
 
 @dataclass
@@ -159,7 +162,7 @@ class TrainConfig:
         same across `--resume`: a run resumed with it off continues from the averaged weights.
         Refused with precision bf16-true or 16-true (the average is float32; bf16-mixed works).
     model_from_init: build the architecture of the `--init` model (its model.json), with this
-        config's `model.click_inputs`; the config's other `model` keys are not used. One config
+        config's `model.click_inputs` and `model.click_encoding`; its other `model` keys are not used. One config
         then fine-tunes any base model (e.g. adds click inputs to it); training refuses it
         without `--init`.
     """

@@ -20,7 +20,7 @@ from tevia.data.text_cache import TextEmbeddingCache
 from tevia.device import PRECISIONS, check_precision
 from tevia.domain import DomainProfile
 from tevia.model.build import build_network, build_text_encoder
-from tevia.model.clicks import Click, render_clicks, validate_clicks
+from tevia.model.clicks import Click, validate_clicks
 from tevia.model.text import weight_files_sha256
 from tevia.model_folders import resolve_model
 
@@ -191,7 +191,7 @@ class Segmenter:
                              "segment with text only, or load a model trained with clicks")
         for b, sample in enumerate(clicks):
             validate_clicks(sample, self.spec.image_size, f"clicks of image {b}")
-        return render_clicks(clicks, self.spec.image_size, self.device)
+        return self.network.clicks.render(clicks, self.spec.image_size, self.device)
 
     @torch.inference_mode()
     def decode(self, features: ImageFeatures, text: torch.Tensor,

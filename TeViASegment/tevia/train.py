@@ -235,8 +235,8 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
 
 
 def with_init_architecture(config: Config, init: str | None) -> Config:
-    """The config with the `--init` model's architecture and its own `model.click_inputs`
-    (train.model_from_init).
+    """The config with the `--init` model's architecture and its own `model.click_inputs` and
+    `model.click_encoding` (train.model_from_init).
 
     Raises:
         ValueError: no `--init` model.
@@ -249,8 +249,9 @@ def with_init_architecture(config: Config, init: str | None) -> Config:
                          "(a model folder or bundled name), or set train.model_from_init=false")
     folder = resolve_model(init)
     model, _ = read_model_json(folder)
-    log.info("architecture of %s (train.model_from_init), model.click_inputs %s", folder, config.model.click_inputs)
-    return dataclasses.replace(config, model=dataclasses.replace(model, click_inputs=config.model.click_inputs))
+    clicks = {"click_inputs": config.model.click_inputs, "click_encoding": config.model.click_encoding}
+    log.info("architecture of %s (train.model_from_init) with %s", folder, clicks)
+    return dataclasses.replace(config, model=dataclasses.replace(model, **clicks))
 
 
 def _install_target(config: Config) -> Path | None:

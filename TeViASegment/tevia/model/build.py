@@ -46,6 +46,7 @@ def build_network(config: ModelConfig, text_dim: int, pretrained_vision: bool | 
         prototype_range_eps=config.prototype_range_eps,
         pixel_normalisation=config.pixel_normalisation,
         click_inputs=config.click_inputs,
+        click_encoding=config.click_encoding,
     )
 
 

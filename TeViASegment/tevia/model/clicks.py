@@ -2,7 +2,10 @@
 
 A click is a pixel (row, column) at the model's input resolution with a sign: positive
 ("this belongs to the target") or negative ("this does not"). `render_clicks` draws each
-click as a disc into one of two maps (channel 0 positive, channel 1 negative).
+click into one of two maps (channel 0 positive, channel 1 negative), as a disc ("disc") or as
+a decaying distance map ("distance": exp(-d / click_scale), d the distance to the nearest click
+of that sign), which also tells the coarse decoder stages, whose cells are 16 or 32 pixels
+wide, how far each pixel is from a click (model.click_encoding).
 `ClickInjection` turns the two maps into an additive feature for the input of each decoder
 stage and of the head; the image encoder never sees them, so cached image features stay
 valid and a click costs one decoder pass. Its last convolutions start at zero: a network
@@ -18,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Click", "ClickInjection", "render_clicks", "click_radius", "validate_clicks"]
+__all__ = ["Click", "ClickInjection", "render_clicks", "click_radius", "click_scale", "validate_clicks",
+           "CLICK_ENCODINGS"]
+
+CLICK_ENCODINGS = ("disc", "distance")
 
 
 class Click(NamedTuple):
@@ -34,6 +40,11 @@ def click_radius(size: tuple[int, int]) -> int:
     return max(2, round(min(size) / 32))
 
 
+def click_scale(size: tuple[int, int]) -> float:
+    """Decay length in pixels of the "distance" encoding (16 at 128 x 128: 1/8 of the smaller side)."""
+    return min(size) / 8
+
+
 def validate_clicks(clicks: list[Click], size: tuple[int, int], where: str = "clicks") -> None:
     """Raises ValueError naming the first click that is not a finite point inside the image."""
     h, w = size
@@ -45,20 +56,24 @@ def validate_clicks(clicks: list[Click], size: tuple[int, int], where: str = "cl
 
 
 def render_clicks(clicks: list[list[Click]], size: tuple[int, int], device: torch.device | str = "cpu",
-                  out: torch.Tensor | None = None) -> torch.Tensor:
-    """Click maps (B, 2, H, W): 1 inside a disc of `click_radius(size)` around each click, in
-    channel 0 for positive and channel 1 for negative clicks; `out` (drawn into in place) keeps
-    earlier clicks."""
+                  out: torch.Tensor | None = None, encoding: str = "disc") -> torch.Tensor:
+    """Click maps (B, 2, H, W), channel 0 for positive and channel 1 for negative clicks:
+    "disc": 1 inside a disc of `click_radius(size)` around each click, else 0; "distance":
+    exp(-d / click_scale(size)), d the distance to the nearest click (1 on it). `out` (drawn
+    into in place) keeps earlier clicks."""
+    if encoding not in CLICK_ENCODINGS:
+        raise ValueError(f"click encoding must be one of {CLICK_ENCODINGS}, got {encoding!r}")
     h, w = size
     maps = out if out is not None else torch.zeros(len(clicks), 2, h, w, device=device)
-    r = click_radius(size)
+    r, scale = click_radius(size), click_scale(size)
     rows = torch.arange(h, device=maps.device, dtype=torch.float32)[:, None]
     cols = torch.arange(w, device=maps.device, dtype=torch.float32)[None, :]
     for b, sample in enumerate(clicks):
         for click in sample:
-            disc = (rows - float(click.row)) ** 2 + (cols - float(click.col)) ** 2 <= r * r
+            squared = (rows - float(click.row)) ** 2 + (cols - float(click.col)) ** 2
+            value = (squared <= r * r).to(maps.dtype) if encoding == "disc" else torch.exp(-squared.sqrt() / scale)
             channel = 0 if click.positive else 1
-            maps[b, channel] = torch.maximum(maps[b, channel], disc.to(maps.dtype))
+            maps[b, channel] = torch.maximum(maps[b, channel], value.to(maps.dtype))
     return maps
 
 
@@ -72,8 +87,11 @@ class ClickInjection(nn.Module):
     the text-only output.
     """
 
-    def __init__(self, widths: list[int], hidden: int = 16) -> None:
+    def __init__(self, widths: list[int], hidden: int = 16, encoding: str = "disc") -> None:
         super().__init__()
+        if encoding not in CLICK_ENCODINGS:
+            raise ValueError(f"model.click_encoding must be one of {CLICK_ENCODINGS}, got {encoding!r}")
+        self.encoding = encoding
         self.widths = list(widths)
         self.levels = nn.ModuleList(
             nn.Sequential(nn.Conv2d(2, hidden, 3, padding=1), nn.GELU(), nn.Conv2d(hidden, width, 1))
@@ -82,6 +100,11 @@ class ClickInjection(nn.Module):
         for level in self.levels:
             nn.init.zeros_(level[-1].weight)
             nn.init.zeros_(level[-1].bias)
+
+    def render(self, clicks: list[list[Click]], size: tuple[int, int], device: torch.device | str = "cpu",
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        """`render_clicks` in this injection's encoding (the one it was trained with)."""
+        return render_clicks(clicks, size, device, out, self.encoding)
 
     def forward(self, maps: torch.Tensor, level: int, size: tuple[int, int]) -> torch.Tensor:
         pooled = F.adaptive_max_pool2d(maps, tuple(size))

@@ -50,6 +50,7 @@ class TeViANet(nn.Module):
             channels to zero mean and unit variance, the reference's NormalizeIntensity).
         click_inputs: take positive and negative click maps in `decode` (tevia.model.clicks),
             injected at each decoder stage's input and the head's; off builds the text-only network.
+        click_encoding: how clicks are drawn into those maps: "disc" or "distance".
     """
 
     def __init__(self, encoder: VisionEncoder, text_tokens: int, text_dim: int, neck_channels: list[int],
@@ -58,7 +59,8 @@ class TeViANet(nn.Module):
                  pixel_mean: list[float] = (0.485, 0.456, 0.406), pixel_std: list[float] = (0.229, 0.224, 0.225),
                  stage_options: StageOptions = StageOptions(), head_activation: str = "gelu",
                  foreground_pooling: str = "average", prototype_range_eps: str = "clamp",
-                 pixel_normalisation: str = "mean_std", click_inputs: bool = False) -> None:
+                 pixel_normalisation: str = "mean_std", click_inputs: bool = False,
+                 click_encoding: str = "disc") -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
@@ -96,7 +98,7 @@ class TeViANet(nn.Module):
         self.head_act = nn.GELU() if head_activation == "gelu" else nn.Identity()
         self.out = nn.Conv2d(head_channels, 1, 1)
         self.prototype = HistoricPrototype(self.stage_widths, momentum, prototype_range_eps)
-        self.clicks = ClickInjection([*self.stage_widths, widths[0]]) if click_inputs else None
+        self.clicks = ClickInjection([*self.stage_widths, widths[0]], encoding=click_encoding) if click_inputs else None
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1))
 
@@ -127,7 +129,7 @@ class TeViANet(nn.Module):
     def decode(self, feats: list[torch.Tensor], text: torch.Tensor,
                clicks: torch.Tensor | None = None) -> NetworkOutput:
         """feats from encode_image; text (B, T, D) or (1, T, D) broadcast over the batch; clicks
-        None or click maps (B, 2, H, W) at the input resolution (tevia.model.clicks.render_clicks),
+        None or click maps (B, 2, H, W) at the input resolution (`self.clicks.render`),
         only for a network built with click inputs."""
         if text.shape[0] == 1 and feats[0].shape[0] > 1:
             text = text.expand(feats[0].shape[0], -1, -1)
