@@ -71,7 +71,7 @@ def render_clicks(clicks: list[list[Click]], size: tuple[int, int], device: torc
     for b, sample in enumerate(clicks):
         for click in sample:
             squared = (rows - float(click.row)) ** 2 + (cols - float(click.col)) ** 2
-            value = (squared <= r * r).to(maps.dtype) if encoding == "disc" else torch.exp(-squared.sqrt() / scale)
+            value = (squared <= r * r).float() if encoding == "disc" else torch.exp(-squared.sqrt() / scale)
             channel = 0 if click.positive else 1
             maps[b, channel] = torch.maximum(maps[b, channel], value.to(maps.dtype))
     return maps
@@ -84,7 +84,8 @@ class ClickInjection(nn.Module):
     The maps are max-pooled to the level's resolution (a click never vanishes), then a 3x3
     convolution, GELU and a zero-initialised 1x1 convolution. An image without clicks (all-zero
     maps) gets exactly zero, so in a batch mixing images with and without clicks the latter get
-    the text-only output.
+    the text-only output. `encoding` ("disc" or "distance") is how `render` draws the maps it
+    was trained on.
     """
 
     def __init__(self, widths: list[int], hidden: int = 16, encoding: str = "disc") -> None:

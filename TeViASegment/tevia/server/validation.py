@@ -50,6 +50,21 @@ def _is_flat(value: Any) -> bool:
     return isinstance(value, list) and len(value) <= _MAX_LIST and all(isinstance(v, _SCALARS) for v in value)
 
 
+def _json_field(raw: str, name: str, expected: str) -> Any:
+    """The JSON value of the form field `name`.
+
+    Raises:
+        UploadError: 422 when it is not JSON or nests too deeply, saying to send `expected`.
+    """
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise UploadError(422, f"the `{name}` field is not valid JSON ({error.msg} at character {error.pos}); "
+                               f"send {expected}") from None
+    except RecursionError:
+        raise UploadError(422, f"the `{name}` field nests too deeply; send {expected}") from None
+
+
 def options_from(raw: str | None) -> SegmentOptions:
     """The `options` field as SegmentOptions, every option's type and range checked.
 
@@ -58,14 +73,7 @@ def options_from(raw: str | None) -> SegmentOptions:
     """
     if raw is None or not raw.strip():
         return SegmentOptions()
-    try:
-        values = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise UploadError(422, f"the `options` field is not valid JSON ({error.msg} at character {error.pos}); "
-                               f"send a JSON object such as {_EXAMPLE}") from None
-    except RecursionError:
-        raise UploadError(422, f"the `options` field nests too deeply; send a flat JSON object such as "
-                               f"{_EXAMPLE}") from None
+    values = _json_field(raw, "options", f"a flat JSON object such as {_EXAMPLE}")
     if not isinstance(values, dict):
         raise UploadError(422, f"the `options` field must be a JSON object, got {type(values).__name__}")
     for key, value in values.items():
@@ -86,14 +94,7 @@ def clicks_from(raw: str | None, prompt_count: int) -> list[list[RequestClick]] 
     """
     if raw is None or not raw.strip():
         return None
-    try:
-        values = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise UploadError(422, f"the `clicks` field is not valid JSON ({error.msg} at character {error.pos}); "
-                               f"send one list of clicks per prompt, such as {_CLICKS_EXAMPLE}") from None
-    except RecursionError:
-        raise UploadError(422, f"the `clicks` field nests too deeply; send one list of clicks per prompt, such "
-                               f"as {_CLICKS_EXAMPLE}") from None
+    values = _json_field(raw, "clicks", f"one list of clicks per prompt, such as {_CLICKS_EXAMPLE}")
     try:
         return parse_clicks(values, prompt_count)
     except ValueError as error:
