@@ -242,7 +242,8 @@ def with_init_architecture(config: Config, init: str | None) -> Config:
         ValueError: no `--init` model.
         FileNotFoundError: the model folder does not exist.
     """
-    from tevia.checkpoint import read_model_json, resolve_model
+    from tevia.checkpoint import read_model_json
+    from tevia.model_folders import resolve_model
 
     if not init:
         raise ValueError("train.model_from_init builds the architecture of the initial model: give --init MODEL "

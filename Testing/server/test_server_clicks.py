@@ -21,7 +21,8 @@ from server_helpers import (TOKEN, LiveServer, auth, read_answer, real_volume, s
                             serve)
 from tevia.click_simulation import next_click
 from tevia.inference import Segmenter
-from tevia.pipeline import SegmentOptions, segment_volume
+from tevia.segment_options import SegmentOptions
+from tevia.volume.pipeline import segment_volume
 
 SAMPLES = TESTDATA / "qata_samples"
 OPTIONS = {"convention": "image"}  # the X-ray prompts name the image's sides, as the model was trained
