@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import logging
+import os
 import sys
 import types
 import unittest
@@ -179,3 +180,13 @@ def oblique_volume():
             matrix.SetElement(r, col, directions[r, col])
     volume.SetIJKToRASDirectionMatrix(matrix)
     return volume
+
+
+@pytest.fixture(scope="module")
+def worker():
+    """One real worker process per test module (the Slicer side's WorkerClient, this Python)."""
+    from TeViASegmentLib.worker_client import WorkerClient
+
+    client = WorkerClient(python=sys.executable, env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    yield client
+    client.shutdown()

@@ -6,8 +6,6 @@ permuted and flipped against RAS (a non-identity direction matrix)."""
 from __future__ import annotations
 
 import csv
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -15,11 +13,10 @@ import SimpleITK as sitk
 import slicer
 import slicer.util
 from conftest import TESTDATA
-from slicer_fixtures import scene_snapshot, slicer_scene  # noqa: F401 (fixture)
+from slicer_fixtures import scene_snapshot, slicer_scene, worker  # noqa: F401 (fixture)
 
 from TeViASegmentLib import clicks, scene, settings
 from TeViASegmentLib.click_editor import ClickEditor
-from TeViASegmentLib.worker_client import WorkerClient
 from tevia.click_simulation import dice, next_click
 
 QATA = TESTDATA / "qata_samples"
@@ -49,13 +46,6 @@ def _xray_stack(first: int):
 def _ras(xray: int, row: float, column: float) -> tuple[float, float, float]:
     """The RAS point of a pixel of one X-ray of the stack (a 2D X-ray's I, J, K = column, row, 0)."""
     return (-column, -row, float(xray))
-
-
-@pytest.fixture(scope="module")
-def worker():
-    client = WorkerClient(python=sys.executable, env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-    yield client
-    client.shutdown()
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ whole module, as in Slicer."""
 
 from __future__ import annotations
 
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -13,21 +11,13 @@ import SimpleITK as sitk
 import slicer
 import slicer.util
 from conftest import shared_path
-from slicer_fixtures import load_volume, scene_snapshot, slicer_scene  # noqa: F401 (fixture)
+from slicer_fixtures import load_volume, scene_snapshot, slicer_scene, worker  # noqa: F401 (fixture)
 
 from TeViASegmentLib import jobs, scene, settings
-from TeViASegmentLib.worker_client import WorkerClient
 from tevia.metrics import dice_score
 
 SAMPLES = 4
 MIN_MEAN_DICE = 0.5  # measured 0.69 (0.365, 0.842, 0.863, 0.691) with the bundled model of aa63a9d
-
-@pytest.fixture(scope="module")
-def worker():
-    client = WorkerClient(python=sys.executable, env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-    yield client
-    client.shutdown()
-
 
 @pytest.fixture
 def logic(worker, slicer_scene, tmp_path, tiny_model_dir):
