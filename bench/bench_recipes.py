@@ -48,7 +48,12 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "e30": ("30 epochs (cosine to the end), warm-up 5, seed 0", LONG),
     "e30-s1": ("30 epochs, seed 1", LONG + ["train.seed=1"]),
     "e30-s2": ("30 epochs, seed 2", LONG + ["train.seed=2"]),
+    "e9-ema": ("9 epochs, EMA of the weights (decay 0.999)", ["train.ema_decay=0.999"]),
+    "e9-lite0": ("9 epochs, EfficientNet-Lite0 in place of MobileNetV2", []),
+    "e9-224": ("9 epochs, input 224 x 224 in place of 128 x 128", ["model.image_size=[224,224]"]),
 }
+# Recipes that start from another config than CONFIG.
+CONFIGS = {"e9-lite0": "configs/default-qata-lite0.yaml"}
 THREADS = 2
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ ")
 
@@ -105,9 +110,10 @@ def main() -> int:
             model = ROOT / BUNDLED
         else:
             model = out / "model"
-            command = [sys.executable, "-m", "tevia", "train", "--config", CONFIG, *overrides,
+            config = CONFIGS.get(name, CONFIG)
+            command = [sys.executable, "-m", "tevia", "train", "--config", config, *overrides,
                        f"train.out_dir={out}", "train.threads=2"]
-            case["command"] = "tevia train --config " + " ".join([CONFIG, *overrides])
+            case["command"] = "tevia train --config " + " ".join([config, *overrides])
             if (model / "model.json").is_file():
                 case["train"] = logged_minutes(ROOT / "runs" / f"{name}.log") or logged_minutes(out.with_suffix(".log"))
             else:
