@@ -115,9 +115,12 @@ class SegmentJob:
         if self._on_progress:
             self._on_progress(stage, done, total)
 
-    def _import(self, labelmap: np.ndarray, labels: dict[int, str], warnings: list[str]) -> None:
+    def _import(self, labelmap: np.ndarray, labels: dict[int, str], warnings: list[str],
+                origin: tuple[int, int, int] | None = None) -> None:
+        """Hand the result to the importer; a cropped result (a request with `crop`) also
+        passes `origin=` (K, J, I), where the block starts in the volume's grid."""
         try:
-            self.result = self._importer(labelmap, labels, warnings)
+            self.result = self._importer(labelmap, labels, warnings, **({} if origin is None else {"origin": origin}))
         except Exception as error:
             logger.exception("Importing the segmentation failed")
             self._finish("failed", f"The result could not be added to the scene: {error}")
@@ -224,10 +227,11 @@ class LocalSegmentJob(SegmentJob):
         try:
             labelmap = np.load(event.get("output") or self._output)
             labels = {int(value): str(prompt) for value, prompt in event["labels"].items()}
+            origin = tuple(int(x) for x in event["crop_origin"]) if "crop_origin" in event else None
         except (OSError, ValueError, KeyError, TypeError) as error:
             self._finish("failed", f"The worker's result could not be read: {error}")
             return
-        self._import(labelmap, labels, self.warnings)
+        self._import(labelmap, labels, self.warnings, origin)
 
     def _cleanup(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)

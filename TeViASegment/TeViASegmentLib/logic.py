@@ -118,9 +118,9 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
                 onWarning(note)
         mirrorSides = terminology.sides_mirrored(options["convention"], scene.ijk_to_ras(volumeNode))
 
-        def importer(labelmap, labels, warnings):
+        def importer(labelmap, labels, warnings, origin=None):
             node, segmentIds = scene.import_labelmap(labelmap, labels, volumeNode, segmentationNode,
-                                                     mirror_sides=mirrorSides)
+                                                     mirror_sides=mirrorSides, origin=origin)
             notice = domain_notice(warnings)
             for segmentId in segmentIds if notice else []:
                 node.GetSegmentation().GetSegment(segmentId).SetTag(NOTICE_TAG, notice)
@@ -135,7 +135,9 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         if self.remoteUrl:
             self.job = self._remoteJob(volumeNode, promptList, options, importer, callbacks)
         else:
-            self.job = self._localJob(volumeNode, promptList, model, device, precision, options, importer, callbacks)
+            # crop: the worker writes only the block that holds the segments (PROTOCOL.md)
+            self.job = self._localJob(volumeNode, promptList, model, device, precision, options, importer, callbacks,
+                                      {"crop": True})
         return self.job
 
     def refineAsync(self, volumeNode, segmentationNode, segmentId, clicks, apply, model="default", device="auto",

@@ -150,25 +150,18 @@ def _unique_name(segmentation, name: str) -> str:
     return candidate
 
 
-def _bounding_box(mask_kji: np.ndarray) -> tuple[tuple[int, int], ...]:
-    """[start, stop) along K, J and I of the True voxels of a mask (one pass over the whole
-    mask, then passes over its K range only); the first voxel for an empty mask."""
-    k = np.flatnonzero(mask_kji.any(axis=(1, 2)))
-    if not k.size:
-        return (0, 1), (0, 1), (0, 1)
-    block = mask_kji[k[0]:k[-1] + 1]
-    j, i = np.flatnonzero(block.any(axis=(0, 2))), np.flatnonzero(block.any(axis=(0, 1)))
-    return (int(k[0]), int(k[-1]) + 1), (int(j[0]), int(j[-1]) + 1), (int(i[0]), int(i[-1]) + 1)
-
-
-def _oriented_mask(mask_kji: np.ndarray, volume_node, segmentation_node):
+def _oriented_mask(mask_kji: np.ndarray, volume_node, segmentation_node, origin: tuple[int, int, int] = (0, 0, 0)):
     """A vtkOrientedImageData (0/1, uint8) holding a KJI mask cropped to its bounding
-    box (an empty mask: one 0 voxel) (the extent keeps the volume's voxel indices), in the segmentation node's coordinates:
-    the volume's IJK-to-RAS, then the transform from the volume's parent transform to the
-    segmentation's (none when both are under the same transform)."""
+    box (an empty mask: one 0 voxel), in the segmentation node's coordinates: the volume's
+    IJK-to-RAS, then the transform from the volume's parent transform to the segmentation's
+    (none when both are under the same transform). The mask is the block of the volume's grid
+    that starts at voxel `origin` (K, J, I); the extent keeps the volume's voxel indices."""
+    from tevia.volume.bounds import nonzero_bounds
+
     image = slicer.vtkOrientedImageData()
-    (k0, k1), (j0, j1), (i0, i1) = _bounding_box(mask_kji)
-    image.SetExtent(i0, i1 - 1, j0, j1 - 1, k0, k1 - 1)
+    (k0, k1), (j0, j1), (i0, i1) = nonzero_bounds(mask_kji)
+    ok, oj, oi = origin
+    image.SetExtent(oi + i0, oi + i1 - 1, oj + j0, oj + j1 - 1, ok + k0, ok + k1 - 1)
     image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
     vtk.util.numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = mask_kji[k0:k1, j0:j1, i0:i1].ravel()
     matrix = vtk.vtkMatrix4x4()
@@ -236,7 +229,7 @@ def _add_segmentation_beside(volume_node):
 
 def import_labelmap(labelmap_kji: np.ndarray, labels: dict[int, str], volume_node,
                     segmentation_node=None, terminology_logic=None,
-                    mirror_sides: bool = False) -> tuple[object, list[str]]:
+                    mirror_sides: bool = False, origin: tuple[int, int, int] | None = None) -> tuple[object, list[str]]:
     """Add one segment per label to a segmentation node, with the volume as reference geometry.
 
     Existing segments are never changed; new segments get unique names, their prompt in the
@@ -247,8 +240,10 @@ def import_labelmap(labelmap_kji: np.ndarray, labels: dict[int, str], volume_nod
     segments added so far (and a node created here) are removed again.
 
     Args:
-        labelmap_kji: integer array, shape (K, J, I) equal to the volume's voxel array; value v
-            marks the voxels of `labels[v]`, 0 is background.
+        labelmap_kji: integer array on the volume's (K, J, I) voxel grid: the whole grid (shape
+            equal to the volume's voxel array), or, with `origin`, the block of it that starts
+            there (voxels outside it are background); value v marks the voxels of `labels[v]`,
+            0 is background.
         labels: label value -> prompt text.
         volume_node: the volume the labelmap was computed from (gives the geometry).
         segmentation_node: where to add the segments; a new node (under the volume's parent
@@ -256,16 +251,25 @@ def import_labelmap(labelmap_kji: np.ndarray, labels: dict[int, str], volume_nod
         terminology_logic: see `terminology.code_prompt`.
         mirror_sides: the prompts' "left"/"right" name mirrored image halves (see
             `terminology.code_prompt`).
+        origin: None (the labelmap is the whole grid), or the (K, J, I) index of the volume
+            voxel that `labelmap_kji[0, 0, 0]` is.
 
     Returns:
         (segmentation_node, ids of the added segments in label order).
 
     Raises:
-        ValueError: when the labelmap's shape differs from the volume's, or labels is empty.
+        ValueError: when the labelmap (at `origin`) does not lie inside the volume's grid, or
+            labels is empty.
     """
     volume_shape = tuple(reversed(volume_node.GetImageData().GetDimensions()))
-    if tuple(labelmap_kji.shape) != volume_shape:
-        raise ValueError(f"labelmap_kji has shape {labelmap_kji.shape}, expected the volume's {volume_shape}")
+    if origin is None:
+        if tuple(labelmap_kji.shape) != volume_shape:
+            raise ValueError(f"labelmap_kji has shape {labelmap_kji.shape}, expected the volume's {volume_shape}")
+        origin = (0, 0, 0)
+    elif labelmap_kji.ndim != 3 or len(origin) != 3 or any(
+            o < 0 or o + n > v for o, n, v in zip(origin, labelmap_kji.shape, volume_shape)):
+        raise ValueError(f"labelmap_kji of shape {labelmap_kji.shape} at voxel {tuple(origin)} does not lie inside "
+                         f"the volume's grid {volume_shape}")
     if not labels:
         raise ValueError("labels must map at least one label value to a prompt, got {}")
     scene = volume_node.GetScene()
@@ -290,7 +294,7 @@ def import_labelmap(labelmap_kji: np.ndarray, labels: dict[int, str], volume_nod
             if not mask.any():
                 logger.warning("No voxels found for prompt %r: its segment is empty", prompt)
             elif not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-                    _oriented_mask(mask, volume_node, segmentation_node), segmentation_node, segment_id):
+                    _oriented_mask(mask, volume_node, segmentation_node, origin), segmentation_node, segment_id):
                 raise RuntimeError(f"Slicer could not set the voxels of segment {prompt!r}")
     except Exception:
         for segment_id in added:

@@ -31,7 +31,7 @@ from tevia.volume.cache import FeatureCache
 from tevia.volume.clicks import RequestClick
 from tevia.volume.io import input_signature, read_input
 from tevia.volume.pipeline import Cancelled, SegmentResult, image_fingerprint, segment_volume
-from tevia.volume.writers import check_output_path, write_labelmap
+from tevia.volume.writers import check_output_path, labelmap_block, write_labelmap
 
 if TYPE_CHECKING:  # tevia.inference imports transformers: imported only when a model loads
     from tevia.inference import Segmenter
@@ -104,12 +104,14 @@ class SegmentedFile:
         result: The pipeline's result; its timings include "read" and "write".
         warnings: Every warning: the input's, then the run's.
         input_reused: The image was the one kept from the previous request (not read again).
+        crop_origin: Where the written block starts (K, J, I) when the labelmap was cropped.
     """
 
     output: Path
     result: SegmentResult
     warnings: list[str] = field(default_factory=list)
     input_reused: bool = False
+    crop_origin: list[int] | None = None
 
 
 def _ignore(*_: Any) -> None:
@@ -227,13 +229,14 @@ class InferenceSession:
                      options: SegmentOptions, input_key: str | None = None, progress: Progress = _ignore,
                      cancelled: Callable[[], bool] | None = None, warn: Warn = _ignore,
                      clicks: list[list[RequestClick]] | None = None,
-                     sidecar: dict[str, Any] | None = None) -> SegmentedFile:
+                     sidecar: dict[str, Any] | None = None, crop: bool = False) -> SegmentedFile:
         """Read an input (:meth:`read`), segment it (:meth:`segment`) and write its labelmap.
 
         The output is written atomically with its JSON sidecar (tevia.volume.writers), which
         holds the model's name, ``sidecar``'s entries, the convention, prompts, voxel counts,
         options, warnings and the domain summary. ``warn`` gets the input's warnings after the
-        read and the run's before the write.
+        read and the run's before the write. ``crop`` (a .npy output only) writes just the
+        block that holds the labelled voxels (tevia.volume.writers.write_labelmap).
 
         Raises:
             FileNotFoundError, tevia.volume.errors.InputError: the input cannot be read, or the
@@ -257,9 +260,11 @@ class InferenceSession:
         warnings += result.warnings
         progress("write", 0, 1)
         began = time.perf_counter()
+        block = labelmap_block(result.labelmap) if crop else None
         write_labelmap(result.labelmap, output, result.labels, {
             "model": self.model, **(sidecar or {}), "convention": options.convention, "prompts": result.prompts,
-            "voxels": result.voxels, "options": options.to_dict(), "warnings": warnings, "domain": result.domain})
+            "voxels": result.voxels, "options": options.to_dict(), "warnings": warnings, "domain": result.domain},
+            crop=block)
         result.timings.update(read=read_seconds, write=time.perf_counter() - began)
         result.timings["total"] += read_seconds + result.timings["write"]
-        return SegmentedFile(output, result, warnings, reused)
+        return SegmentedFile(output, result, warnings, reused, [start for start, _ in block] if block else None)

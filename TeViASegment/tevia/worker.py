@@ -26,6 +26,7 @@ import torch
 from tevia.segment_options import SegmentOptions
 from tevia.session import InferenceSession, ModelLoadError, input_paths
 from tevia.volume.errors import InputError
+from tevia.volume.io import file_extension
 from tevia.volume.pipeline import Cancelled
 from tevia.volume.writers import check_output_path
 from tevia.worker_requests import (ERROR_CODES, MAX_REQUEST_CHARS, PROTOCOL_VERSION, RequestError, input_key,
@@ -203,10 +204,15 @@ class Worker:
         def warn(message: str) -> None:
             self.emit(request_id, "warning", message=message)
 
+        crop = request.get("crop", False)
+        if not isinstance(crop, bool) or (crop and file_extension(output) != ".npy"):
+            raise RequestError("bad_request", f"'crop' must be true or false, and true only with a .npy output; "
+                                              f"got crop={shown(crop)} with output {output.name!r}")
         done = self.session.segment_file(source, prompts, output, options, key, progress,
-                                         lambda: request_id in self._cancelled, warn, clicks)
+                                         lambda: request_id in self._cancelled, warn, clicks, crop=crop)
         result = done.result
         self.emit(request_id, "result", output=str(done.output),
+                  **({} if done.crop_origin is None else {"crop_origin": done.crop_origin}),
                   labels={str(k): v for k, v in result.labels.items()}, voxels=result.voxels, prompts=result.prompts,
                   warnings=done.warnings, domain=result.domain, cache_hit=bool(result.timings.get("cache_hit")),
                   input_reused=done.input_reused, timings={k: round(v, 4) for k, v in result.timings.items()},

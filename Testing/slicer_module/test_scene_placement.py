@@ -131,3 +131,35 @@ def test_existing_segmentation_stays_where_the_user_put_it(slicer_scene):
     hierarchy.CreateItem(folder, existing)
     scene.import_labelmap(_mask(volume), {1: "liver"}, volume, existing)
     assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(existing)) == folder
+
+
+def test_a_cropped_labelmap_lands_where_the_whole_one_does(slicer_scene):
+    """The worker's cropped answer (a block and its origin) gives the same segment voxels as the whole labelmap,
+    under a rotated parent transform; two labels in one block each get their own segment."""
+    volume = load_volume(CT, "ct")
+    volume.SetAndObserveTransformNodeID(_linear_transform(slicer_scene, 35.0, (1, 1, 0), (-20.0, 15.0, 60.0)).GetID())
+    whole = _mask(volume)
+    whole[12:14, 55:60, 80:90] = 2
+    from tevia.volume.bounds import nonzero_bounds
+
+    bounds = nonzero_bounds(whole)
+    block = whole[tuple(slice(a, b) for a, b in bounds)]
+    assert block.shape == (6, 30, 50)
+    labels = {1: "liver lesion", 2: "spleen"}
+    full_node, full_ids = scene.import_labelmap(whole, labels, volume)
+    crop_node, crop_ids = scene.import_labelmap(block, labels, volume, origin=tuple(a for a, _ in bounds))
+    for value, full_id, crop_id in zip(labels, full_ids, crop_ids):
+        expected = _expected_world_points(volume, whole == value)
+        assert np.allclose(_segment_world_points(crop_node, crop_id), expected, atol=1e-3)
+        assert np.allclose(_segment_world_points(full_node, full_id), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("origin", [(0, 0, -1), (1000, 0, 0), (0, 0)])
+def test_a_block_outside_the_volume_is_refused_and_nothing_is_added(slicer_scene, origin):
+    volume = load_volume(CT, "ct")
+    existing = slicer_scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    with pytest.raises(ValueError, match="does not lie inside the volume's grid"):
+        scene.import_labelmap(np.ones((2, 3, 4), np.uint8), {1: "liver"}, volume, existing, origin=origin)
+    assert existing.GetSegmentation().GetNumberOfSegments() == 0
+    with pytest.raises(ValueError, match="expected the volume's"):
+        scene.import_labelmap(np.ones((2, 3, 4), np.uint8), {1: "liver"}, volume, existing)

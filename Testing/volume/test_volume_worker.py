@@ -58,6 +58,26 @@ def test_raw_voxels_in_npy_out(worker, volumes_dir, tmp_path):
                              "output": str(tmp_path / "m.npy")})[-1]
     mask = np.load(result["output"])
     assert mask.dtype == np.uint8 and mask.shape == image.GetSize()[::-1]
+    assert "crop_origin" not in result
+
+
+@pytest.mark.parametrize("threshold", [0.4649, 0.999])
+def test_a_cropped_npy_holds_the_block_of_the_labelled_voxels(worker, ct_path, tmp_path, threshold):
+    """What the Slicer module asks for: only the block that holds the labels, and where it starts."""
+    request = {"type": "segment", "input": str(ct_path), "prompts": ["liver", "spleen"],
+               "options": {"threshold": threshold}}
+    whole = np.load(worker.request({**request, "id": "whole", "output": str(tmp_path / "w.npy")})[-1]["output"])
+    cropped = worker.request({**request, "id": "crop", "crop": True, "output": str(tmp_path / "c.npy")})[-1]
+    block, (k, j, i) = np.load(cropped["output"]), cropped["crop_origin"]
+    assert json.loads((tmp_path / "c.tevia.json").read_text())["crop_origin"] == [k, j, i]
+    padded = np.zeros_like(whole)
+    padded[k:k + block.shape[0], j:j + block.shape[1], i:i + block.shape[2]] = block
+    np.testing.assert_array_equal(padded, whole)
+    if whole.any():
+        assert all(block[[0, -1]].any(axis=(1, 2)))  # tight: every face of the block holds a label
+        assert block[:, [0, -1]].any() and block[..., [0, -1]].any()
+    else:
+        assert block.shape == (1, 1, 1) and [k, j, i] == [0, 0, 0]
 
 
 def test_seg_nrrd_output(worker, ct_path, tmp_path):
@@ -177,6 +197,10 @@ def test_malformed_requests(worker, line, match):
      "cannot write"),
     ({"type": "segment", "input": "CT", "prompts": ["liver"], "output": "OUT/x.nii.gz", "options": {"colour": 1}},
      "bad_request", "colour"),
+    ({"type": "segment", "input": "CT", "prompts": ["liver"], "output": "OUT/x.nii.gz", "crop": True},
+     "bad_request", "'crop'"),
+    ({"type": "segment", "input": "CT", "prompts": ["liver"], "output": "OUT/x.npy", "crop": "yes"},
+     "bad_request", "'crop'"),
     ({"type": "load", "model": "no-such-model"}, "not_found", "no-such-model"),
     ({"type": "load", "model": "default", "device": "quantum"}, "bad_request", "quantum"),
     ({"type": "load", "model": "default", "device": "cpu", "precision": "fp8"}, "bad_request", "fp8"),

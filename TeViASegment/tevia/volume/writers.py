@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from tevia.files import atomic_path
 from tevia.volume.errors import BadInputError, UnsupportedFormatError
+from tevia.volume.bounds import nonzero_bounds
 from tevia.volume.geometry import as_3d, ijk_to_lps
 from tevia.volume.io import file_extension
 
@@ -29,6 +30,7 @@ __all__ = [
     "check_output_path",
     "SIDECAR_SUFFIX",
     "sidecar_path",
+    "labelmap_block",
     "write_labelmap",
 ]
 
@@ -118,13 +120,14 @@ def _write_seg_nrrd(labelmap: sitk.Image, labels: dict[int, str], path: Path) ->
     slicerio.write_segmentation(str(path), segmentation)
 
 
-def _writer(extension: str, labelmap: sitk.Image, labels: dict[int, str]) -> Callable[[Path], None]:
+def _writer(extension: str, labelmap: sitk.Image, labels: dict[int, str],
+            block: tuple[slice, ...] = ()) -> Callable[[Path], None]:
     if extension == ".seg.nrrd":
         return lambda path: _write_seg_nrrd(labelmap, labels, path)
     if extension == ".npy":
         def save_npy(path: Path) -> None:
-            volume = as_3d(labelmap)  # alive while its array view is written: no copy of the voxels
-            np.save(path, sitk.GetArrayViewFromImage(volume), allow_pickle=False)
+            volume = as_3d(labelmap)  # alive while its array view is written: no copy of the whole volume
+            np.save(path, sitk.GetArrayViewFromImage(volume)[block], allow_pickle=False)
 
         return save_npy
     if extension == ".png":
@@ -134,8 +137,14 @@ def _writer(extension: str, labelmap: sitk.Image, labels: dict[int, str]) -> Cal
     return lambda path: sitk.WriteImage(labelmap, str(path), useCompression=True)
 
 
+def labelmap_block(labelmap: sitk.Image) -> tuple[tuple[int, int], ...]:
+    """[start, stop) along K, J, I of a labelmap's labelled voxels (a 2D image is one slice)."""
+    volume = as_3d(labelmap)  # alive while its array view is scanned
+    return nonzero_bounds(sitk.GetArrayViewFromImage(volume))
+
+
 def write_labelmap(labelmap: sitk.Image, output: str | os.PathLike, labels: dict[int, str],
-                   metadata: dict[str, Any]) -> list[Path]:
+                   metadata: dict[str, Any], crop: tuple[tuple[int, int], ...] | None = None) -> list[Path]:
     """Write a uint8 labelmap and its JSON sidecar atomically: both are in place, or neither is new.
 
     Args:
@@ -145,6 +154,11 @@ def write_labelmap(labelmap: sitk.Image, output: str | os.PathLike, labels: dict
             coloured segments that Slicer and slicerio read.
         labels: Label value -> segment name (the user's prompt).
         metadata: Extra sidecar fields (prompts, convention, warnings, ...).
+        crop: .npy only: [start, stop) along K, J, I of the block of the array to write
+            (:func:`labelmap_block` gives the block that holds every labelled voxel); the
+            sidecar records where it starts (``crop_origin``) and the whole array's ``shape``.
+            A client that imports the labels into its own copy of the volume (Slicer) then
+            reads and scans only that block instead of the whole volume.
 
     Returns:
         The paths written: the output, then its sidecar (:func:`sidecar_path`).
@@ -156,8 +170,14 @@ def write_labelmap(labelmap: sitk.Image, output: str | os.PathLike, labels: dict
     sidecar = sidecar_path(output)
     content = {_SIDECAR_MARK: 1, "output": output.name, "labels": {str(k): v for k, v in sorted(labels.items())},
                **metadata}
+    block: tuple[slice, ...] = ()
+    if crop is not None:
+        if file_extension(output) != ".npy":
+            raise UnsupportedFormatError(f"only a .npy labelmap can be cropped, got {output.name!r}")
+        block = tuple(slice(start, stop) for start, stop in crop)
+        content.update(crop_origin=[start for start, _ in crop], shape=list(as_3d(labelmap).GetSize())[::-1])
     with (atomic_path(output, file_extension(output)) as temporary_output,
           atomic_path(sidecar, SIDECAR_SUFFIX) as temporary_sidecar):
-        _writer(file_extension(output), labelmap, labels)(temporary_output)
+        _writer(file_extension(output), labelmap, labels, block)(temporary_output)
         temporary_sidecar.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return [output, sidecar]
