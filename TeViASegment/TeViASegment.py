@@ -20,8 +20,8 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from TeViASegmentLib import clicks, parameters, scene, settings
-from TeViASegmentLib.click_editor import ClickEditor
+from TeViASegmentLib import parameters, scene, settings
+from TeViASegmentLib.click_panel import ClickPanel
 from TeViASegmentLib.logic import TeViASegmentLogic
 from TeViASegmentLib.slicer_version import MINIMUM_SLICER, unsupported_reason
 
@@ -89,8 +89,8 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.setInterval(100)
         self.timer.timeout.connect(self.onPoll)
         self.install = None
-        self.clickEditor = ClickEditor(self.logic, on_message=self.log, on_busy=self.timer.start)
-        self.shortcuts = []
+        self.clickPanel = ClickPanel(self.logic, self.ui, self._clickTarget, on_message=self.log,
+                                     on_busy=self.timer.start)
         self._fillChoices()
         self.ui.segmentButton.clicked.connect(self.onSegmentOrCancel)
         self.ui.promptHistoryComboBox.activated.connect(self.onHistoryChosen)
@@ -106,12 +106,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.testConnectionButton.clicked.connect(self.onTestConnection)
         self.ui.installButton.clicked.connect(self.onInstall)
         self.ui.outputSegmentationSelector.currentNodeChanged.connect(self.ui.trainingSegmentSelector.setCurrentNode)
-        self.ui.outputSegmentationSelector.currentNodeChanged.connect(self.ui.clickSegmentSelector.setCurrentNode)
-        self.ui.positiveClickButton.clicked.connect(lambda: self.onPlaceClicks(True))
-        self.ui.negativeClickButton.clicked.connect(lambda: self.onPlaceClicks(False))
-        self.ui.undoClickButton.clicked.connect(lambda: self.clickEditor.undo())
-        interaction = slicer.app.applicationLogic().GetInteractionNode()
-        self.addObserver(interaction, interaction.InteractionModeChangedEvent, self.updateClickButtons)
+        self.clickPanel.connect_widgets(self.ui.outputSegmentationSelector)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
@@ -123,7 +118,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for call in self.calls:
             call.cancel()
         self.removeObservers()
-        self.clickEditor.clear()
+        self.clickPanel.cleanup()
         self.logic.shutdown()
         if self.install is not None:
             self.install.cancel()
@@ -136,26 +131,17 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         super().onReload()
 
     def enter(self):
-        import qt
-
         self.initializeParameterNode()
-        keys = {"P": lambda: self.onPlaceClicks(True), "N": lambda: self.onPlaceClicks(False),
-                "Escape": self.clickEditor.stop_placement, "Ctrl+Z": self.clickEditor.undo}
-        for key, action in keys.items():  # only while the module is shown; text fields keep their keys
-            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
-            shortcut.activated.connect(action)
-            self.shortcuts.append(shortcut)
+        self.clickPanel.install_shortcuts(slicer.util.mainWindow())
 
     def exit(self):
-        for shortcut in self.shortcuts:
-            shortcut.setParent(None)
-        self.shortcuts = []
+        self.clickPanel.remove_shortcuts()
         if self._parameterNode is not None and self._parameterNodeGuiTag is not None:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event):
-        self.clickEditor.clear()
+        self.clickPanel.clear()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -304,23 +290,10 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.cancel()
             self.log("Cancelling...")
             return
-        import qt
-
         with slicer.util.tryWithErrorDisplay("Could not start the segmentation.", waitCursor=True):
             p, run = self._parameterNode, self._runSettings()
-            self.logic.settings.set("useRemote", bool(self.ui.useRemoteCheckBox.checked))
-            url = self.ui.remoteUrlEdit.text if self.ui.useRemoteCheckBox.checked else None
-            self.logic.setRemoteServer(url, self.ui.remoteTokenEdit.text, self.ui.rememberTokenCheckBox.checked)
-            if not self._dependenciesReady():
+            if not self._serverReady():
                 return
-            if self.logic.remoteConsentNeeded():
-                answer = qt.QMessageBox.question(
-                    slicer.util.mainWindow(), "Send volume to a remote server?",
-                    f"The volume's voxels and geometry will be sent to {self.logic.remoteUrl}; "
-                    "no patient information is sent. Continue?")
-                if answer != qt.QMessageBox.Yes:
-                    return
-                self.logic.grantRemoteConsent()
             self.ui.statusLog.clear()
             self.logic.segmentAsync(
                 p.inputVolume, p.prompts, p.outputSegmentation, onProgress=self.onProgress, onDone=self.onDone,
@@ -330,6 +303,30 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.log("Segmenting...")
             self.timer.start()
 
+    def _serverReady(self) -> bool:
+        """Apply the panel's server choice (remote or local); False when the local worker lacks
+        its dependencies or the user does not agree to send the volume to the remote server."""
+        import qt
+
+        self.logic.settings.set("useRemote", bool(self.ui.useRemoteCheckBox.checked))
+        url = self.ui.remoteUrlEdit.text if self.ui.useRemoteCheckBox.checked else None
+        self.logic.setRemoteServer(url, self.ui.remoteTokenEdit.text, self.ui.rememberTokenCheckBox.checked)
+        if not self._dependenciesReady():
+            return False
+        if self.logic.remoteConsentNeeded():
+            answer = qt.QMessageBox.question(
+                slicer.util.mainWindow(), "Send volume to a remote server?",
+                f"The volume's voxels and geometry will be sent to {self.logic.remoteUrl}; "
+                "no patient information is sent. Continue?")
+            if answer != qt.QMessageBox.Yes:
+                return False
+            self.logic.grantRemoteConsent()
+        return True
+
+    def _clickTarget(self):
+        """The click panel's volume and run settings, on the server chosen (None: not now)."""
+        return (self._parameterNode.inputVolume, self._runSettings()) if self._serverReady() else None
+
     def _runSettings(self) -> dict:
         """Model, device, options and precision from the parameter node, remembered in the settings."""
         p = self._parameterNode
@@ -337,23 +334,6 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for key, value in (*run.items(), ("convention", p.convention.value)):
             self.logic.settings.set(key, value)
         return {**run, "options": {"convention": p.convention.value}}
-
-    def onPlaceClicks(self, positive):
-        """Start placing positive or negative clicks on the chosen segment (again: stop)."""
-        if clicks.placing(self.clickEditor.app_logic) == positive:
-            self.clickEditor.stop_placement()
-            return
-        with slicer.util.tryWithErrorDisplay("Could not start placing clicks.", waitCursor=True):
-            selector = self.ui.clickSegmentSelector
-            self.clickEditor.set_target(self._parameterNode.inputVolume, selector.currentNode(),
-                                        selector.currentSegmentID(), **self._runSettings())
-            self.clickEditor.start_placement(positive)
-        self.updateClickButtons()
-
-    def updateClickButtons(self, caller=None, event=None):
-        placing = clicks.placing(self.clickEditor.app_logic)
-        self.ui.positiveClickButton.checked = placing is True
-        self.ui.negativeClickButton.checked = placing is False
 
     def onPoll(self):
         if self.logic.job is not None and self.logic.job.running:
@@ -363,7 +343,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._pollInstall()
         fineTuning = self.logic.fineTuneJob is not None and self.logic.fineTuneJob.poll()
         if (self.logic.job is None or not self.logic.job.running) and self.install is None and not self.calls \
-                and not fineTuning and not self.clickEditor.poll():
+                and not fineTuning and not self.clickPanel.editor.poll():
             self.timer.stop()
 
     def _pollInstall(self):

@@ -273,7 +273,7 @@ class ClickEditor:
                 lambda labelmap, answer: self._apply(run, labelmap, answer),
                 onDone=lambda job: self._done(run, job), **self.settings)
             self._run = run
-        except (ValueError, RuntimeError) as error:
+        except (ValueError, RuntimeError, PermissionError) as error:
             self._failed(run, str(error))
 
     def _apply(self, run: _Run, labelmap: np.ndarray, answer: dict):

@@ -91,7 +91,7 @@ def click_lists(segmentation_node, segment_id: str) -> tuple[object, object]:
         node.SetAttribute(SEGMENTATION_ATTRIBUTE, segmentation_node.GetID())
         node.SetAttribute(SEGMENT_ATTRIBUTE, segment_id)
         node.SetAttribute(POSITIVE_ATTRIBUTE, "1" if positive else "0")
-        node.SetMarkupLabelFormat(f"{sign}%d")
+        node.SetControlPointLabelFormat(f"{sign}%d")
         node.CreateDefaultDisplayNodes()
         color = POSITIVE_COLOR if positive else NEGATIVE_COLOR
         display = node.GetDisplayNode()

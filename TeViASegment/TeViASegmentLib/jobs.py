@@ -56,7 +56,8 @@ class SegmentJob:
     Attributes:
         info: what the worker said about itself (its `ready` event, the `load` result).
         answer: the fields of the local worker's `segment` result (labels, voxels, `input_reused`,
-            `cache_hit`, `timings`: PROTOCOL.md) once it arrived; empty for a remote job.
+            `cache_hit`, `timings`: PROTOCOL.md), or of the server's answer (docs/SERVER.md),
+            once it arrived; with clicks both have `refined_slices` and `refined_axis`.
     """
 
     def __init__(self, importer: Importer, on_progress: ProgressCallback | None = None,
@@ -241,8 +242,8 @@ class RemoteSegmentJob(SegmentJob):
     """A segment request to a remote TeViA server, run on a background thread.
 
     Args:
-        segment_call: `RemoteClient.segment` bound to its arguments except `cancelled`:
-            called as segment_call(cancelled) -> (labelmap_kji, labels, warnings).
+        segment_call: `RemoteClient.segment_answer` bound to its arguments except `cancelled`:
+            called as segment_call(cancelled) -> a `remote_client.RemoteAnswer`.
     """
 
     def __init__(self, segment_call: Callable, importer: Importer, **callbacks) -> None:
@@ -273,11 +274,11 @@ class RemoteSegmentJob(SegmentJob):
         if kind == "error":
             self._finish("failed", f"The remote server failed: {value}")
             return False
-        labelmap, labels, warnings = value
-        for message in warnings:
+        self.answer = {"labels": {str(k): v for k, v in value.labels.items()}, **value.fields}
+        for message in value.warnings:
             self._warn(str(message))
         self._progress("done", 1, 1)
-        self._import(np.asarray(labelmap), {int(k): str(v) for k, v in labels.items()}, self.warnings)
+        self._import(np.asarray(value.labelmap), {int(k): str(v) for k, v in value.labels.items()}, self.warnings)
         return False
 
 

@@ -142,23 +142,24 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
 
     def refineAsync(self, volumeNode, segmentationNode, segmentId, clicks, apply, model="default", device="auto",
                     options=None, precision="fp32", onDone=None, onWarning=None) -> jobs.SegmentJob:
-        """Re-run one segment's prompt with corrective clicks (local worker; a model with click
-        inputs); returns the job at once. The scene is changed only by `apply`.
+        """Re-run one segment's prompt with corrective clicks, on the local worker or the remote
+        server (a model with click inputs); returns the job at once. The scene is changed only
+        by `apply`.
 
         Args:
             volumeNode, segmentationNode, segmentId: the volume and the segment (its prompt is
                 the segment's `scene.PROMPT_TAG`, else its name).
             clicks: the segment's clicks, as requests carry them ({"ras": [R, A, S], "positive": bool}).
-            apply: called with (labelmap_kji, the worker's result) when it arrives; its return
-                value is the job's result. model, device, options, precision, onDone, onWarning:
-                as in `segmentAsync`.
+            apply: called with (labelmap_kji, the worker's or server's result: `job.answer`, with
+                `refined_slices` and `refined_axis`) when it arrives; its return value is the
+                job's result. model, device, options, precision, onDone, onWarning: as in
+                `segmentAsync` (a remote server runs its own model at its own precision).
 
         Raises:
-            ValueError: bad arguments, a remote server chosen, or a segment not in the segmentation.
+            ValueError: bad arguments, or a segment not in the segmentation.
+            PermissionError: a remote server the user has not agreed to send volumes to.
             RuntimeError: a segmentation is already running.
         """
-        if self.remoteUrl:
-            raise ValueError("Corrective clicks run on the local worker only: clear 'Use remote server' to use them")
         options = arguments.checked_options(volumeNode, segmentationNode, device, options, precision)
         segment = segmentationNode.GetSegmentation().GetSegment(segmentId) if segmentationNode else None
         if segment is None:
@@ -168,9 +169,15 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         started: list[jobs.SegmentJob] = []
         callbacks = {"on_warning": onWarning, "on_done": self._whenDone(onDone)}
         prompt = scene.segment_prompt(segment) or segment.GetName()
-        self.job = self._localJob(volumeNode, [prompt], model, device, precision, options,
-                                  lambda labelmap, labels, warnings: apply(labelmap, started[0].answer), callbacks,
-                                  {"clicks": [list(clicks)]})
+
+        def importer(labelmap, labels, warnings):
+            return apply(labelmap, started[0].answer)
+
+        if self.remoteUrl:
+            self.job = self._remoteJob(volumeNode, [prompt], options, importer, callbacks, [list(clicks)])
+        else:
+            self.job = self._localJob(volumeNode, [prompt], model, device, precision, options, importer, callbacks,
+                                      {"clicks": [list(clicks)]})
         started.append(self.job)
         return self.job
 
@@ -204,14 +211,14 @@ class TeViASegmentLogic(ScriptedLoadableModuleLogic):
         self._loaded = (modelRef, device, precision)
         return job
 
-    def _remoteJob(self, volumeNode, prompts, options, importer, callbacks):
+    def _remoteJob(self, volumeNode, prompts, options, importer, callbacks, clicks=None):
         if not self.settings.has_consent(self.remoteUrl):
             raise PermissionError(f"Sending volumes to {self.remoteUrl} needs the user's consent first "
                                   "(grantRemoteConsent)")
         client = self._remoteClient()
         voxels, ijkToRas = scene.volume_arrays(volumeNode)
         return jobs.RemoteSegmentJob(
-            lambda cancelled: client.segment(voxels, ijkToRas, prompts, options, cancelled=cancelled),
+            lambda cancelled: client.segment_answer(voxels, ijkToRas, prompts, options, clicks, cancelled),
             importer, **callbacks)
 
     def _remoteClient(self, timeout=None):

@@ -1,9 +1,10 @@
 """Client of the TeViA inference server (`tevia serve`), for Slicer's remote mode.
 
 Standard library + numpy + SimpleITK only (no requests/httpx inside Slicer). Volumes go up
-as a compressed NRRD (ITK's LPS frame) in a multipart POST /v1/segment; the answer (API
-version 2) is one JSON body: the label-to-prompt map, warnings and the labelmap as base64
-NIfTI (docs/SERVER.md).
+as a compressed NRRD (ITK's LPS frame) in a multipart POST /v1/segment, with a segment's
+corrective clicks in the `clicks` field when there are any; the answer (API version 2) is one
+JSON body: the label-to-prompt map, warnings, the labelmap as base64 NIfTI and, for clicks,
+the refined slices (docs/SERVER.md).
 Arrays are in numpy K, J, I order, as slicer.util.arrayFromVolume gives them, with the
 volume's 4x4 IJK-to-RAS matrix.
 """
@@ -22,13 +23,14 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["RemoteError", "RemoteCancelled", "RemoteClient", "API_VERSION"]
+__all__ = ["RemoteError", "RemoteCancelled", "RemoteClient", "RemoteAnswer", "API_VERSION"]
 
 API_VERSION = 2
 _CHUNK = 1 << 20
@@ -44,6 +46,31 @@ class RemoteError(Exception):
 
 class RemoteCancelled(RemoteError):
     """The caller cancelled the request; the connection was closed, which stops the server's work."""
+
+
+@dataclass(frozen=True)
+class RemoteAnswer:
+    """A /v1/segment answer: the labelmap (uint8, K, J, I, the volume's geometry), {label:
+    prompt}, the warnings, and the answer's other fields (`prompts`, `domain`, `voxels`,
+    `timings`; with clicks `refined_slices` and `refined_axis`), as a local worker's `segment`
+    result carries them (PROTOCOL.md)."""
+
+    labelmap: np.ndarray
+    labels: dict[int, str]
+    warnings: list[str]
+    fields: dict
+
+
+def _checked_clicks(clicks: list | None, prompts: list[str]) -> str | None:
+    """The `clicks` form field (JSON), None when there are no clicks; ValueError for a value that
+    is not one list of click dicts per prompt (the server checks each click in full)."""
+    if clicks is None:
+        return None
+    if (not isinstance(clicks, list) or len(clicks) != len(prompts)
+            or not all(isinstance(c, list) and all(isinstance(x, dict) for x in c) for c in clicks)):
+        raise ValueError(f"clicks must be one list of clicks ({{\"ras\": [R, A, S], \"positive\": true}}) per "
+                         f"prompt ({len(prompts)}), got {str(clicks)[:80]}")
+    return json.dumps(clicks) if any(clicks) else None
 
 
 def _image_from_kji(volume_kji: np.ndarray, ijk_to_ras: np.ndarray) -> sitk.Image:
@@ -80,7 +107,8 @@ def _same_geometry(answer: sitk.Image, sent: sitk.Image) -> str | None:
     return None
 
 
-def _multipart(volume: Path, prompts: list[str], options: dict[str, Any]) -> tuple[str, list[bytes | Path]]:
+def _multipart(volume: Path, prompts: list[str], options: dict[str, Any], clicks: str | None
+               ) -> tuple[str, list[bytes | Path]]:
     boundary = f"tevia-{uuid.uuid4().hex}"
     parts: list[bytes | Path] = []
 
@@ -91,6 +119,8 @@ def _multipart(volume: Path, prompts: list[str], options: dict[str, Any]) -> tup
     for prompt in prompts:
         parts.append(field("text", prompt))
     parts.append(field("options", json.dumps(options)))
+    if clicks is not None:
+        parts.append(field("clicks", clicks))
     parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"volume\"; filename=\"volume.nrrd\"\r\n"
                  f"Content-Type: application/octet-stream\r\n\r\n".encode())
     parts.append(volume)
@@ -139,34 +169,49 @@ class RemoteClient:
 
     def segment(self, volume_kji: np.ndarray, ijk_to_ras: np.ndarray, prompts: list[str], options: dict,
                 cancelled: Callable[[], bool] | None = None) -> tuple[np.ndarray, dict[int, str], list[str]]:
-        """Segment a volume on the server.
+        """Segment a volume on the server: `segment_answer` without clicks, as (labelmap uint8 of
+        shape (K, J, I) in the same geometry, {label: prompt}, warnings from the server)."""
+        answer = self.segment_answer(volume_kji, ijk_to_ras, prompts, options, cancelled=cancelled)
+        return answer.labelmap, answer.labels, answer.warnings
+
+    def segment_answer(self, volume_kji: np.ndarray, ijk_to_ras: np.ndarray, prompts: list[str], options: dict,
+                       clicks: list[list[dict]] | None = None,
+                       cancelled: Callable[[], bool] | None = None) -> RemoteAnswer:
+        """Segment a volume on the server, with corrective clicks if given.
 
         Args:
             volume_kji: voxels, shape (K, J, I) (slicer.util.arrayFromVolume order).
             ijk_to_ras: 4x4 IJK-to-RAS matrix of the volume (Slicer's frame).
             prompts: one or more text prompts; label n answers prompt n.
             options: segmentation options (tevia.segment_options.SegmentOptions fields).
+            clicks: one list of clicks per prompt, as a worker request carries them
+                (`{"ras": [R, A, S], "positive": bool}`, RAS in the volume's frame;
+                PROTOCOL.md, "Corrective clicks"); the answer then holds labels only on the
+                clicked slices and says which (`fields["refined_slices"]`, `["refined_axis"]`).
+                Lists without a click segment as without clicks.
             cancelled: polled during upload, wait and download; True closes the connection
                 (the server then cancels the work) and raises RemoteCancelled.
 
-        Returns:
-            (labelmap uint8 of shape (K, J, I) in the same geometry, {label: prompt},
-            warnings from the server).
-
         Raises:
             ValueError: bad arguments (names the argument and the value).
-            RemoteError: the server or the network failed; RemoteCancelled when cancelled.
+            RemoteError: the server or the network failed, or it serves a model without click
+                inputs and clicks were given; RemoteCancelled when cancelled.
         """
         if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
             raise ValueError(f"prompts must be a non-empty list of non-empty strings, got {prompts!r}")
         if not isinstance(options, dict):
             raise ValueError(f"options must be a dict, got {type(options).__name__}")
+        clicks_field = _checked_clicks(clicks, list(prompts))
         image = _image_from_kji(volume_kji, ijk_to_ras)
-        limits = self.info().get("limits", {})
+        info = self.info()
+        if clicks_field is not None and not info.get("click_inputs"):
+            raise RemoteError(f"the model served at {self.url} ({info.get('model')}) takes no clicks: serve a "
+                              f"model trained with clicks there, or correct the segment in Segment Editor")
+        limits = info.get("limits", {})
         with tempfile.TemporaryDirectory(prefix="tevia-remote-") as folder:
             upload = Path(folder) / "volume.nrrd"
             sitk.WriteImage(image, str(upload), useCompression=True, compressionLevel=1)
-            content_type, parts = _multipart(upload, list(prompts), options)
+            content_type, parts = _multipart(upload, list(prompts), options, clicks_field)
             length = sum(p.stat().st_size if isinstance(p, Path) else len(p) for p in parts)
             limit = limits.get("max_upload_bytes")
             if limit is not None and length > limit:
@@ -176,7 +221,7 @@ class RemoteClient:
             answer_path = Path(folder) / "answer.json"
             self._request("POST", "/v1/segment", parts, content_type, length, answer_path, cancelled)
             labelmap_path = Path(folder) / "labelmap.nii.gz"
-            labels, warnings = self._read_answer(answer_path, labelmap_path)
+            labels, warnings, fields = self._read_answer(answer_path, labelmap_path)
             try:
                 answer = sitk.ReadImage(str(labelmap_path))
             except RuntimeError as error:
@@ -188,7 +233,7 @@ class RemoteClient:
         labelmap = sitk.GetArrayFromImage(answer)
         if labelmap.min(initial=0) < 0 or labelmap.max(initial=0) > 255:
             raise RemoteError("the server's labelmap holds values outside 0..255")
-        return labelmap.astype(np.uint8, copy=False), labels, warnings
+        return RemoteAnswer(labelmap.astype(np.uint8, copy=False), labels, warnings, fields)
 
     # -- HTTP -------------------------------------------------------------------------------
     def _connection(self) -> http.client.HTTPConnection:
@@ -325,8 +370,8 @@ class RemoteClient:
             return f"no TeViA server at {self.url} (404 for {path}): check the URL"
         return f"the server at {self.url} answered {status}: {detail or response.reason}"
 
-    def _read_answer(self, answer: Path, labelmap: Path) -> tuple[dict[int, str], list[str]]:
-        """Labels and warnings of a /v1/segment answer; its labelmap is written to `labelmap`."""
+    def _read_answer(self, answer: Path, labelmap: Path) -> tuple[dict[int, str], list[str], dict]:
+        """Labels, warnings and other fields of a /v1/segment answer; its labelmap is written to `labelmap`."""
         try:
             payload = json.loads(answer.read_bytes())
             version = payload.get("api")
@@ -345,7 +390,8 @@ class RemoteClient:
         except (ValueError, TypeError, KeyError, AttributeError, binascii.Error):
             raise RemoteError(f"the server's answer lacks valid labels or a base64 .nii.gz labelmap: is it a TeViA "
                               f"server of API version {API_VERSION}?") from None
-        return labels, warnings
+        fields = {key: value for key, value in payload.items() if key not in ("api", "labels", "warnings", "labelmap")}
+        return labels, warnings, fields
 
 
 def _chunks(parts: list[bytes | Path]) -> Iterator[bytes]:
