@@ -50,10 +50,10 @@ class ClickPanel:
         self.on_message = on_message
         self.editor = ClickEditor(logic, app_logic, on_message=on_message, on_busy=on_busy)
         self.shortcuts: list = []
-        self._observed: list[tuple[object, int]] = []
-        for node, event in ((self.editor.app_logic.GetInteractionNode(), "InteractionModeChangedEvent"),
-                            (self.editor.app_logic.GetSelectionNode(), "ActivePlaceNodeIDChangedEvent")):
-            self._observed.append((node, node.AddObserver(getattr(node, event), self.update_buttons)))
+        interaction, selection = self.editor.app_logic.GetInteractionNode(), self.editor.app_logic.GetSelectionNode()
+        self._observed: list[tuple[object, int]] = [
+            (interaction, interaction.AddObserver(interaction.InteractionModeChangedEvent, self.update_buttons)),
+            (selection, selection.AddObserver(selection.ActivePlaceNodeIDChangedEvent, self.update_buttons))]
 
     # -- the actions (buttons and keys) ------------------------------------------------------
     def place_positive(self) -> None:

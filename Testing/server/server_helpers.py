@@ -27,7 +27,7 @@ _VOLUMES = {  # committed sample (Testing/data/volumes) -> the same file in the 
 
 __all__ = ["real_volume", "cropped_volume", "TOKEN", "LiveServer", "auth", "multipart_body", "raw_request", "read_answer",
            "occupy_worker", "same_geometry", "wait_until", "ResidentMemory",
-           "segmenter", "serve", "module_server", "small_nrrd", "certificate"]
+           "segmenter", "serve", "module_server", "click_server", "small_nrrd", "certificate"]
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -236,6 +236,17 @@ def module_server(segmenter, tmp_path_factory) -> Iterator[LiveServer]:
     settings = ServerSettings(token=TOKEN, temp_dir=tmp_path_factory.mktemp("server-tmp"),
                               max_upload_bytes=8 * 2**20)
     with LiveServer(create_app(segmenter, settings)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def click_server(click_model_dir, tmp_path_factory) -> Iterator[LiveServer]:
+    """A server of the default model with click inputs (conftest.click_model_dir) and the test token."""
+    from tevia.inference import Segmenter
+    from tevia.server import ServerSettings, create_app
+
+    settings = ServerSettings(token=TOKEN, temp_dir=tmp_path_factory.mktemp("server-tmp"))
+    with LiveServer(create_app(Segmenter.load(click_model_dir, device="cpu"), settings)) as server:
         yield server
 
 

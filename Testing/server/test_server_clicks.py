@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,8 +16,8 @@ import SimpleITK as sitk
 from PIL import Image
 
 from conftest import TESTDATA
-from server_helpers import (TOKEN, LiveServer, auth, read_answer, real_volume, segmenter,  # noqa: F401 (fixtures)
-                            serve)
+from server_helpers import (TOKEN, LiveServer, auth, click_server, read_answer, real_volume,  # noqa: F401
+                            segmenter, serve)
 from tevia.click_simulation import next_click
 from tevia.inference import Segmenter
 from tevia.segment_options import SegmentOptions
@@ -40,16 +39,6 @@ def _samples(count: int) -> list[tuple[np.ndarray, np.ndarray, str]]:
 def _nrrd(array: np.ndarray, path: Path) -> Path:
     sitk.WriteImage(sitk.GetImageFromArray(array), str(path), useCompression=True)
     return path
-
-
-@pytest.fixture(scope="module")
-def click_server(click_model_dir, tmp_path_factory) -> Iterator[LiveServer]:
-    """A server of the click model with the test token."""
-    from tevia.server import ServerSettings, create_app
-
-    settings = ServerSettings(token=TOKEN, temp_dir=tmp_path_factory.mktemp("server-tmp"))
-    with LiveServer(create_app(Segmenter.load(click_model_dir, device="cpu"), settings)) as server:
-        yield server
 
 
 def _segment(server: LiveServer, path: Path, prompts: list[str], clicks=None, options=OPTIONS) -> httpx.Response:

@@ -176,6 +176,3 @@ def test_a_model_without_click_inputs_is_named_and_the_point_removed(logic, tiny
     editor.wait()
     assert "takes no clicks" in messages[-1] and "load a model trained with clicks" in messages[-1]
     assert positive_list.GetNumberOfControlPoints() == 0 and np.array_equal(_mask(node, segment, volume), before)
-    logic.setRemoteServer("http://127.0.0.1:9")
-    with pytest.raises(ValueError, match="local worker only"):
-        logic.refineAsync(volume, node, segment, [], lambda labelmap, answer: None)

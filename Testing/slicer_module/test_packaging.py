@@ -46,10 +46,12 @@ def _s4ext_fields() -> dict[str, str]:
 
 
 def test_every_widget_the_module_uses_exists_in_the_ui_file():
+    """The Widget's `self.ui.<name>` and the click panel's (TeViASegmentLib/click_panel.py, given the same `ui`)."""
     names = {w.get("name") for w in ET.parse(MODULE_DIR / "Resources" / "UI" / "TeViASegment.ui").iter("widget")}
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
-    assert len(used) > 20
-    assert used - names == set(), f"widgets used in TeViASegment.py but missing from the .ui: {used - names}"
+    panel = MODULE_DIR / "TeViASegmentLib" / "click_panel.py"
+    used = {name for path in (MODULE_FILE, panel) for name in re.findall(r"self\.ui\.(\w+)", path.read_text())}
+    assert len(used) > 20 and "negativeClickButton" in used
+    assert used - names == set(), f"widgets used by the module but missing from the .ui: {used - names}"
 
 
 def test_ui_connects_the_scene_to_every_mrml_widget():
