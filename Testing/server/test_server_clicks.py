@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from conftest import TESTDATA
-from server_helpers import (TOKEN, LiveServer, auth, click_server, read_answer, real_volume,  # noqa: F401
+from server_helpers import (LiveServer, auth, click_server, read_answer, real_volume,  # noqa: F401
                             segmenter, serve)
 from tevia.click_simulation import next_click
 from tevia.inference import Segmenter

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import slicer
 from slicer_fixtures import scene_snapshot, slicer_scene, worker  # noqa: F401 (fixture)
 from test_logic_clicks import SIZE, _as_xrays, _editor, _mask, _ras, _xray_stack
 
