@@ -105,7 +105,8 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.fineTuneButton.clicked.connect(self.onFineTuneOrCancel)
         self.ui.testConnectionButton.clicked.connect(self.onTestConnection)
         self.ui.installButton.clicked.connect(self.onInstall)
-        self.ui.outputSegmentationSelector.currentNodeChanged.connect(self.ui.trainingSegmentSelector.setCurrentNode)
+        self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)",  # overloaded: name the one
+                                                   self.ui.trainingSegmentSelector.setCurrentNode)
         self.clickPanel.connect_widgets(self.ui.outputSegmentationSelector)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
