@@ -135,6 +135,11 @@ class TrainConfig:
     vertical_flip: with `augment`, also flip half the images up-down, those whose description
         names no vertical position (tevia.augment.flip_vertically): for CT slices, whose text
         names only sides, and whose scans may be stored upside down or taken prone.
+    test_time_vertical_flip: the exported model (its model.json) averages, at inference, each
+        image's probabilities with those of its up-down mirror flipped back (test-time
+        mirroring, as nnU-Net mirrors; never left-right, which would swap the sides the text
+        names): for a model trained with `vertical_flip`. Twice the encoder and decoder cost.
+        Validation during training does not use it.
     checkpoint_monitor: "val_dice" (highest), "val_loss" (lowest, the reference's) or
         "val_click_dice" (highest: pooled Dice after 3 simulated clicks, click models only), for
         the kept checkpoint and early stopping; or "last": the last epoch is kept and training
@@ -194,6 +199,7 @@ class TrainConfig:
     augment: bool = True
     augmentation: str = "affine"
     vertical_flip: bool = False
+    test_time_vertical_flip: bool = False
     loss: str = "dice_ce"
     alignment_skip_empty: bool = True
     checkpoint_monitor: str = "val_dice"

@@ -70,13 +70,20 @@ class ModelSpec:
     example_prompts: list[str] = field(default_factory=list)
     threshold: float = 0.5
     click_inputs: bool = False
+    test_time_vertical_flip: bool = False
 
 
 @dataclass
 class ImageFeatures:
-    """The vision encoder's 4 maps for a batch, each (B, C_i, H_i, W_i)."""
+    """The vision encoder's 4 maps for a batch, each (B, C_i, H_i, W_i); for a model with
+    `test_time_vertical_flip`, also those of the images flipped up-down (`mirrored`)."""
 
     maps: list[torch.Tensor]
+    mirrored: list[torch.Tensor] | None = None
+
+    def _each(self, change) -> "ImageFeatures":
+        return ImageFeatures([change(m) for m in self.maps],
+                             None if self.mirrored is None else [change(m) for m in self.mirrored])
 
     def __len__(self) -> int:
         return self.maps[0].shape[0]
@@ -84,18 +91,19 @@ class ImageFeatures:
     def __getitem__(self, index: slice) -> "ImageFeatures":
         if not isinstance(index, slice):
             index = slice(index, index + 1)
-        return ImageFeatures([m[index] for m in self.maps])
+        return self._each(lambda m: m[index])
 
     @property
     def nbytes(self) -> int:
-        return sum(m.element_size() * m.nelement() for m in self.maps)
+        return sum(m.element_size() * m.nelement() for m in self.maps + (self.mirrored or []))
 
     def to(self, device: torch.device | str) -> "ImageFeatures":
-        return ImageFeatures([m.to(device) for m in self.maps])
+        return self._each(lambda m: m.to(device))
 
     @staticmethod
     def cat(parts: list["ImageFeatures"]) -> "ImageFeatures":
-        return ImageFeatures([torch.cat(ms) for ms in zip(*(p.maps for p in parts))])
+        mirrored = None if parts[0].mirrored is None else [torch.cat(ms) for ms in zip(*(p.mirrored for p in parts))]
+        return ImageFeatures([torch.cat(ms) for ms in zip(*(p.maps for p in parts))], mirrored)
 
 
 class Segmenter:
@@ -150,6 +158,7 @@ class Segmenter:
             example_prompts=list(info.get("example_prompts", [])),
             threshold=float(info.get("threshold", 0.5)),
             click_inputs=config.click_inputs,
+            test_time_vertical_flip=bool(info.get("test_time_vertical_flip", False)),
         )
         log.info("model %s loaded from %s on %s", spec.name, folder, dev)
         return cls(network, text_encoder, spec, dev, folder, precision, domain)
@@ -179,9 +188,12 @@ class Segmenter:
     @torch.inference_mode()
     def encode_images(self, images) -> ImageFeatures:
         """images (B, H, W) float32 in [0, 1] at spec.image_size -> ImageFeatures on the device
-        (bfloat16 maps, half the memory, at precision bf16)."""
+        (bfloat16 maps, half the memory, at precision bf16); with spec.test_time_vertical_flip,
+        the images flipped up-down are encoded too (twice the cost and memory)."""
+        x = self._as_batch(images)
         with self._autocast():
-            return ImageFeatures(self.network.encode_image(self._as_batch(images)))
+            mirrored = self.network.encode_image(x.flip(-2)) if self.spec.test_time_vertical_flip else None
+            return ImageFeatures(self.network.encode_image(x), mirrored)
 
     def click_maps(self, clicks: list[list[Click]]) -> torch.Tensor:
         """Click maps (B, 2, H, W) on the device for per-image clicks at the model's input size;
@@ -197,14 +209,20 @@ class Segmenter:
     def decode(self, features: ImageFeatures, text: torch.Tensor,
                clicks: list[list[Click]] | None = None) -> torch.Tensor:
         """(B, H, W) float32 probabilities on the CPU for one prompt's text (1, T, D) or (B, T, D);
-        `clicks`: None (text only) or one list of clicks per image (pixels at spec.image_size)."""
+        `clicks`: None (text only) or one list of clicks per image (pixels at spec.image_size).
+        Features with `mirrored` maps (test_time_vertical_flip) give the mean of the image's
+        probabilities and those of its up-down mirror, flipped back."""
         feats = features.to(self.device)
         if clicks is not None and len(clicks) != len(feats):
             raise ValueError(f"clicks must hold one list per image ({len(feats)}), got {len(clicks)}")
         maps = self.click_maps(clicks) if clicks is not None else None
+        text = text.to(self.device)
         with self._autocast():
-            out = self.network.decode(feats.maps, text.to(self.device), maps)
-        return torch.sigmoid(out.logits[:, 0].float()).cpu()
+            probs = torch.sigmoid(self.network.decode(feats.maps, text, maps).logits[:, 0].float())
+            if feats.mirrored is not None:
+                mirrored = self.network.decode(feats.mirrored, text, None if maps is None else maps.flip(-2))
+                probs = (probs + torch.sigmoid(mirrored.logits[:, 0].float()).flip(-2)) / 2
+        return probs.cpu()
 
     def predict(self, images, prompt: str) -> np.ndarray:
         """(B, H, W) probabilities for one prompt (encode_images + decode)."""

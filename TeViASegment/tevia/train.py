@@ -100,6 +100,7 @@ def model_metadata(config: Config, text_folder: str, train_texts: list[str], met
         "vocabulary": build_vocabulary(train_texts),
         "example_prompts": common,
         "threshold": 0.5,
+        **({"test_time_vertical_flip": True} if config.train.test_time_vertical_flip else {}),
     }
 
 

@@ -3,6 +3,7 @@ images whose description names no vertical position, and keeping the last epoch 
 on val, no early stop)."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from safetensors.torch import load_file
 from conftest import REPO, TESTDATA
 from tevia.augment import flip_vertically, names_vertical_position
 from tevia.cli import main as cli_main
+from tevia.inference import Segmenter
 
 torch.set_num_threads(1)
 
@@ -46,8 +48,9 @@ def test_last_epoch_kept_without_selection_and_with_flips(tmp_path):
     out = tmp_path / "run"
     assert cli_main(["train", "--config", str(REPO / "configs" / "smoke.yaml"), f"data.root={TESTDATA / 'qata_samples'}",
                      f"train.out_dir={out}", "train.checkpoint_monitor=last", "train.early_stopping_patience=0",
-                     "train.vertical_flip=true", "train.max_epochs=3"]) == 0
+                     "train.vertical_flip=true", "train.test_time_vertical_flip=true", "train.max_epochs=3"]) == 0
     info = json.loads((out / "model" / "model.json").read_text())
+    assert info["test_time_vertical_flip"] is True
     assert info["metrics"]["checkpoint_monitor"] == "last" and info["metrics"]["epochs"] == 3, "no early stop"
     assert 0.0 <= info["metrics"]["val_dice_global"] <= 1.0
     last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -55,3 +58,26 @@ def test_last_epoch_kept_without_selection_and_with_flips(tmp_path):
     exported = load_file(str(out / "model" / "model.safetensors"))
     name = next(iter(exported))
     torch.testing.assert_close(exported[name], last["state_dict"][f"network.{name}"])
+
+
+def test_test_time_vertical_flip_averages_each_image_with_its_mirror(tiny_model_dir, tmp_path):
+    """A model whose model.json asks for it answers the mean of the image's probabilities and its
+    up-down mirror's flipped back, with and without clicks; the features carry both."""
+    plain = Segmenter.load(tiny_model_dir, device="cpu", check_domain=False)
+    folder = tmp_path / "mirrored"
+    shutil.copytree(tiny_model_dir, folder)
+    info = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**info, "test_time_vertical_flip": True}))
+    mirrored = Segmenter.load(folder, device="cpu", check_domain=False)
+    assert mirrored.spec.test_time_vertical_flip and not plain.spec.test_time_vertical_flip
+    images = torch.rand(3, *plain.spec.image_size, generator=torch.Generator().manual_seed(0))
+    images[:, : images.shape[1] // 2] *= 0.2  # not symmetric up-down
+    text = plain.encode_text(["right lung"])
+    one = plain.decode(plain.encode_images(images), text)
+    other = plain.decode(plain.encode_images(images.flip(-2)), text).flip(-2)
+    features = mirrored.encode_images(images)
+    assert features.mirrored is not None and features.nbytes == 2 * plain.encode_images(images).nbytes
+    assert len(features[1:]) == 2 and features[1:].mirrored is not None
+    averaged = mirrored.decode(features, text)
+    torch.testing.assert_close(averaged, (one + other) / 2)
+    assert (one - other).abs().max() > 1e-4, "the mirror must change something for the test to mean anything"
