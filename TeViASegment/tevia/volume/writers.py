@@ -126,8 +126,16 @@ def _writer(extension: str, labelmap: sitk.Image, labels: dict[int, str],
         return lambda path: _write_seg_nrrd(labelmap, labels, path)
     if extension == ".npy":
         def save_npy(path: Path) -> None:
-            volume = as_3d(labelmap)  # alive while its array view is written: no copy of the whole volume
-            np.save(path, sitk.GetArrayViewFromImage(volume)[block], allow_pickle=False)
+            volume = as_3d(labelmap)  # alive while its array view is written: no copy of the voxels
+            array = sitk.GetArrayViewFromImage(volume)[block]
+            if array.flags.c_contiguous:
+                np.save(path, array, allow_pickle=False)
+                return
+            # A block, slice by slice: np.save would copy it whole first, or step through it in small runs.
+            with open(path, "wb") as file:
+                np.lib.format.write_array_header_1_0(file, np.lib.format.header_data_from_array_1_0(array))
+                for plane in array:
+                    file.write(np.ascontiguousarray(plane).data)
 
         return save_npy
     if extension == ".png":
