@@ -21,16 +21,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import torch
+# Set before torch loads GNU OpenMP (Linux): its threads then spin at most 2000 rounds before they
+# sleep (the default is 300000). A worker that shares the CPUs with another busy process (Slicer,
+# a second model) otherwise loses most of its time to threads spinning at every barrier while
+# the one they wait for is not running: bench/bench_contention.py measured a second prompt's
+# decoding at 10-80 s instead of 1-2 s next to a 2-thread job, for a few percent on an idle
+# machine. A value the user set is kept.
+os.environ.setdefault("GOMP_SPINCOUNT", "2000")
 
-from tevia.segment_options import SegmentOptions
-from tevia.session import InferenceSession, ModelLoadError, input_paths
-from tevia.volume.errors import InputError
-from tevia.volume.io import file_extension
-from tevia.volume.pipeline import Cancelled
-from tevia.volume.writers import check_output_path
-from tevia.worker_requests import (ERROR_CODES, MAX_REQUEST_CHARS, PROTOCOL_VERSION, RequestError, input_key,
-                                    parse_request, request_clicks, request_lines, shown)
+import torch  # noqa: E402
+
+from tevia.segment_options import SegmentOptions  # noqa: E402
+from tevia.session import InferenceSession, ModelLoadError, input_paths  # noqa: E402
+from tevia.volume.errors import InputError  # noqa: E402
+from tevia.volume.io import file_extension  # noqa: E402
+from tevia.volume.pipeline import Cancelled  # noqa: E402
+from tevia.volume.writers import check_output_path  # noqa: E402
+from tevia.worker_requests import (ERROR_CODES, MAX_REQUEST_CHARS, PROTOCOL_VERSION,  # noqa: E402
+                                    RequestError, input_key, parse_request, request_clicks, request_lines, shown)
 
 __all__ = ["PROTOCOL_VERSION", "ERROR_CODES", "MAX_REQUEST_CHARS", "RequestError", "Worker", "main"]
 

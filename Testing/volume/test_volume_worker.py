@@ -1,11 +1,15 @@
 """The worker as a real subprocess speaking JSON lines: load, segment, cache, cancel, every bad input."""
 import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import REPO
 from tevia.volume.geometry import ijk_to_ras, same_geometry
 from volume_fixtures import ct_path, volumes_dir  # noqa: F401 (pytest fixtures)
 from worker_process import WorkerProcess, worker  # noqa: F401 (a pytest fixture)
@@ -289,3 +293,16 @@ def test_a_gpu_out_of_memory_falls_back_to_the_cpu(tiny_model_dir, ct_path, tmp_
     worker._handle_segment(request)
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "m.nii.gz"))),
                           sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "cpu.nii.gz"))))
+
+
+@pytest.mark.parametrize("given, expected", [(None, "2000"), ("77", "77")])
+def test_the_worker_limits_openmp_spinning_unless_the_user_set_it(given, expected):
+    """GOMP_SPINCOUNT is set before torch loads (bench/bench_contention.py: a busy neighbour made a
+    second prompt 40x slower with libgomp's default); a value the user chose is kept."""
+    env = {key: value for key, value in os.environ.items() if key != "GOMP_SPINCOUNT"}
+    env["PYTHONPATH"] = str(REPO / "TeViASegment")
+    if given:
+        env["GOMP_SPINCOUNT"] = given
+    code = "import sys, tevia.worker, os; print(os.environ['GOMP_SPINCOUNT'], 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == [expected, "True"]
