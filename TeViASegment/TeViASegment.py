@@ -20,9 +20,12 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from TeViASegmentLib import parameters, scene, settings
+from TeViASegmentLib import scene, settings
 from TeViASegmentLib.click_panel import ClickPanel
+from TeViASegmentLib.finetune_panel import FineTunePanel
+from TeViASegmentLib.install_panel import InstallPanel
 from TeViASegmentLib.logic import TeViASegmentLogic
+from TeViASegmentLib.server_panel import ServerPanel
 from TeViASegmentLib.slicer_version import MINIMUM_SLICER, unsupported_reason
 
 __all__ = ["TeViASegment", "TeViASegmentWidget", "TeViASegmentLogic", "TeViASegmentTest", "DOCUMENTATION_URL"]
@@ -57,7 +60,8 @@ class TeViASegment(ScriptedLoadableModule):
 
 
 class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Wires Resources/UI/TeViASegment.ui to TeViASegmentLogic; all Qt use is here.
+    """Wires Resources/UI/TeViASegment.ui to TeViASegmentLogic and to the panels of
+    TeViASegmentLib (clicks, server choice, dependency installation, fine-tune).
 
     The widgets' state lives in the scene's parameter node (`parameters`): widgets with a
     "SlicerParameterName" property are connected by connectGui, the prompt text and the model
@@ -88,9 +92,14 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer = qt.QTimer()
         self.timer.setInterval(100)
         self.timer.timeout.connect(self.onPoll)
-        self.install = None
         self.clickPanel = ClickPanel(self.logic, self.ui, self._clickTarget, on_message=self.log,
                                      on_busy=self.timer.start)
+        self.serverPanel = ServerPanel(self.logic, self.ui, self._confirm, on_message=self.log, start_call=self._startCall)
+        self.installPanel = InstallPanel(self.logic, self.ui, self._confirm, on_message=self.log, on_busy=self.timer.start)
+        self.fineTunePanel = FineTunePanel(
+            self.logic, self.ui, lambda: self._parameterNode, self._currentModel, self._selectModel,
+            on_progress=lambda stage, done, total: self.onProgress(stage, done, total, self.ui.fineTuneProgressBar),
+            on_message=self.log, on_busy=self.timer.start)
         self._fillChoices()
         self.ui.segmentButton.clicked.connect(self.onSegmentOrCancel)
         self.ui.promptHistoryComboBox.activated.connect(self.onHistoryChosen)
@@ -102,12 +111,12 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.show3DButton.clicked.connect(self.onShow3D)
         self.ui.openSegmentEditorButton.clicked.connect(self.onOpenSegmentEditor)
         self.ui.addToTrainingButton.clicked.connect(self.onAddToTraining)
-        self.ui.fineTuneButton.clicked.connect(self.onFineTuneOrCancel)
-        self.ui.testConnectionButton.clicked.connect(self.onTestConnection)
-        self.ui.installButton.clicked.connect(self.onInstall)
         self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)",  # overloaded: name the one
                                                    self.ui.trainingSegmentSelector.setCurrentNode)
         self.clickPanel.connect_widgets(self.ui.outputSegmentationSelector)
+        self.serverPanel.connect_widgets()
+        self.installPanel.connect_widgets()
+        self.fineTunePanel.connect_widgets()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
@@ -121,8 +130,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
         self.clickPanel.cleanup()
         self.logic.shutdown()
-        if self.install is not None:
-            self.install.cancel()
+        self.installPanel.cleanup()
 
     def onReload(self):
         """Reload & Test: reload TeViASegmentLib too (Slicer re-executes only this file)."""
@@ -192,11 +200,6 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._addModelItem(name)
         for folder in s.get("localModels", []):
             self._addModelItem(folder)
-        self.ui.wheelFolderButton.directory = str(parameters.user_folder("wheels"))
-        self.ui.remoteUrlEdit.text = s.get("remoteUrl", "")
-        self.ui.rememberTokenCheckBox.checked = bool(s.get("rememberToken", False))
-        self.ui.useRemoteCheckBox.checked = bool(s.get("useRemote", False))
-        self.ui.remoteTokenEdit.text = s.remote_token() or ""
         self.onModelChanged()
 
     def onModelChanged(self, _index=None):
@@ -249,43 +252,6 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.log(f"Removed downloaded models ({freed / 1e6:.1f} MB).")
         self.onModelChanged()
 
-    def onInstall(self):
-        """Install (or, while installing, cancel) torch and the requirements in the background."""
-        from TeViASegmentLib import installer
-
-        if self.install is not None:
-            self.install.cancel()
-            return
-        with slicer.util.tryWithErrorDisplay("Could not start the installation.", waitCursor=True):
-            wheels = self.ui.wheelFolderButton.directory if self.ui.offlineCheckBox.checked else None
-            steps = installer.install_steps(wheel_dir=wheels)
-            if not steps:
-                self.log("Everything TeViA needs is installed.")
-                return
-            self.install = installer.BackgroundInstall(steps)
-            self.ui.installButton.text = "Cancel installation"
-            self.ui.progressBar.setRange(0, len(steps))
-            self.timer.start()
-
-    def _dependenciesReady(self):
-        """Whether the local worker can run; if not, offer to install what it lacks."""
-        import qt
-
-        if self.install is not None:
-            self.log("TeViA's dependencies are still being installed: Segment works once that has finished.")
-            return False
-        missing = self.logic.missingDependencies()
-        if not missing:
-            return True
-        answer = qt.QMessageBox.question(
-            slicer.util.mainWindow(), "Install TeViA's dependencies?",
-            "Segmenting on this computer needs Python packages that are not installed yet:\n\n"
-            + "\n".join(missing) + "\n\nInstall them now? They download in the background (PyTorch with CUDA "
-            "is several GB); Slicer stays usable, and Segment works once the installation has finished.")
-        if answer == qt.QMessageBox.Yes:
-            self.onInstall()
-        return False
-
     def onSegmentOrCancel(self):
         if self.logic.job is not None and self.logic.job.running:
             self.logic.cancel()
@@ -307,22 +273,14 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _serverReady(self) -> bool:
         """Apply the panel's server choice (remote or local); False when the local worker lacks
         its dependencies or the user does not agree to send the volume to the remote server."""
+        self.serverPanel.apply_choice()
+        return self.installPanel.dependencies_ready() and self.serverPanel.consented()
+
+    def _confirm(self, title: str, text: str) -> bool:
+        """Ask the user a Yes / No question; True for Yes."""
         import qt
 
-        self.logic.settings.set("useRemote", bool(self.ui.useRemoteCheckBox.checked))
-        url = self.ui.remoteUrlEdit.text if self.ui.useRemoteCheckBox.checked else None
-        self.logic.setRemoteServer(url, self.ui.remoteTokenEdit.text, self.ui.rememberTokenCheckBox.checked)
-        if not self._dependenciesReady():
-            return False
-        if self.logic.remoteConsentNeeded():
-            answer = qt.QMessageBox.question(
-                slicer.util.mainWindow(), "Send volume to a remote server?",
-                f"The volume's voxels and geometry will be sent to {self.logic.remoteUrl}; "
-                "no patient information is sent. Continue?")
-            if answer != qt.QMessageBox.Yes:
-                return False
-            self.logic.grantRemoteConsent()
-        return True
+        return qt.QMessageBox.question(slicer.util.mainWindow(), title, text) == qt.QMessageBox.Yes
 
     def _clickTarget(self):
         """The click panel's volume and run settings, on the server chosen (None: not now)."""
@@ -340,29 +298,10 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic.job is not None and self.logic.job.running:
             self.logic.job.poll()
         self.calls = [call for call in self.calls if call.poll()]
-        if self.install is not None:
-            self._pollInstall()
-        fineTuning = self.logic.fineTuneJob is not None and self.logic.fineTuneJob.poll()
-        if (self.logic.job is None or not self.logic.job.running) and self.install is None and not self.calls \
+        installing, fineTuning = self.installPanel.poll(), self.fineTunePanel.poll()
+        if (self.logic.job is None or not self.logic.job.running) and not installing and not self.calls \
                 and not fineTuning and not self.clickPanel.editor.poll():
             self.timer.stop()
-
-    def _pollInstall(self):
-        code = self.install.poll()
-        for line in self.install.output:
-            self.ui.statusLog.appendPlainText(line)
-        self.install.output.clear()
-        if code is None:
-            self.ui.progressBar.setValue(self.install.index)
-            self.ui.progressBar.setFormat(
-                f"Installing {self.install.current.title} ({self.install.index + 1}/{len(self.install.steps)})")
-            return
-        self.ui.progressBar.setValue(self.ui.progressBar.maximum if code == 0 else 0)
-        self.ui.progressBar.setFormat("%p%")
-        self.ui.installButton.text = "Install dependencies"
-        self.install = None
-        if code == 0:
-            self.log("TeViA's dependencies are installed: press Segment.")
 
     def onProgress(self, stage, done, total, bar=None):
         bar = bar or self.ui.progressBar
@@ -403,50 +342,6 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.trainingSegmentSelector.currentSegmentID(), folder,
                 convention=self._parameterNode.convention.value, model=self._currentModel())
             self.log(f"Added {len(added)} slices to {folder}.")
-
-    def onFineTuneOrCancel(self):
-        from TeViASegmentLib.finetune import settings_from_parameters
-
-        if self.logic.fineTuneJob is not None and self.logic.fineTuneJob.running:
-            self.logic.fineTuneJob.cancel()
-            return
-        with slicer.util.tryWithErrorDisplay("Could not start fine-tuning.", waitCursor=True):
-            folder, model = str(self._parameterNode.datasetFolder), self._currentModel()
-            self.logic.fineTuneAsync(folder, model, settings_from_parameters(self._parameterNode),
-                                     onProgress=self.onFineTuneProgress, onDone=self.onFineTuneDone)
-            self.ui.fineTuneButton.text = "Cancel fine-tuning"
-            self.log(f"Fine-tuning {model} on {folder}...")
-            self.timer.start()
-
-    def onFineTuneProgress(self, stage, done, total):
-        self.onProgress(stage, done, total, self.ui.fineTuneProgressBar)
-
-    def onFineTuneDone(self, job):
-        self.ui.fineTuneButton.text = "Fine-tune"
-        if job.state == "done":
-            self._selectModel(job.result.name)
-            self.log(f"Fine-tuned model {job.result.name} is ready (model card: {job.result / 'README.md'}).")
-        elif job.state == "failed":
-            slicer.util.errorDisplay(job.error)
-        else:
-            self.log("Fine-tuning cancelled; nothing was saved.")
-
-    def onTestConnection(self):
-        with slicer.util.tryWithErrorDisplay("Connection to the TeViA server failed.", waitCursor=True):
-            self.logic.setRemoteServer(self.ui.remoteUrlEdit.text, self.ui.remoteTokenEdit.text,
-                                       self.ui.rememberTokenCheckBox.checked)
-            call = self.logic.testRemoteConnectionAsync(onDone=self.onConnectionTested)
-            self.ui.testConnectionButton.enabled = False
-            self.log(f"Connecting to {self.logic.remoteUrl}...")
-            self._startCall(call)
-
-    def onConnectionTested(self, info, error):
-        self.ui.testConnectionButton.enabled = True
-        if error is not None:
-            self.log(f"Connection failed: {error}")
-            slicer.util.errorDisplay(f"Connection to the TeViA server failed: {error}")
-        else:
-            self.log(f"Connected: {info.get('name')} {info.get('version')} on {info.get('device')}.")
 
     def log(self, message):
         self.ui.statusLog.appendPlainText(message)

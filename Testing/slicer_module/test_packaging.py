@@ -46,11 +46,12 @@ def _s4ext_fields() -> dict[str, str]:
 
 
 def test_every_widget_the_module_uses_exists_in_the_ui_file():
-    """The Widget's `self.ui.<name>` and the click panel's (TeViASegmentLib/click_panel.py, given the same `ui`)."""
+    """The Widget's `self.ui.<name>` and the panels' (TeViASegmentLib/*_panel.py, given the same `ui`)."""
     names = {w.get("name") for w in ET.parse(MODULE_DIR / "Resources" / "UI" / "TeViASegment.ui").iter("widget")}
-    panel = MODULE_DIR / "TeViASegmentLib" / "click_panel.py"
-    used = {name for path in (MODULE_FILE, panel) for name in re.findall(r"self\.ui\.(\w+)", path.read_text())}
-    assert len(used) > 20 and "negativeClickButton" in used
+    panels = sorted(LIB_DIR.glob("*_panel.py"))
+    assert {p.name for p in panels} >= {"click_panel.py", "finetune_panel.py", "install_panel.py", "server_panel.py"}
+    used = {name for path in (MODULE_FILE, *panels) for name in re.findall(r"self\.ui\.(\w+)", path.read_text())}
+    assert len(used) > 20 and {"negativeClickButton", "installButton", "fineTuneButton", "testConnectionButton"} <= used
     assert used - names == set(), f"widgets used by the module but missing from the .ui: {used - names}"
 
 
