@@ -1,8 +1,9 @@
 """TeViA Segment: text-guided segmentation in 3D Slicer.
 
-Module, Widget (the only Qt code: it wires Resources/UI/TeViASegment.ui to the Logic), Logic
-(TeViASegmentLib/logic.py, re-exported here; usable from the Python console and from tests) and Test. The heavy lifting lives in
-TeViASegmentLib; the model runs in a background worker process, never in Slicer's.
+Module, Widget (builds the UI from Resources/UI/TeViASegment.ui, holds the parameter node and
+delegates each section to its TeViASegmentLib/*_panel.py), Logic (TeViASegmentLib/logic.py,
+re-exported here; usable from the Python console and from tests) and Test. The heavy lifting lives
+in TeViASegmentLib; the model runs in a background worker process, never in Slicer's.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 from TeViASegmentLib import scene, settings
 from TeViASegmentLib.click_panel import ClickPanel
+from TeViASegmentLib.download_panel import DownloadPanel
 from TeViASegmentLib.finetune_panel import FineTunePanel
 from TeViASegmentLib.install_panel import InstallPanel
 from TeViASegmentLib.logic import TeViASegmentLogic
@@ -61,7 +63,7 @@ class TeViASegment(ScriptedLoadableModule):
 
 class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Wires Resources/UI/TeViASegment.ui to TeViASegmentLogic and to the panels of
-    TeViASegmentLib (clicks, server choice, dependency installation, fine-tune).
+    TeViASegmentLib (clicks, model downloads, server choice, dependency installation, fine-tune).
 
     The widgets' state lives in the scene's parameter node (`parameters`): widgets with a
     "SlicerParameterName" property are connected by connectGui, the prompt text and the model
@@ -94,8 +96,12 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.timeout.connect(self.onPoll)
         self.clickPanel = ClickPanel(self.logic, self.ui, self._clickTarget, on_message=self.log,
                                      on_busy=self.timer.start)
-        self.serverPanel = ServerPanel(self.logic, self.ui, self._confirm, on_message=self.log, start_call=self._startCall)
-        self.installPanel = InstallPanel(self.logic, self.ui, self._confirm, on_message=self.log, on_busy=self.timer.start)
+        self.serverPanel = ServerPanel(self.logic, self.ui, self._confirm, on_message=self.log,
+                                       start_call=self._startCall)
+        self.downloadPanel = DownloadPanel(self.logic, self.ui, self._currentModel, self.onModelChanged,
+                                           on_message=self.log, start_call=self._startCall)
+        self.installPanel = InstallPanel(self.logic, self.ui, self._confirm, on_message=self.log,
+                                         on_busy=self.timer.start)
         self.fineTunePanel = FineTunePanel(
             self.logic, self.ui, lambda: self._parameterNode, self._currentModel, self._selectModel,
             on_progress=lambda stage, done, total: self.onProgress(stage, done, total, self.ui.fineTuneProgressBar),
@@ -106,14 +112,13 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.promptEdit.textChanged.connect(self.onPromptsEdited)
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
         self.ui.modelFolderButton.directoryChanged.connect(self.onLocalModelFolder)
-        self.ui.downloadModelButton.clicked.connect(self.onDownloadModel)
-        self.ui.clearCacheButton.clicked.connect(self.onClearCache)
         self.ui.show3DButton.clicked.connect(self.onShow3D)
         self.ui.openSegmentEditorButton.clicked.connect(self.onOpenSegmentEditor)
         self.ui.addToTrainingButton.clicked.connect(self.onAddToTraining)
         self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)",  # overloaded: name the one
                                                    self.ui.trainingSegmentSelector.setCurrentNode)
         self.clickPanel.connect_widgets(self.ui.outputSegmentationSelector)
+        self.downloadPanel.connect_widgets()
         self.serverPanel.connect_widgets()
         self.installPanel.connect_widgets()
         self.fineTunePanel.connect_widgets()
@@ -228,29 +233,6 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _startCall(self, call):
         self.calls.append(call)
         self.timer.start()
-
-    def onDownloadModel(self):
-        model = self._currentModel()
-        self.ui.downloadModelButton.enabled = False
-        self.ui.progressBar.setRange(0, 100)
-        self.log(f"Downloading model {model}...")
-
-        def done(folder, error):
-            if error is not None:
-                slicer.util.errorDisplay(f"Download of model {model} failed: {error}")
-            else:
-                self.log(f"Model {model} downloaded.")
-            self.onModelChanged()
-
-        self._startCall(self.logic.downloadModelAsync(model, onProgress=self._downloadProgress, onDone=done))
-
-    def _downloadProgress(self, received, total):
-        self.ui.progressBar.setValue(int(100 * received / total) if total else 0)
-
-    def onClearCache(self):
-        freed = self.logic.models.clear()
-        self.log(f"Removed downloaded models ({freed / 1e6:.1f} MB).")
-        self.onModelChanged()
 
     def onSegmentOrCancel(self):
         if self.logic.job is not None and self.logic.job.running:

@@ -80,7 +80,8 @@ def _python(title: str, code: str) -> installer.InstallStep:
 
 def test_an_installation_shows_each_step_and_its_output_then_says_to_press_segment(panel, monkeypatch):
     panel, ui, messages, _, busy = panel
-    steps = [_python("first", "import time; print('one', flush=True); time.sleep(0.5)"), _python("second", "print('two')")]
+    steps = [_python("first", "import time; print('one', flush=True); time.sleep(0.5)"),
+             _python("second", "print('two')")]
     monkeypatch.setattr(installer, "install_steps", lambda wheel_dir=None: steps)  # instead of several GB from PyPI
     panel.start()
     assert ui.installButton.text == "Cancel installation" and (ui.progressBar.minimum, ui.progressBar.maximum) == (0, 2)
@@ -148,7 +149,8 @@ def test_segment_offers_to_install_what_is_missing_and_declined_starts_nothing(p
 
 def test_segment_waits_while_an_installation_runs(panel, monkeypatch):
     panel, ui, messages, questions, _ = panel
-    monkeypatch.setattr(installer, "install_steps", lambda wheel_dir=None: [_python("slow", "import time; time.sleep(120)")])
+    slow = _python("slow", "import time; time.sleep(120)")
+    monkeypatch.setattr(installer, "install_steps", lambda wheel_dir=None: [slow])
     panel.start()
     assert not panel.dependencies_ready() and questions == []
     assert messages == ["TeViA's dependencies are still being installed: Segment works once that has finished."]

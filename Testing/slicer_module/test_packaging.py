@@ -49,9 +49,11 @@ def test_every_widget_the_module_uses_exists_in_the_ui_file():
     """The Widget's `self.ui.<name>` and the panels' (TeViASegmentLib/*_panel.py, given the same `ui`)."""
     names = {w.get("name") for w in ET.parse(MODULE_DIR / "Resources" / "UI" / "TeViASegment.ui").iter("widget")}
     panels = sorted(LIB_DIR.glob("*_panel.py"))
-    assert {p.name for p in panels} >= {"click_panel.py", "finetune_panel.py", "install_panel.py", "server_panel.py"}
+    assert {p.name for p in panels} >= {"click_panel.py", "download_panel.py", "finetune_panel.py", "install_panel.py",
+                                         "server_panel.py"}
     used = {name for path in (MODULE_FILE, *panels) for name in re.findall(r"self\.ui\.(\w+)", path.read_text())}
-    assert len(used) > 20 and {"negativeClickButton", "installButton", "fineTuneButton", "testConnectionButton"} <= used
+    assert len(used) > 20 and {"negativeClickButton", "clearCacheButton", "installButton", "fineTuneButton",
+                                   "testConnectionButton"} <= used
     assert used - names == set(), f"widgets used by the module but missing from the .ui: {used - names}"
 
 
