@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     if command not in SUBCOMMANDS:
         print(f"tevia: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    if command in ("serve", "predict"):  # processes that answer requests, often beside other work
+        from tevia.openmp import limit_spinning
+
+        limit_spinning()
     module = importlib.import_module(SUBCOMMANDS[command][0])
     parser = argparse.ArgumentParser(prog=f"tevia {command}", description=SUBCOMMANDS[command][1])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -21,13 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-# Set before torch loads GNU OpenMP (Linux): its threads then spin at most 2000 rounds before they
-# sleep (the default is 300000). A worker that shares the CPUs with another busy process (Slicer,
-# a second model) otherwise loses most of its time to threads spinning at every barrier while
-# the one they wait for is not running: bench/bench_contention.py measured a second prompt's
-# decoding at 10-80 s instead of 1-2 s next to a 2-thread job, for a few percent on an idle
-# machine. A value the user set is kept.
-os.environ.setdefault("GOMP_SPINCOUNT", "2000")
+from tevia.openmp import limit_spinning
+
+limit_spinning()  # before torch loads (tevia/openmp.py)
 
 import torch  # noqa: E402
 

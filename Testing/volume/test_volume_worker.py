@@ -295,14 +295,30 @@ def test_a_gpu_out_of_memory_falls_back_to_the_cpu(tiny_model_dir, ct_path, tmp_
                           sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "cpu.nii.gz"))))
 
 
-@pytest.mark.parametrize("given, expected", [(None, "2000"), ("77", "77")])
-def test_the_worker_limits_openmp_spinning_unless_the_user_set_it(given, expected):
-    """GOMP_SPINCOUNT is set before torch loads (bench/bench_contention.py: a busy neighbour made a
-    second prompt 40x slower with libgomp's default); a value the user chose is kept."""
+_CLI_HELP = "from tevia import cli\ntry:\n    cli.main(['{}', '--help'])\nexcept SystemExit:\n    pass"
+
+
+@pytest.mark.parametrize("code, given, expected", [
+    ("import tevia.worker", None, "2000"), ("import tevia.worker", "77", "77"),
+    (_CLI_HELP.format("serve"), None, "2000"), (_CLI_HELP.format("predict"), "77", "77"),
+])
+def test_request_answering_processes_limit_openmp_spinning_unless_the_user_set_it(code, given, expected):
+    """GOMP_SPINCOUNT is set before torch loads in the worker, `tevia serve` and `tevia predict`
+    (bench/bench_contention.py: a busy neighbour made a second prompt 40x slower with libgomp's
+    default); a value the user chose is kept."""
     env = {key: value for key, value in os.environ.items() if key != "GOMP_SPINCOUNT"}
     env["PYTHONPATH"] = str(REPO / "TeViASegment")
     if given:
         env["GOMP_SPINCOUNT"] = given
-    code = "import sys, tevia.worker, os; print(os.environ['GOMP_SPINCOUNT'], 'torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.split() == [expected, "True"]
+    probe = code + "\nimport os, sys\nprint(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split()[-2:] == [expected, "True"]
+
+
+def test_spinning_is_left_alone_once_torch_is_loaded():
+    env = {key: value for key, value in os.environ.items() if key != "GOMP_SPINCOUNT"}
+    env["PYTHONPATH"] = str(REPO / "TeViASegment")
+    probe = ("import os, torch\nfrom tevia.openmp import limit_spinning\n"
+             "print(limit_spinning(), os.environ.get('GOMP_SPINCOUNT'))")
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "None"]
