@@ -1,10 +1,11 @@
 """Client of the TeViA inference server (`tevia serve`), for Slicer's remote mode.
 
-Standard library + numpy + SimpleITK only (no requests/httpx inside Slicer). Volumes go up
-as a compressed NRRD (ITK's LPS frame) in a multipart POST /v1/segment, with a segment's
-corrective clicks in the `clicks` field when there are any; the answer (API version 2) is one
-JSON body: the label-to-prompt map, warnings, the labelmap as base64 NIfTI and, for clicks,
-the refined slices (docs/SERVER.md).
+Standard library + numpy + SimpleITK only (no requests/httpx inside Slicer). This module builds
+the requests and checks the answers; http_transport.py sends them (connection, token, streaming,
+cancel, HTTP errors). Volumes go up as a compressed NRRD (ITK's LPS frame) in a multipart POST
+/v1/segment, with a segment's corrective clicks in the `clicks` field when there are any; the
+answer (API version 2) is one JSON body: the label-to-prompt map, warnings, the labelmap as
+base64 NIfTI and, for clicks, the refined slices (docs/SERVER.md).
 Arrays are in numpy K, J, I order, as slicer.util.arrayFromVolume gives them, with the
 volume's 4x4 IJK-to-RAS matrix.
 """
@@ -13,16 +14,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import http.client
 import json
-import select
-import socket
-import ssl
 import tempfile
-import time
-import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,22 +25,13 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from TeViASegmentLib.http_transport import HttpTransport, RemoteCancelled, RemoteError, body_length
+
 __all__ = ["RemoteError", "RemoteCancelled", "RemoteClient", "RemoteAnswer", "API_VERSION"]
 
 API_VERSION = 2
-_CHUNK = 1 << 20
-_POLL_SECONDS = 0.2
-_CONNECT_TIMEOUT = 15.0
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _GEOMETRY_TOLERANCE = 1e-4
-
-
-class RemoteError(Exception):
-    """A failed server call, with a message that says what went wrong and what to do."""
-
-
-class RemoteCancelled(RemoteError):
-    """The caller cancelled the request; the connection was closed, which stops the server's work."""
 
 
 @dataclass(frozen=True)
@@ -109,11 +95,13 @@ def _same_geometry(answer: sitk.Image, sent: sitk.Image) -> str | None:
 
 def _multipart(volume: Path, prompts: list[str], options: dict[str, Any], clicks: str | None
                ) -> tuple[str, list[bytes | Path]]:
+    """The Content-Type and body parts of a /v1/segment form: one `text` field per prompt,
+    `options` (JSON), `clicks` when given, and the `volume` file (sent whole from disk)."""
     boundary = f"tevia-{uuid.uuid4().hex}"
     parts: list[bytes | Path] = []
 
-    def field(name: str, value: str, extra: str = "") -> bytes:
-        return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"{extra}\r\n"
+    def field(name: str, value: str) -> bytes:
+        return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n"
                 f"Content-Type: text/plain; charset=utf-8\r\n\r\n").encode() + value.encode("utf-8") + b"\r\n"
 
     for prompt in prompts:
@@ -138,30 +126,24 @@ class RemoteClient:
         timeout: seconds a whole request may take (upload, queue, inference, download).
         ca_file: a PEM file of certificate authorities to trust for https (e.g. the server's
             self-signed certificate); None: the system's.
+
+    Raises:
+        ValueError: a URL that is not http(s) with a host, or a timeout that is not > 0.
     """
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 600, ca_file: str | None = None) -> None:
-        parsed = urllib.parse.urlsplit(url.strip())
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"url must look like http://host:port or https://host:port, got {url!r}")
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-        self.url = urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, parsed.path.rstrip("/"), "", ""))
-        self.token = token.strip() if token else None
-        self.timeout = float(timeout)
-        self._parsed = parsed
-        self._prefix = parsed.path.rstrip("/")
-        self._context = ssl.create_default_context(cafile=ca_file) if parsed.scheme == "https" else None
+        self._http = HttpTransport(url, token, timeout, ca_file)
+        self.url, self.token, self.timeout = self._http.url, self._http.token, self._http.timeout
 
     # -- public API -------------------------------------------------------------------------
     def health(self) -> dict:
         """GET /v1/health: {"status": "ok", "busy": bool, "waiting": int}. Needs no token."""
-        return self._get_json("/v1/health")
+        return self._http.get_json("/v1/health")
 
     def info(self) -> dict:
         """GET /v1/info: name, version, api, model, device, side_convention, example_prompts,
         limits. Checks the token and the API version (RemoteError on a mismatch)."""
-        info = self._get_json("/v1/info")
+        info = self._http.get_json("/v1/info")
         if info.get("api") != API_VERSION:
             raise RemoteError(f"the server at {self.url} speaks API version {info.get('api')!r}; this module "
                               f"speaks {API_VERSION}: update the TeViA extension or the server so they match")
@@ -212,14 +194,14 @@ class RemoteClient:
             upload = Path(folder) / "volume.nrrd"
             sitk.WriteImage(image, str(upload), useCompression=True, compressionLevel=1)
             content_type, parts = _multipart(upload, list(prompts), options, clicks_field)
-            length = sum(p.stat().st_size if isinstance(p, Path) else len(p) for p in parts)
+            length = body_length(parts)
             limit = limits.get("max_upload_bytes")
             if limit is not None and length > limit:
                 raise RemoteError(f"the volume is too large for the server at {self.url} ({length / 2**20:.1f} MB "
                                   f"compressed, limit {limit / 2**20:.0f} MB): crop or resample it, or ask the "
                                   f"server's administrator to raise --max-upload-mb")
             answer_path = Path(folder) / "answer.json"
-            self._request("POST", "/v1/segment", parts, content_type, length, answer_path, cancelled)
+            self._http.request("POST", "/v1/segment", parts, content_type, answer_path, cancelled)
             labelmap_path = Path(folder) / "labelmap.nii.gz"
             labels, warnings, fields = self._read_answer(answer_path, labelmap_path)
             try:
@@ -234,141 +216,6 @@ class RemoteClient:
         if labelmap.min(initial=0) < 0 or labelmap.max(initial=0) > 255:
             raise RemoteError("the server's labelmap holds values outside 0..255")
         return RemoteAnswer(labelmap.astype(np.uint8, copy=False), labels, warnings, fields)
-
-    # -- HTTP -------------------------------------------------------------------------------
-    def _connection(self) -> http.client.HTTPConnection:
-        host, port = self._parsed.hostname, self._parsed.port
-        timeout = min(self.timeout, _CONNECT_TIMEOUT)
-        if self._context is not None:
-            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._context)
-        return http.client.HTTPConnection(host, port, timeout=timeout)
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        return headers
-
-    def _get_json(self, path: str) -> dict:
-        with tempfile.TemporaryDirectory(prefix="tevia-remote-") as folder:
-            body_path = Path(folder) / "answer.json"
-            self._request("GET", path, [], None, 0, body_path, None)
-            try:
-                answer = json.loads(body_path.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                answer = None
-        if not isinstance(answer, dict):
-            raise RemoteError(f"{self.url}{path} did not answer JSON: is this a TeViA server?")
-        return answer
-
-    def _request(self, method: str, path: str, parts: list[bytes | Path], content_type: str | None, length: int,
-                 answer: Path, cancelled: Callable[[], bool] | None) -> None:
-        """Send a request, stream the body of a 200 answer into `answer`; RemoteError otherwise."""
-        cancelled = cancelled or (lambda: False)
-        deadline = time.monotonic() + self.timeout
-        connection = self._connection()
-        try:
-            connection.putrequest(method, self._prefix + path)
-            for name, value in self._headers().items():
-                connection.putheader(name, value)
-            if method == "POST":
-                connection.putheader("Content-Type", content_type)
-                connection.putheader("Content-Length", str(length))
-            connection.endheaders()
-            sent_all = self._send(connection, parts, cancelled, deadline)
-            self._wait_readable(connection, cancelled, deadline)
-            connection.sock.settimeout(max(1.0, deadline - time.monotonic()))
-            try:
-                response = connection.getresponse()
-            except (http.client.RemoteDisconnected, ConnectionError) as error:
-                if sent_all:
-                    raise
-                raise RemoteError(f"the server at {self.url} closed the connection during the upload ({error}); "
-                                  f"the volume may exceed its upload limit") from None
-            if response.status != 200:
-                raise RemoteError(self._status_message(response, path))
-            with open(answer, "wb") as file:
-                while chunk := response.read(_CHUNK):
-                    if cancelled():
-                        raise RemoteCancelled("cancelled while downloading the result")
-                    if time.monotonic() > deadline:
-                        raise RemoteError(f"no complete answer from {self.url} within {self.timeout:.0f} s")
-                    file.write(chunk)
-        except RemoteError:
-            raise
-        except ssl.SSLCertVerificationError as error:
-            raise RemoteError(f"the TLS certificate of {self._parsed.hostname} could not be verified "
-                              f"({error.verify_message}): if the server uses a self-signed certificate, give its "
-                              f"CA file (ca_file) or set SSL_CERT_FILE; otherwise check the URL") from None
-        except ssl.SSLError as error:
-            raise RemoteError(f"TLS with {self.url} failed ({error.reason or error}): if the server runs without "
-                              f"TLS, the URL must start with http://") from None
-        except ConnectionRefusedError:
-            raise RemoteError(f"could not connect to {self.url}: connection refused. Is `tevia serve` running "
-                              f"there, on this port?") from None
-        except socket.gaierror:
-            raise RemoteError(f"unknown host {self._parsed.hostname!r}: check the server URL") from None
-        except (TimeoutError, socket.timeout):
-            raise RemoteError(f"no answer from {self.url} within {self.timeout:.0f} s (or the connection timed "
-                              f"out): check the URL and the network, or raise the timeout") from None
-        except (http.client.RemoteDisconnected, http.client.BadStatusLine):
-            hint = " If it uses TLS, the URL must start with https://." if self._context is None else ""
-            raise RemoteError(f"the server at {self.url} closed the connection without an answer.{hint}") from None
-        except (OSError, http.client.HTTPException) as error:
-            raise RemoteError(f"network error talking to {self.url}: {error}") from None
-        finally:
-            connection.close()
-
-    def _send(self, connection: http.client.HTTPConnection, parts: list[bytes | Path],
-              cancelled: Callable[[], bool], deadline: float) -> bool:
-        """Send the body; False when the server closed the connection early (its answer follows)."""
-        connection.sock.settimeout(max(1.0, deadline - time.monotonic()))
-        try:
-            for chunk in _chunks(parts):
-                if cancelled():
-                    raise RemoteCancelled("cancelled during the upload")
-                connection.send(chunk)
-        except (BrokenPipeError, ConnectionResetError):
-            return False
-        return True
-
-    def _wait_readable(self, connection: http.client.HTTPConnection, cancelled: Callable[[], bool],
-                       deadline: float) -> None:
-        sock = connection.sock
-        while not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
-            if cancelled():
-                raise RemoteCancelled("cancelled while the server was working")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            readable, _, _ = select.select([sock], [], [], min(_POLL_SECONDS, remaining))
-            if readable:
-                return
-
-    def _status_message(self, response: http.client.HTTPResponse, path: str) -> str:
-        raw = response.read(64 * 1024)
-        try:
-            detail = json.loads(raw).get("detail", "")
-        except (ValueError, AttributeError):
-            detail = raw.decode("utf-8", "replace").strip()[:300]
-        status = response.status
-        if status == 401:
-            if not self.token:
-                return f"the server at {self.url} requires a token (401): enter it in the Remote server settings"
-            return f"the server at {self.url} refused the token (401): check the token in the Remote server settings"
-        if status == 413:
-            return (f"the volume is too large for the server at {self.url} (413: {detail}): crop or resample it, "
-                    f"or ask the server's administrator to raise --max-upload-mb")
-        if status == 422:
-            return f"the server refused the request (422): {detail}"
-        if status == 503:
-            retry = response.headers.get("Retry-After", "a few")
-            return f"the server at {self.url} is busy (503): retry later, in about {retry} s. {detail}"
-        if status in (408, 504):
-            return f"the server at {self.url} timed out ({status}): {detail}"
-        if status == 404:
-            return f"no TeViA server at {self.url} (404 for {path}): check the URL"
-        return f"the server at {self.url} answered {status}: {detail or response.reason}"
 
     def _read_answer(self, answer: Path, labelmap: Path) -> tuple[dict[int, str], list[str], dict]:
         """Labels, warnings and other fields of a /v1/segment answer; its labelmap is written to `labelmap`."""
@@ -393,12 +240,3 @@ class RemoteClient:
         fields = {key: value for key, value in payload.items() if key not in ("api", "labels", "warnings", "labelmap")}
         return labels, warnings, fields
 
-
-def _chunks(parts: list[bytes | Path]) -> Iterator[bytes]:
-    for part in parts:
-        if isinstance(part, Path):
-            with open(part, "rb") as file:
-                while chunk := file.read(_CHUNK):
-                    yield chunk
-        else:
-            yield part
