@@ -131,7 +131,8 @@ class TrainConfig:
     loss: "dice_ce" (Dice + cross-entropy on logits) or "dice" (the reference's in effect).
     alignment_skip_empty: leave samples with an empty mask out of the alignment loss (false:
         count them, as the reference does).
-    augmentation: "affine" or "zoom" (the reference's RandZoom), when `augment` is true.
+    augmentation: "affine", "zoom" (the reference's RandZoom) or "scanner" (wider affine, gamma,
+        noise, circular fields of view: for data from other scanners), when `augment` is true.
     vertical_flip: with `augment`, also flip half the images up-down, those whose description
         names no vertical position (tevia.augment.flip_vertically): for CT slices, whose text
         names only sides, and whose scans may be stored upside down or taken prone.
@@ -211,7 +212,7 @@ class TrainConfig:
     model_from_init: bool = False
 
     def __post_init__(self) -> None:
-        for name, allowed in (("augmentation", ("affine", "zoom")), ("loss", ("dice_ce", "dice")),
+        for name, allowed in (("augmentation", ("affine", "zoom", "scanner")), ("loss", ("dice_ce", "dice")),
                               ("checkpoint_monitor", ("val_dice", "val_loss", "val_click_dice", "last"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")

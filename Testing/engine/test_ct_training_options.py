@@ -81,3 +81,32 @@ def test_test_time_vertical_flip_averages_each_image_with_its_mirror(tiny_model_
     averaged = mirrored.decode(features, text)
     torch.testing.assert_close(averaged, (one + other) / 2)
     assert (one - other).abs().max() > 1e-4, "the mirror must change something for the test to mean anything"
+
+
+def test_scanner_augmentation_keeps_sides_moves_mask_with_image_and_varies_the_acquisition():
+    from tevia.augment import augment
+    from tevia.config import TrainConfig
+
+    image = torch.full((64, 1, 64, 64), 0.5)
+    mask = torch.zeros(64, 1, 64, 64)
+    mask[:, :, 24:40, 8:24] = 1.0  # a lesion in the image's left half
+    image[mask.bool()] = 0.9
+    out, out_mask = augment("scanner", image, mask, torch.Generator().manual_seed(0))
+    assert out.shape == image.shape and out_mask.shape == mask.shape
+    assert set(out_mask.unique().tolist()) <= {0.0, 1.0}, "the mask stays binary"
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    left, right = out_mask[..., :32].sum((1, 2, 3)), out_mask[..., 32:].sum((1, 2, 3))
+    assert bool((left > 5 * right).all()), "never mirrored: the lesion stays in the left half"
+    bright = (out > out.flatten(1).median(1).values.view(-1, 1, 1, 1) + 0.05).float()
+    overlap = (bright * out_mask).sum() / out_mask.sum()
+    assert overlap > 0.8, "the mask follows its image through the geometric transform"
+    corners = out[:, 0, :3, :3].flatten(1).mean(1)
+    centres = out[:, 0, 30:34, 30:34].flatten(1).mean(1)
+    circular = corners < 0.11
+    assert 15 < int(circular.sum()) < 50, "about half the images get a dark circular field of view"
+    assert float(out_mask[circular][..., :3, :3].sum()) == 0.0, "no mask outside the field of view"
+    assert float(centres.std()) > 0.05, "the intensity changes from image to image"
+    from tevia.augment import AUGMENTATIONS
+    assert all(TrainConfig(augmentation=kind).augmentation == kind for kind in AUGMENTATIONS)
+    with pytest.raises(ValueError, match="scanner"):
+        TrainConfig(augmentation="mixup")
