@@ -59,3 +59,17 @@ def test_clicks_on_a_model_without_click_inputs_are_refused_before_any_work(tiny
     assert not (tmp_path / "out").exists()
     assert _evaluate(tiny_model_dir, tmp_path / "out", "--clicks", "0") == 2
     assert "--clicks must be >= 1, got 0" in caplog.text
+
+
+@pytest.mark.parametrize("row, col", [(0, 0), (223, 223), (0, 111), (112, 223)])
+def test_a_click_on_an_edge_pixel_stays_inside_the_model_image(row, col):
+    """Pixel centres aligned, row 0 of 224 maps to -0.21 at 128: the click must stay a pixel of
+    the model's image (the click bench once stopped on exactly this)."""
+    from tevia.click_evaluation import to_model_click
+    from tevia.model.clicks import Click, validate_clicks
+
+    mapped = to_model_click(Click(row, col, True), (224, 224), (128, 128))
+    validate_clicks([mapped], (128, 128))
+    assert mapped.positive
+    centre = to_model_click(Click(111.5, 111.5, False), (224, 224), (128, 128))
+    assert centre.row == pytest.approx(63.5) and centre.col == pytest.approx(63.5) and not centre.positive
