@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import hashlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,10 @@ def bundle(source: Path, out: Path, version: str, note: str, config_file: Path) 
         "note": note,
     }
     config = dataclasses.replace(out_config, click_inputs=True, click_encoding=source_config.click_encoding)
+    modes = {name: (out / name).stat().st_mode & 0o777 for name in ("model.json", "model.safetensors")}
     save_model(out, network, config, metadata)
+    for name, mode in modes.items():  # the files keep their permissions (safetensors writes 0600)
+        os.chmod(out / name, mode)
     log.info("%s is now version %s with the click injection of %s (%d parameters, %s encoding); update the "
              "model card's click table (bench/clicks.json)", out, version, metadata["clicks"]["source_model"],
              metadata["clicks"]["parameters"], config.click_encoding)

@@ -55,9 +55,11 @@ def _bundle(source: Path, out: Path, version: str = "9.9.9", note: str = "test i
 
 
 def test_a_source_trained_from_the_default_gives_it_its_injection_and_nothing_else(default_copy, untrained):
+    (default_copy / "model.safetensors").chmod(0o644)
     before = _files(default_copy)
     _, old = read_model_json(default_copy)
     assert _bundle(untrained, default_copy) == 0
+    assert (default_copy / "model.safetensors").stat().st_mode & 0o777 == 0o644, "the permissions stay"
     after = _files(default_copy)
     assert set(after) == set(before)
     changed = {name for name in before if after[name] != before[name]}
