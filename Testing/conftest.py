@@ -85,18 +85,12 @@ class GpuOutOfMemory:
         return self.segmenter.decode(features, text, clicks)
 
 
-CLICK_INJECTION = TESTDATA / "clicks" / "default-clicks-injection.safetensors"
-
-
-def build_click_model(folder: Path, trained: bool = True) -> Path:
-    """The bundled default model with click inputs, saved as a real model folder: its own
-    weights plus the click injection, zero-initialised (trained=False: computes exactly what the
-    default computes) or the one fine-tuned by configs/default-qata-clicks.yaml (which trains
-    only the injection, so these parameters are all that model adds to the default)."""
+def _default_variant(folder: Path, click_inputs: bool, name_suffix: str) -> Path:
+    """The bundled default model's weights in a network built with or without click inputs
+    (with: the click injection freshly zero-initialised; without: the injection left out),
+    saved as a real model folder with the default's model.json entries and domain profile."""
     import dataclasses
     import shutil
-
-    from safetensors.torch import load_file
 
     from tevia.checkpoint import load_network_weights, read_model_json, save_model
     from tevia.model_folders import resolve_model
@@ -104,20 +98,41 @@ def build_click_model(folder: Path, trained: bool = True) -> Path:
 
     default = resolve_model("default")
     config, info = read_model_json(default)
-    config = dataclasses.replace(config, click_inputs=True)
+    config = dataclasses.replace(config, click_inputs=click_inputs)
     network = build_network(config, text_dim=384, pretrained_vision=False)
-    load_network_weights(network, default, info, new_modules=("clicks.",))
-    if trained:
-        network.load_state_dict(load_file(str(CLICK_INJECTION)), strict=False)
-    metadata = {k: v for k, v in info.items() if k not in ("config", "weights_sha256", "format")}
-    metadata["name"] = info["name"] + ("-clicks" if trained else "-clicks-untrained")
+    fresh = {k: v.clone() for k, v in network.state_dict().items() if k.startswith("clicks.")}
+    load_network_weights(network, default, info, optional_modules=("clicks.",))
+    network.load_state_dict(fresh, strict=False)
+    metadata = {k: v for k, v in info.items() if k not in ("config", "weights_sha256", "format", "clicks")}
+    metadata["name"] = info["name"] + name_suffix
     save_model(folder, network, config, metadata)
     if "domain" in info:  # the image encoder is the default's: so is its domain profile
         shutil.copy(default / info["domain"]["file"], folder / info["domain"]["file"])
     return folder
 
 
+def build_text_only_default(folder: Path) -> Path:
+    """The bundled default without its click injection, in a network built without click inputs:
+    a model that takes no clicks, and what the default computes from text alone."""
+    return _default_variant(folder, click_inputs=False, name_suffix="-text-only")
+
+
+def build_untrained_click_model(folder: Path) -> Path:
+    """The bundled default with its click injection zero-initialised again: computes exactly what
+    the default computes without clicks, with clicks or not (what click training starts from)."""
+    return _default_variant(folder, click_inputs=True, name_suffix="-clicks-untrained")
+
+
 @pytest.fixture(scope="session")
-def click_model_dir(tmp_path_factory) -> Path:
-    """Folder of the default model fine-tuned with click inputs (see build_click_model)."""
-    return build_click_model(tmp_path_factory.mktemp("models") / "clicks")
+def click_model_dir() -> Path:
+    """Folder of the bundled default model, which takes clicks since 0.3.0 (its click injection
+    trained by configs/default-qata-clicks.yaml; Utilities/bundle_click_injection.py)."""
+    from tevia.model_folders import resolve_model
+
+    return resolve_model("default")
+
+
+@pytest.fixture(scope="session")
+def text_only_default_dir(tmp_path_factory) -> Path:
+    """Folder of the bundled default without click inputs (see build_text_only_default)."""
+    return build_text_only_default(tmp_path_factory.mktemp("models") / "text-only")

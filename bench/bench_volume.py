@@ -9,15 +9,15 @@ uncompressed NRRD and as a gzipped NIfTI (the usual CT file), each at precision 
 Every scenario runs in a fresh worker (a `load` empties the feature cache but keeps the last
 input, which would spare a later scenario's first prompt its read).
 The model is ``--model``, else the bundled "default" one, else the tiny random-weight test model
-(the JSON says which); ``--model clicks`` is the default with its fine-tuned click injection
-(Testing/data/clicks). With a model that takes clicks, each scenario also times a corrective
+(the JSON says which). With a model that takes clicks (the bundled default since 0.3.0, which
+carries the click injection of configs/default-qata-clicks.yaml), each scenario also times a corrective
 click (issue 17): one positive click at the volume's centre, on its middle axial slice, with the
 first prompt, after the two prompts: it refines that slice only (PROTOCOL.md), from the cached
 image features. Targets: second prompt >= 3x faster, peak RSS <= 2.5 GB.
 
     python bench/bench_volume.py                      # 512x512x300, 2 threads
     python bench/bench_volume.py --size 128 128 40    # a quick check
-    python bench/bench_volume.py --model clicks --formats nrrd --precisions fp32 --out bench/volume_clicks.json
+    python bench/bench_volume.py --formats nrrd --precisions fp32 --out bench/volume_clicks.json
 """
 
 from __future__ import annotations
@@ -54,15 +54,10 @@ def make_volume(source: Path, size: tuple[int, int, int], out: Path) -> Path:
 
 
 def pick_model(folder: Path, requested: str | None) -> tuple[str, str]:
-    """The requested model ("clicks": the default with its click injection, built into ``folder``);
-    else the bundled default when it exists; else a freshly built tiny model."""
+    """The requested model; else the bundled default when it exists; else a freshly built tiny model
+    (into ``folder``)."""
     from tevia.model_folders import resolve_model
 
-    if requested == "clicks":
-        sys.path.insert(0, str(REPO / "Testing"))
-        from conftest import build_click_model
-
-        return str(build_click_model(folder / "clicks")), "the default model with its click injection (Testing/data/clicks)"
     if requested:
         return str(resolve_model(requested)), requested
     try:
@@ -209,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, nargs=3, default=[512, 512, 300], metavar=("I", "J", "K"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--model", help='model name or folder, or "clicks" (the default with its click injection, '
-                                        'which adds a timed click); default: the bundled default, else the tiny test model')
+    parser.add_argument("--model", help="model name or folder (one with click inputs adds a timed click); default: "
+                                        "the bundled default, else the tiny test model")
     parser.add_argument("--formats", nargs="+", default=["nrrd", "nii.gz"], choices=["nrrd", "nii.gz"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=3, help="runs of every scenario (medians are reported)")

@@ -89,14 +89,20 @@ def load_checked_tensors(path: Path, expected_sha256: str | None, remedy: str) -
 
 
 def load_network_weights(network: TeViANet, folder: str | Path, info: dict[str, Any],
-                         new_modules: tuple[str, ...] = ()) -> None:
+                         optional_modules: tuple[str, ...] = ()) -> None:
     """Loads model.safetensors into the network after checking its sha256; strict keys, except
-    that parameters under the prefixes `new_modules` (e.g. "clicks." when fine-tuning a
-    text-only model into one with click inputs) may be absent and keep their initial values."""
+    for parameters under the prefixes `optional_modules` (e.g. "clicks." when fine-tuning): those
+    the file lacks keep their initial values (a text-only model fine-tuned into one with click
+    inputs), those the network lacks are left out (a model with click inputs fine-tuned into a
+    text-only one)."""
     weights = Path(folder) / "model.safetensors"
     state = load_checked_tensors(weights, info.get("weights_sha256"), "download or copy the model again")
     own = network.state_dict()
-    missing = sorted(k for k in set(own) - set(state) if not k.startswith(new_modules))
+    dropped = sorted(k for k in state if k not in own and k.startswith(optional_modules))
+    if dropped:
+        log.info("%s: left out %d tensors this network does not have (%s...)", weights, len(dropped), dropped[0])
+        state = {k: v for k, v in state.items() if k in own or not k.startswith(optional_modules)}
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(optional_modules))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise CheckpointError(f"{weights} does not fit this architecture: missing keys {missing[:10]}, "

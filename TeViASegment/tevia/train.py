@@ -172,7 +172,7 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
 
         folder = resolve_model(init)
         _, info = read_model_json(folder)
-        load_network_weights(network, folder, info, new_modules=("clicks.",))
+        load_network_weights(network, folder, info, optional_modules=("clicks.",))
         network.train()
         log.info("initialised from %s", folder)
     lit = LitTeViA(network, table, index, tc)

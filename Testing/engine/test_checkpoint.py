@@ -96,3 +96,25 @@ def test_segmenter_features_reused_for_new_prompts(tiny_model_dir):
         seg.encode_images(np.zeros((1, 32, 32), np.float32))
     with pytest.raises(ValueError, match="non-empty list"):
         seg.encode_text("just a string")
+
+
+def test_a_text_only_network_leaves_out_a_models_click_injection_only_when_told():
+    """`tevia train --init default` with a text-only config (the CT model): the bundled default's
+    click injection is left out (optional_modules); a plain load still refuses it, naming it."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from tevia.checkpoint import load_network_weights, read_model_json
+    from tevia.model.build import build_network
+
+    default = resolve_model("default")
+    config, info = read_model_json(default)
+    network = build_network(dataclasses.replace(config, click_inputs=False), text_dim=384, pretrained_vision=False)
+    with pytest.raises(CheckpointError, match=r"unexpected keys \['clicks\.levels"):
+        load_network_weights(network, default, info)
+    load_network_weights(network, default, info, optional_modules=("clicks.",))
+    saved = load_file(str(default / "model.safetensors"))
+    own = network.state_dict()
+    assert set(saved) - set(own) and all(k.startswith("clicks.") for k in set(saved) - set(own))
+    assert all(torch.equal(own[k], saved[k]) for k in own)

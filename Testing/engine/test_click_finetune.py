@@ -70,7 +70,7 @@ def test_a_distance_encoded_injection_trains_from_a_text_only_base_model(tiny_mo
 
     base, info = read_model_json(tiny_model_dir)
     network = build_network(dataclasses.replace(base, click_inputs=True, click_encoding="distance"), text_dim=384)
-    load_network_weights(network, tiny_model_dir, info, new_modules=("clicks.",))
+    load_network_weights(network, tiny_model_dir, info, optional_modules=("clicks.",))
     assert network.clicks.encoding == "distance"
     data = CSVSegmentationDataset(TESTDATA / "qata_samples", "samples", image_size=tuple(base.image_size))
     items = [data[i] for i in range(4)]

@@ -1,7 +1,8 @@
 """Corrective clicks in the engine (issue 17), on real QaTa images and the bundled model.
 
-The click model is the bundled default plus the click injection fine-tuned by
-configs/default-qata-clicks.yaml (Testing/data/clicks; conftest.build_click_model).
+The click model is the bundled default, which carries the click injection fine-tuned by
+configs/default-qata-clicks.yaml since 0.3.0; the text-only reference is the same weights in a
+network built without click inputs (conftest.build_text_only_default).
 """
 import dataclasses
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TESTDATA, build_click_model
+from conftest import TESTDATA, build_untrained_click_model
 from tevia.click_simulation import next_click
 from tevia.click_training import simulate_click_maps
 from tevia.config import TrainConfig
@@ -17,20 +18,23 @@ from tevia.data.dataset import CSVSegmentationDataset
 from tevia.inference import Segmenter
 from tevia.lightning_module import LitTeViA
 from tevia.model.clicks import Click, render_clicks
+from tevia.model_folders import bundled_models_dir
 
 SAMPLES = TESTDATA / "qata_samples"
 
 
-def _samples(count: int = 4) -> list[tuple[np.ndarray, np.ndarray, str]]:
+def _samples(count: int | None = 4) -> list[tuple[np.ndarray, np.ndarray, str]]:
     """(image 128x128 in [0, 1], ground truth 128x128 bool, description) of the first samples, as
-    the training data set gives them."""
+    the training data set gives them (all of them for count None)."""
     data = CSVSegmentationDataset(SAMPLES, "samples", image_size=(128, 128))
-    return [(data[i]["image"][0].numpy(), data[i]["mask"][0].numpy() > 0.5, data.texts[i]) for i in range(count)]
+    return [(data[i]["image"][0].numpy(), data[i]["mask"][0].numpy() > 0.5, data.texts[i])
+            for i in range(len(data) if count is None else count)]
 
 
 @pytest.fixture(scope="module")
-def default() -> Segmenter:
-    return Segmenter.load("default", device="cpu")
+def text_only(text_only_default_dir) -> Segmenter:
+    """The default's weights in a network without click inputs."""
+    return Segmenter.load(text_only_default_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -60,25 +64,41 @@ def test_next_click_is_negative_in_a_larger_false_region_and_none_when_exact():
         next_click(truth[:10], truth)
 
 
-def test_untrained_click_injection_computes_exactly_the_default_model(default, tmp_path):
-    """Zero-initialised: a model fine-tuned from the default starts identical to it, clicks or not."""
-    untrained = Segmenter.load(build_click_model(tmp_path / "untrained", trained=False), device="cpu")
+def test_untrained_click_injection_computes_exactly_the_text_only_model(text_only, tmp_path):
+    """Zero-initialised: a model fine-tuned from a text-only one starts identical to it, clicks or not."""
+    untrained = Segmenter.load(build_untrained_click_model(tmp_path / "untrained"), device="cpu")
     images = np.stack([s[0] for s in _samples(2)])
-    text = default.encode_text(["Bilateral pulmonary infection, two infected areas, all left lung and all right lung."])
-    expected = default.decode(default.encode_images(images), text)
+    text = text_only.encode_text(["Bilateral pulmonary infection, two infected areas, all left lung and all right lung."])
+    expected = text_only.decode(text_only.encode_images(images), text)
     features = untrained.encode_images(images)
     clicks = [[Click(40, 40, True), Click(90, 30, False)], [Click(64, 64, True)]]
     assert torch.equal(untrained.decode(features, text), expected)
     assert torch.equal(untrained.decode(features, text, clicks), expected)
 
 
-def test_without_clicks_the_click_model_reproduces_the_text_only_output_exactly(default, clicker):
-    samples = _samples(3)
+def test_the_bundled_default_without_clicks_gives_exactly_the_text_only_probabilities(text_only, clicker):
+    """On every committed QaTa sample, bit for bit: the click injection costs text-only use nothing."""
+    assert clicker.spec.click_inputs and clicker.network.clicks is not None and text_only.network.clicks is None
+    assert clicker.folder == bundled_models_dir() / "default"
+    own, theirs = clicker.network.state_dict(), text_only.network.state_dict()
+    assert {k for k in own if not k.startswith("clicks.")} == set(theirs)
+    assert all(torch.equal(own[k], theirs[k]) for k in theirs), "the same weights, less the injection"
+    samples = _samples(None)
     images = np.stack([s[0] for s in samples])
-    text = default.encode_text([s[2] for s in samples])
-    expected = default.decode(default.encode_images(images), text)
+    text = text_only.encode_text([s[2] for s in samples])
+    expected = text_only.decode(text_only.encode_images(images), text)
+    assert len(samples) == 20 and (expected > 0.5).any()
     features = clicker.encode_images(images)
     assert torch.equal(clicker.decode(features, text), expected)
+    assert torch.equal(clicker.decode(features, text, [[] for _ in samples]), expected)
+
+
+def test_without_clicks_in_a_batch_with_clicks_an_image_gets_its_text_only_output(text_only, clicker):
+    samples = _samples(3)
+    images = np.stack([s[0] for s in samples])
+    text = text_only.encode_text([s[2] for s in samples])
+    expected = text_only.decode(text_only.encode_images(images), text)
+    features = clicker.encode_images(images)
     # An image without clicks in a batch with clicks also gets exactly its text-only output.
     mixed = clicker.decode(features, text, [[Click(64, 64, True)], [], []])
     assert torch.equal(mixed[1:], expected[1:])
@@ -134,11 +154,11 @@ def test_a_negative_click_in_a_false_region_removes_it(clicker):
     assert (after & false).sum() < false.sum()
 
 
-def test_clicks_are_refused_by_a_text_only_model_and_outside_the_image(default, clicker):
-    features = default.encode_images(_samples(1)[0][0][None])
-    text = default.encode_text(["lung"])
+def test_clicks_are_refused_by_a_text_only_model_and_outside_the_image(text_only, clicker):
+    features = text_only.encode_images(_samples(1)[0][0][None])
+    text = text_only.encode_text(["lung"])
     with pytest.raises(ValueError, match="takes no clicks"):
-        default.decode(features, text, [[Click(1, 1, True)]])
+        text_only.decode(features, text, [[Click(1, 1, True)]])
     with pytest.raises(ValueError, match="outside the 128 x 128 image"):
         clicker.decode(features, text, [[Click(130, 1, True)]])
     with pytest.raises(ValueError, match="one list per image"):
@@ -185,7 +205,7 @@ def test_simulated_click_maps_hold_the_asked_number_of_clicks(clicker):
 
 
 def test_joint_click_training_adds_the_click_pass_loss_and_trains_the_whole_network(tmp_path):
-    model = Segmenter.load(build_click_model(tmp_path / "untrained", trained=False), device="cpu")
+    model = Segmenter.load(build_untrained_click_model(tmp_path / "untrained"), device="cpu")
     samples = _samples(2)
     image = torch.from_numpy(np.stack([s[0] for s in samples]))[:, None]
     mask = torch.from_numpy(np.stack([s[1] for s in samples])).float()[:, None]

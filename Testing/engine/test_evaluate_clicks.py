@@ -1,5 +1,5 @@
-"""`tevia evaluate --clicks N` on the committed samples (issue 17): the default model with its
-fine-tuned click injection (conftest.build_click_model), simulated corrective clicks."""
+"""`tevia evaluate --clicks N` on the committed samples (issue 17): the bundled default model with its
+fine-tuned click injection (conftest.click_model_dir), simulated corrective clicks."""
 import json
 import logging
 from pathlib import Path

@@ -49,7 +49,8 @@ def test_the_bundled_model_is_described_from_its_model_json():
     assert description["side_convention"] == card["side_convention"] and description["modality"] == card["modality"]
     assert description["domain"] == {"description": "2D frontal chest X-rays", "dimensionality": "2d",
                                      "dicom_modalities": ["CR", "DX"]}
-    assert (description["device"], description["precision"], description["click_inputs"]) == ("cpu", "fp32", False)
+    assert (description["device"], description["precision"]) == ("cpu", "fp32")
+    assert description["click_inputs"] is card["config"]["click_inputs"] is True  # since 0.3.0
     assert description["image_size"] == card["config"]["image_size"]
 
 

@@ -241,7 +241,7 @@ def module_server(segmenter, tmp_path_factory) -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="module")
 def click_server(click_model_dir, tmp_path_factory) -> Iterator[LiveServer]:
-    """A server of the default model with click inputs (conftest.click_model_dir) and the test token."""
+    """A server of the bundled default model, which takes clicks (conftest.click_model_dir), and the test token."""
     from tevia.inference import Segmenter
     from tevia.server import ServerSettings, create_app
 

@@ -1,5 +1,5 @@
 """Corrective clicks through POST /v1/segment (issue 17): a real server on 127.0.0.1 serving the
-default model with its fine-tuned click injection (conftest.build_click_model), real chest X-rays
+bundled default model, which carries its fine-tuned click injection (conftest.click_model_dir), real chest X-rays
 (Testing/data/qata_samples, uploaded as 2D NRRD) and a real CT crop.
 """
 
@@ -103,15 +103,15 @@ def test_a_negative_click_in_a_false_region_removes_it(click_server, tmp_path):
     assert (after[false] == 1).sum() < false.sum()
 
 
-def test_no_clicks_reproduce_the_text_only_output(click_server, tmp_path):
+def test_no_clicks_reproduce_the_text_only_output(click_server, text_only_default_dir, tmp_path):
     """Without clicks, and with empty click lists, the click model's server answers exactly what
-    the bundled text-only default model segments."""
+    the default's weights in a network without click inputs segment."""
     image, _, description = _samples(2)[1]
     path = _nrrd(image, tmp_path / "xray.nrrd")
     prompts = [description, "lung"]
-    default = segment_volume(Segmenter.load("default", device="cpu"), sitk.ReadImage(str(path)), prompts,
-                             SegmentOptions.from_dict(OPTIONS))
-    expected = sitk.GetArrayFromImage(default.labelmap)
+    text_only = segment_volume(Segmenter.load(text_only_default_dir, device="cpu"), sitk.ReadImage(str(path)),
+                               prompts, SegmentOptions.from_dict(OPTIONS))
+    expected = sitk.GetArrayFromImage(text_only.labelmap)
     assert (expected == 1).any()
     without_payload, without = _mask(click_server, path, prompts, tmp_path)
     empty_payload, empty = _mask(click_server, path, prompts, tmp_path, [[], []])

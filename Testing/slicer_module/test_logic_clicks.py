@@ -1,5 +1,5 @@
 """Corrective clicks in the Slicer module (issue 17): real MRML scenes (slicer-core), a real
-worker process, the default model with its fine-tuned click injection (conftest.click_model_dir)
+worker process, the bundled default model with its fine-tuned click injection (conftest.click_model_dir)
 and real chest X-rays (Testing/data/qata_samples) stacked into a volume whose IJK axes are
 permuted and flipped against RAS (a non-identity direction matrix)."""
 

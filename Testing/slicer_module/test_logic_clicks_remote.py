@@ -1,6 +1,6 @@
 """Corrective clicks through a remote server (issue 17): the Logic's refineAsync and the
-ClickEditor against a real `tevia serve` app on 127.0.0.1 serving the default model with its
-fine-tuned click injection (conftest.click_model_dir), on real slicer-core scenes holding real
+ClickEditor against a real `tevia serve` app on 127.0.0.1 serving the bundled default model, which
+carries its fine-tuned click injection (conftest.click_model_dir), on real slicer-core scenes holding real
 chest X-rays stacked under a non-identity direction matrix (test_logic_clicks._xray_stack);
 the same click through a real local worker process gives the same labelmap."""
 

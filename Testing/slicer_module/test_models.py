@@ -47,6 +47,8 @@ def _catalogue(tmp_path: Path, url: str, sha256: str) -> list[models.ModelEntry]
 def test_shipped_catalogue_loads_and_its_default_is_bundled():
     entries = {e.name: e for e in models.load_catalogue()}
     assert entries["default"].bundled
+    card = json.loads((models.BUNDLED_MODELS_DIR / "default" / "model.json").read_text())
+    assert entries["default"].version == card["version"], "catalogue.json's version of the bundled model is its own"
     assert models.ModelStore(models.load_catalogue()).available("default"), "the bundled model ships in Resources/Models"
 
 

@@ -1,7 +1,8 @@
 """Clicks in segment requests (issue 17): parsed, placed on the right slice, refused when malformed.
 
-Real volumes (Testing/data/volumes), the default model with its fine-tuned click injection
-(conftest.build_click_model), and a real worker process for the protocol.
+Real volumes (Testing/data/volumes), the bundled default model with its fine-tuned click injection
+(conftest.click_model_dir), the tiny test model as one without click inputs, and a real worker
+process for the protocol.
 """
 import json
 
