@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tevia.click_simulation import dice, next_click
-from tevia.model.clicks import Click
+from tevia.model.clicks import Click, to_model_size
 from tevia.transforms import model_input, model_text, resize_planes
 
 if TYPE_CHECKING:
@@ -39,13 +39,8 @@ CLICK_PROTOCOL = ("click k at the centre (distance-transform maximum) of the lar
 
 
 def to_model_click(click: Click, data_size: tuple[int, int], model_size: tuple[int, int]) -> Click:
-    """A click at the data's resolution -> the same point (pixel centres aligned) at the model's,
-    kept inside the model's image: the centre of an edge pixel maps outside it when the model's
-    side is the smaller (row 0 of 224 -> -0.21 at 128), as tevia.volume.clicks keeps it too."""
-    (h, w), (mh, mw) = data_size, model_size
-    row = min(max((click.row + 0.5) * mh / h - 0.5, 0.0), mh - 1.0)
-    col = min(max((click.col + 0.5) * mw / w - 0.5, 0.0), mw - 1.0)
-    return Click(row, col, click.positive)
+    """A click at the data's resolution -> the same point at the model's (`to_model_size`)."""
+    return Click(*to_model_size(click.row, click.col, data_size, model_size), click.positive)
 
 
 def _masks(segmenter: Segmenter, features, text: torch.Tensor, clicks: list[list[Click]] | None,

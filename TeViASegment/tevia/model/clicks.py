@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Click", "ClickInjection", "render_clicks", "click_radius", "click_scale", "validate_clicks",
-           "CLICK_ENCODINGS"]
+           "to_model_size", "CLICK_ENCODINGS"]
 
 CLICK_ENCODINGS = ("disc", "distance")
 
@@ -43,6 +43,15 @@ def click_radius(size: tuple[int, int]) -> int:
 def click_scale(size: tuple[int, int]) -> float:
     """Decay length in pixels of the "distance" encoding (16 at 128 x 128: 1/8 of the smaller side)."""
     return min(size) / 8
+
+
+def to_model_size(row: float, col: float, size: tuple[int, int], model_size: tuple[int, int]) -> tuple[float, float]:
+    """A point of an image of `size` -> the same point (pixel centres aligned) at `model_size`,
+    kept inside the model's image: the centre of an edge pixel maps outside it when the model's
+    side is the smaller (row 0 of 224 -> -0.21 at 128)."""
+    (h, w), (mh, mw) = size, model_size
+    return (min(max((row + 0.5) * mh / h - 0.5, 0.0), mh - 1.0),
+            min(max((col + 0.5) * mw / w - 0.5, 0.0), mw - 1.0))
 
 
 def validate_clicks(clicks: list[Click], size: tuple[int, int], where: str = "clicks") -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from tevia.model.clicks import Click
+from tevia.model.clicks import Click, to_model_size
 from tevia.volume.errors import BadInputError
 from tevia.volume.geometry import SliceLayout
 
@@ -106,8 +106,7 @@ def locate_clicks(clicks: list[list[RequestClick]], volume: sitk.Image, dimensio
             if not (0 <= slice_index < slices and -0.5 <= row <= rows - 0.5 and -0.5 <= column <= columns - 0.5):
                 raise BadInputError(f"clicks[{p}][{i}] {list(click.point)} lies outside the image "
                                     f"({slices} slices of {rows} x {columns}); place clicks on the image")
-            model_row = min(max((row + 0.5) * model_size[0] / rows - 0.5, 0.0), model_size[0] - 1.0)
-            model_column = min(max((column + 0.5) * model_size[1] / columns - 0.5, 0.0), model_size[1] - 1.0)
+            model_row, model_column = to_model_size(row, column, (rows, columns), model_size)
             per_slice.setdefault(slice_index, []).append(Click(model_row, model_column, click.positive))
         located.append(per_slice)
     return located
