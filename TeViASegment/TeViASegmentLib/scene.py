@@ -61,14 +61,17 @@ def conversion_note(volume_node) -> str | None:
             "and segment the result.")
 
 
-def volume_arrays(volume_node) -> tuple[np.ndarray, np.ndarray]:
+def volume_arrays(volume_node, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The voxels and geometry of a scalar volume node (an RGB(A) image: its luminance).
 
     Args:
         volume_node: a vtkMRMLScalarVolumeNode with image data, or an RGB(A) vector volume.
+        copy: False gives a scalar volume's voxels as a read-only view of the node's memory
+            (no copy of a large volume), valid only until the node's image changes: for a
+            caller that uses them at once, on the thread that owns the scene.
 
     Returns:
-        (voxels, ijk_to_ras): voxels is a copy of the image, shape (K, J, I), the volume's dtype;
+        (voxels, ijk_to_ras): voxels of shape (K, J, I), the volume's dtype (a copy unless copy=False);
         ijk_to_ras is a float64 (4, 4) matrix from (I, J, K, 1) to RAS millimetres.
 
     Raises:
@@ -83,7 +86,12 @@ def volume_arrays(volume_node) -> tuple[np.ndarray, np.ndarray]:
                          "choose the image volume to segment")
     if volume_node.GetImageData() is None:
         raise ValueError(f"volume_node {volume_node.GetName()!r} holds no image data: load a volume first")
-    voxels = np.array(slicer.util.arrayFromVolume(volume_node), copy=True)
+    voxels = slicer.util.arrayFromVolume(volume_node)
+    if copy:
+        voxels = np.array(voxels, copy=True)
+    else:
+        voxels = voxels.view()
+        voxels.flags.writeable = False
     if _is_rgb(volume_node):
         luminance = np.tensordot(voxels[..., :3].astype(np.float64), LUMINANCE_WEIGHTS, axes=([-1], [0]))
         voxels = (np.rint(luminance) if np.issubdtype(voxels.dtype, np.integer) else luminance).astype(voxels.dtype)
@@ -112,7 +120,7 @@ def write_worker_input(volume_node, folder: str | Path, stem: str = "volume") ->
             not be written (nothing is left behind).
     """
     folder = Path(folder)
-    voxels, matrix = volume_arrays(volume_node)
+    voxels, matrix = volume_arrays(volume_node, copy=False)  # written at once: no copy of a large volume
     npy_path, geometry_path = folder / f"{stem}.npy", folder / f"{stem}.json"
     geometry = {"shape_kji": list(voxels.shape), "ijk_to_ras": matrix.tolist()}
     try:

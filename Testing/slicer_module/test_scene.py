@@ -44,6 +44,20 @@ def test_write_worker_input_round_trips(slicer_scene, tmp_path):
     np.testing.assert_allclose(geometry["ijk_to_ras"], ijk_to_ras)
 
 
+def test_volume_arrays_copies_unless_told_not_to(slicer_scene):
+    """The default copy is the caller's own; copy=False is a read-only view of the node's voxels
+    (what the worker-input export writes at once, without a second copy of a large volume)."""
+    volume = load_volume(shared_path("volumes", "spinalcord-t2-mri", "t2.nii.gz"))
+    node_voxels = slicer.util.arrayFromVolume(volume)
+    copied, _ = scene.volume_arrays(volume)
+    view, _ = scene.volume_arrays(volume, copy=False)
+    assert not np.shares_memory(copied, node_voxels) and copied.flags.writeable
+    assert np.shares_memory(view, node_voxels) and not view.flags.writeable
+    with pytest.raises(ValueError):
+        view[0, 0, 0] = 1
+    np.testing.assert_array_equal(copied, view)
+
+
 @pytest.mark.parametrize("folder,name", VOLUMES)
 def test_import_creates_named_segments_with_the_volume_geometry(slicer_scene, folder, name):
     volume = load_volume(shared_path("volumes", folder, name))

@@ -5,7 +5,8 @@ import SimpleITK as sitk
 import torch
 
 from tevia.transforms import model_input
-from tevia.volume.pipeline import Cancelled, FeatureCache, SegmentOptions, segment_volume
+from tevia.volume import pipeline
+from tevia.volume.pipeline import Cancelled, FeatureCache, SegmentOptions, regroup, segment_volume
 from tevia.volume.errors import BadInputError
 from tevia.volume.geometry import as_3d, same_geometry, slice_layout
 from tevia.volume.io import read_image
@@ -91,6 +92,50 @@ def test_feature_cache_skips_the_encoder_and_gives_the_same_masks(segmenter, ct)
     small = FeatureCache(max_bytes=1000)
     segment_volume(segmenter, ct, ["liver"], options, feature_cache=small)
     assert len(small) == 0
+
+
+class _DecodeSizes:
+    """A loaded Segmenter that records the batch size of every decode."""
+
+    def __init__(self, segmenter) -> None:
+        self.segmenter, self.sizes = segmenter, []
+
+    def __getattr__(self, name):
+        return getattr(self.segmenter, name)
+
+    def decode(self, features, text, clicks=None):
+        self.sizes.append(len(features))
+        return self.segmenter.decode(features, text, clicks)
+
+
+def test_a_cached_volume_decodes_in_full_batches_whatever_the_first_run_did(segmenter, ct, monkeypatch):
+    """The run that fills the cache took one slice per step (every step slower than STEP_SECONDS);
+    a later prompt still decodes batch_size slices at a time, with the same masks."""
+    options = SegmentOptions(threshold=_threshold(segmenter, ct), batch_size=8)
+    cache, recorder = FeatureCache(), _DecodeSizes(segmenter)
+    monkeypatch.setattr(pipeline, "STEP_SECONDS", 1e-9)
+    first = segment_volume(recorder, ct, ["liver"], options, feature_cache=cache)
+    assert max(recorder.sizes) <= 2  # the filling run's steps stayed small
+    monkeypatch.undo()
+    recorder.sizes.clear()
+    second = segment_volume(recorder, ct, ["liver"], options, feature_cache=cache)
+    assert second.timings["cache_hit"] == 1.0
+    slices = ct.GetSize()[2]
+    # full batches of 8, but for the sizer's first step of 2 (and the 6 left of that chunk) and the end
+    assert sum(recorder.sizes) == slices and len(recorder.sizes) <= -(-slices // 8) + 1
+    assert recorder.sizes[2:-1] == [8] * (len(recorder.sizes) - 3)
+    assert _disagreement(sitk.GetArrayViewFromImage(first.labelmap), sitk.GetArrayViewFromImage(second.labelmap)) < 0.001
+
+
+def test_regroup_joins_neighbours_up_to_the_size_and_keeps_the_order():
+    from tevia.inference import ImageFeatures
+
+    chunks = [ImageFeatures([torch.arange(start, start + n, dtype=torch.float32)[:, None]])
+              for start, n in ((0, 2), (2, 3), (5, 16), (21, 1), (22, 1), (23, 5))]
+    grouped = regroup(chunks, 8)
+    assert [len(c) for c in grouped] == [5, 16, 7]
+    assert torch.equal(torch.cat([c.maps[0] for c in grouped])[:, 0], torch.arange(28, dtype=torch.float32))
+    assert grouped[1] is chunks[2]  # a chunk at least the size is kept, not copied
 
 
 def test_cancel_stops_between_steps(segmenter, ct):

@@ -192,8 +192,10 @@ class _Run:
         """Run over all slices.
 
         Returns:
-            The feature chunks computed, for the cache; None when they came from ``cached`` or
-            outgrew ``keep_bytes`` (then they are dropped as the run goes, bounding memory).
+            The feature chunks computed, for the cache (regrouped into batches of up to
+            ``options.batch_size`` slices, see :func:`regroup`); None when they came from
+            ``cached`` or outgrew ``keep_bytes`` (then they are dropped as the run goes,
+            bounding memory).
         """
         total = len(self.slices)
         offsets = np.cumsum([0] + [len(c) for c in cached]) if cached is not None else None
@@ -211,7 +213,31 @@ class _Run:
                 else:
                     chunks = None
             self.progress("segment", done, total)
-        return chunks
+        return None if chunks is None else regroup(chunks, self.options.batch_size)
+
+
+def regroup(chunks: list[Any], size: int) -> list[Any]:
+    """Consecutive feature chunks joined into chunks of at most ``size`` slices (a chunk
+    already larger stays as it is).
+
+    A cached run decodes chunk by chunk, so the chunk sizes of the run that filled the cache
+    are the batch sizes of every later prompt on the volume. That run's first steps are small
+    (the batch grows from 2) and a slow moment shrinks its batches (a step is kept near
+    STEP_SECONDS), where a second prompt decodes at full batches: on the 512x512x300 CT a
+    second prompt took 0.92 s from chunks of 6 slices against 0.59 s from chunks of 16.
+    """
+    grouped: list[Any] = []
+    pending: list[Any] = []
+    count = 0
+    for chunk in chunks:
+        if pending and count + len(chunk) > size:
+            grouped.append(pending[0] if len(pending) == 1 else type(pending[0]).cat(pending))
+            pending, count = [], 0
+        pending.append(chunk)
+        count += len(chunk)
+    if pending:
+        grouped.append(pending[0] if len(pending) == 1 else type(pending[0]).cat(pending))
+    return grouped
 
 
 def _intensity_scaling(array: np.ndarray, digest: str | None, window: str | tuple[float, float] | None,
