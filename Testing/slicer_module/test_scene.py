@@ -82,6 +82,19 @@ def test_import_creates_named_segments_with_the_volume_geometry(slicer_scene, fo
     assert reference.GetDimensions() == volume.GetImageData().GetDimensions()
 
 
+def test_one_label_imports_only_its_own_voxels(slicer_scene):
+    """A 0/1 labelmap is its own mask (no copy); other values in the labelmap stay out of label 1's segment."""
+    volume = load_volume(shared_path("volumes", "spinalcord-t2-mri", "t2.nii.gz"))
+    voxels, _ = scene.volume_arrays(volume)
+    labelmap = np.zeros(voxels.shape, np.uint8)
+    labelmap[2:5, 10:20, 5:15] = 1
+    node, (only,) = scene.import_labelmap(labelmap, {1: "spleen"}, volume)
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(node, only, volume), labelmap)
+    labelmap[3, 12:14, 6:8] = 2
+    node, (first,) = scene.import_labelmap(labelmap, {1: "liver"}, volume)
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(node, first, volume), labelmap == 1)
+
+
 def test_masks_at_the_volume_corners_and_single_voxels_are_imported_exactly(slicer_scene):
     """Each mask goes to Slicer cropped to its bounding box: the crop keeps the voxel indices."""
     volume = load_volume(shared_path("volumes", "spleen-ct", "ct.nii.gz"))
