@@ -44,7 +44,7 @@ log = logging.getLogger("bundle_click_injection")
 
 DEFAULT_OUT = REPO / "TeViASegment" / "Resources" / "Models" / "default"
 PREFIX = "clicks."
-CLICK_SETTINGS = ("click_inputs", "click_encoding")
+CLICK_SETTINGS = ("click_inputs", "click_encoding", "click_context")
 
 
 class BundleError(ValueError):
@@ -133,7 +133,8 @@ def bundle(source: Path, out: Path, version: str, note: str, config_file: Path) 
         "injection_sha256": injection_sha256(clicks),
         "note": note,
     }
-    config = dataclasses.replace(out_config, click_inputs=True, click_encoding=source_config.click_encoding)
+    config = dataclasses.replace(out_config, click_inputs=True, click_encoding=source_config.click_encoding,
+                                 click_context=source_config.click_context)
     modes = {name: (out / name).stat().st_mode & 0o777 for name in ("model.json", "model.safetensors")}
     save_model(out, network, config, metadata)
     for name, mode in modes.items():  # the files keep their permissions (safetensors writes 0600)

@@ -93,15 +93,20 @@ def load_network_weights(network: TeViANet, folder: str | Path, info: dict[str, 
     """Loads model.safetensors into the network after checking its sha256; strict keys, except
     for parameters under the prefixes `optional_modules` (e.g. "clicks." when fine-tuning): those
     the file lacks keep their initial values (a text-only model fine-tuned into one with click
-    inputs), those the network lacks are left out (a model with click inputs fine-tuned into a
-    text-only one)."""
+    inputs), those the network lacks or has in another shape are left out (a model with click
+    inputs fine-tuned into a text-only one, or into one with another click injection)."""
     weights = Path(folder) / "model.safetensors"
     state = load_checked_tensors(weights, info.get("weights_sha256"), "download or copy the model again")
     own = network.state_dict()
-    dropped = sorted(k for k in state if k not in own and k.startswith(optional_modules))
+    # an optional module is loaded whole or not at all: a file's injection of another shape
+    # (e.g. without model.click_context) is left out entirely, not mixed with fresh weights
+    unfit = {prefix for prefix in optional_modules
+             if any(k.startswith(prefix) and (k not in own or own[k].shape != v.shape) for k, v in state.items())}
+    dropped = sorted(k for k in state if k.startswith(tuple(unfit)))
     if dropped:
-        log.info("%s: left out %d tensors this network does not have (%s...)", weights, len(dropped), dropped[0])
-        state = {k: v for k, v in state.items() if k in own or not k.startswith(optional_modules)}
+        log.info("%s: left out %d tensors this network does not have or has in another shape (%s...)",
+                 weights, len(dropped), dropped[0])
+        state = {k: v for k, v in state.items() if k not in dropped}
     missing = sorted(k for k in set(own) - set(state) if not k.startswith(optional_modules))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:

@@ -74,6 +74,9 @@ class ModelConfig:
         off (the default) builds the text-only network every existing model.json describes.
     click_encoding: how a click is drawn into its map: "disc" (a small disc, the default) or
         "distance" (exp(-distance / (image side / 8)) to the nearest click).
+    click_context: the click injection also reads the decoder's feature map at each level where
+        it adds (tevia.model.clicks.ClickInjection): a correction that depends on the image
+        around the click, not only on where the click is. Off: the click maps only.
     """
 
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -99,6 +102,7 @@ class ModelConfig:
     pixel_normalisation: str = "mean_std"
     click_inputs: bool = False
     click_encoding: str = "disc"
+    click_context: bool = False
 
 
 @dataclass
@@ -168,8 +172,8 @@ class TrainConfig:
         same across `--resume`: a run resumed with it off continues from the averaged weights.
         Refused with precision bf16-true or 16-true (the average is float32; bf16-mixed works).
     model_from_init: build the architecture of the `--init` model (its model.json), with this
-        config's `model.click_inputs` and `model.click_encoding`; its other `model` keys are not used. One config
-        then fine-tunes any base model (e.g. adds click inputs to it); training refuses it
+        config's `model.click_inputs`, `model.click_encoding` and `model.click_context`; its
+        other `model` keys are not used. One config then fine-tunes any base model (e.g. adds click inputs to it); training refuses it
         without `--init`.
     """
 

@@ -236,8 +236,8 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
 
 
 def with_init_architecture(config: Config, init: str | None) -> Config:
-    """The config with the `--init` model's architecture and its own `model.click_inputs` and
-    `model.click_encoding` (train.model_from_init).
+    """The config with the `--init` model's architecture and its own `model.click_inputs`,
+    `model.click_encoding` and `model.click_context` (train.model_from_init).
 
     Raises:
         ValueError: no `--init` model.
@@ -251,7 +251,7 @@ def with_init_architecture(config: Config, init: str | None) -> Config:
                          "(a model folder or bundled name), or set train.model_from_init=false")
     folder = resolve_model(init)
     model, _ = read_model_json(folder)
-    clicks = {"click_inputs": config.model.click_inputs, "click_encoding": config.model.click_encoding}
+    clicks = {key: getattr(config.model, key) for key in ("click_inputs", "click_encoding", "click_context")}
     log.info("architecture of %s (train.model_from_init) with %s", folder, clicks)
     return dataclasses.replace(config, model=dataclasses.replace(model, **clicks))
 

@@ -76,6 +76,34 @@ def test_untrained_click_injection_computes_exactly_the_text_only_model(text_onl
     assert torch.equal(untrained.decode(features, text, clicks), expected)
 
 
+def test_a_context_injection_loads_from_the_default_and_reads_the_image(text_only):
+    """model.click_context: the bundled injection (another shape) is left out on load, so the network
+    starts exactly at the text-only output, clicks or not; once trained, the same click adds a
+    different correction on different images (it reads the decoder's features), which the
+    click-maps-only injection cannot."""
+    from tevia.checkpoint import load_network_weights, read_model_json
+    from tevia.model.build import build_network
+    from tevia.model_folders import resolve_model
+
+    config, info = read_model_json(resolve_model("default"))
+    network = build_network(dataclasses.replace(config, click_context=True), text_dim=384, pretrained_vision=False)
+    assert network.clicks.levels[0][0].in_channels == 2 + network.stage_widths[0]
+    load_network_weights(network, resolve_model("default"), info, optional_modules=("clicks.",))
+    samples = _samples(2)
+    images = torch.from_numpy(np.stack([s[0] for s in samples]))[:, None]
+    text = text_only.encode_text([samples[0][2]])
+    with torch.no_grad():
+        feats = network.encode_image(images)
+        expected = text_only.network.decode(feats, text).logits
+        maps = render_clicks([[Click(64, 64, True)]] * 2, (128, 128))
+        assert torch.equal(network.decode(feats, text, maps).logits, expected)
+        for level in network.clicks.levels:  # as if trained: the last convolution is no longer zero
+            torch.nn.init.normal_(level[-1].weight, std=0.1)
+        added = network.decode(feats, text, maps).logits - expected
+        assert torch.equal(network.decode(feats, text, torch.zeros_like(maps)).logits, expected)
+    assert not torch.allclose(added[0], added[1], atol=1e-3)
+
+
 def test_the_bundled_default_without_clicks_gives_exactly_the_text_only_probabilities(text_only, clicker):
     """On every committed QaTa sample, bit for bit: the click injection costs text-only use nothing."""
     assert clicker.spec.click_inputs and clicker.network.clicks is not None and text_only.network.clicks is None

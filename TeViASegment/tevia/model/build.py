@@ -47,6 +47,7 @@ def build_network(config: ModelConfig, text_dim: int, pretrained_vision: bool | 
         pixel_normalisation=config.pixel_normalisation,
         click_inputs=config.click_inputs,
         click_encoding=config.click_encoding,
+        click_context=config.click_context,
     )
 
 

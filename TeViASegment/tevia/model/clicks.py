@@ -88,23 +88,28 @@ def render_clicks(clicks: list[list[Click]], size: tuple[int, int], device: torc
 
 class ClickInjection(nn.Module):
     """Click maps (B, 2, H, W) -> an additive feature (B, widths[level], h, w) for decoder level
-    `level` (0..2: the stages' inputs, coarsest first; 3: the head's input).
+    `level` (0..2: the stages' inputs, coarsest first; 3: the head's input), whose feature map
+    there is `features` (B, widths[level], h, w).
 
     The maps are max-pooled to the level's resolution (a click never vanishes), then a 3x3
-    convolution, GELU and a zero-initialised 1x1 convolution. An image without clicks (all-zero
-    maps) gets exactly zero, so in a batch mixing images with and without clicks the latter get
-    the text-only output. `encoding` ("disc" or "distance") is how `render` draws the maps it
-    was trained on.
+    convolution, GELU and a zero-initialised 1x1 convolution. With `context`, the 3x3
+    convolution also reads `features`: the correction can depend on what the decoder sees
+    around the click (the region's edge, the current mask), not only on where the click is.
+    An image without clicks (all-zero maps) gets exactly zero, so in a batch mixing images with
+    and without clicks the latter get the text-only output. `encoding` ("disc" or "distance")
+    is how `render` draws the maps it was trained on.
     """
 
-    def __init__(self, widths: list[int], hidden: int = 16, encoding: str = "disc") -> None:
+    def __init__(self, widths: list[int], hidden: int = 16, encoding: str = "disc", context: bool = False) -> None:
         super().__init__()
         if encoding not in CLICK_ENCODINGS:
             raise ValueError(f"model.click_encoding must be one of {CLICK_ENCODINGS}, got {encoding!r}")
         self.encoding = encoding
+        self.context = context
         self.widths = list(widths)
         self.levels = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(2, hidden, 3, padding=1), nn.GELU(), nn.Conv2d(hidden, width, 1))
+            nn.Sequential(nn.Conv2d(2 + (width if context else 0), hidden, 3, padding=1), nn.GELU(),
+                          nn.Conv2d(hidden, width, 1))
             for width in widths
         )
         for level in self.levels:
@@ -116,7 +121,8 @@ class ClickInjection(nn.Module):
         """`render_clicks` in this injection's encoding (the one it was trained with)."""
         return render_clicks(clicks, size, device, out, self.encoding)
 
-    def forward(self, maps: torch.Tensor, level: int, size: tuple[int, int]) -> torch.Tensor:
-        pooled = F.adaptive_max_pool2d(maps, tuple(size))
-        present = (maps.flatten(1).amax(1) > 0).to(maps.dtype)[:, None, None, None]
-        return self.levels[level](pooled) * present
+    def forward(self, maps: torch.Tensor, level: int, features: torch.Tensor) -> torch.Tensor:
+        pooled = F.adaptive_max_pool2d(maps.to(features.dtype), tuple(features.shape[-2:]))
+        present = (maps.flatten(1).amax(1) > 0).to(features.dtype)[:, None, None, None]
+        inputs = torch.cat([pooled, features], 1) if self.context else pooled
+        return self.levels[level](inputs) * present

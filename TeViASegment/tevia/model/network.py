@@ -51,6 +51,8 @@ class TeViANet(nn.Module):
         click_inputs: take positive and negative click maps in `decode` (tevia.model.clicks),
             injected at each decoder stage's input and the head's; off builds the text-only network.
         click_encoding: how clicks are drawn into those maps: "disc" or "distance".
+        click_context: the click injection also reads the decoder's feature map where it adds
+            (tevia.model.clicks.ClickInjection `context`).
     """
 
     def __init__(self, encoder: VisionEncoder, text_tokens: int, text_dim: int, neck_channels: list[int],
@@ -60,7 +62,7 @@ class TeViANet(nn.Module):
                  stage_options: StageOptions = StageOptions(), head_activation: str = "gelu",
                  foreground_pooling: str = "average", prototype_range_eps: str = "clamp",
                  pixel_normalisation: str = "mean_std", click_inputs: bool = False,
-                 click_encoding: str = "disc") -> None:
+                 click_encoding: str = "disc", click_context: bool = False) -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
@@ -98,7 +100,8 @@ class TeViANet(nn.Module):
         self.head_act = nn.GELU() if head_activation == "gelu" else nn.Identity()
         self.out = nn.Conv2d(head_channels, 1, 1)
         self.prototype = HistoricPrototype(self.stage_widths, momentum, prototype_range_eps)
-        self.clicks = ClickInjection([*self.stage_widths, widths[0]], encoding=click_encoding) if click_inputs else None
+        self.clicks = (ClickInjection([*self.stage_widths, widths[0]], encoding=click_encoding, context=click_context)
+                       if click_inputs else None)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1))
 
@@ -139,11 +142,11 @@ class TeViANet(nn.Module):
         stage_text = []
         for i, stage in enumerate(self.stages):
             if clicks is not None:
-                x = x + self.clicks(clicks.to(x.dtype), i, x.shape[-2:])
+                x = x + self.clicks(clicks, i, x)
             x, t = stage(x, feats[2 - i], text, self.prototype.modulation(i))
             stage_text.append(t)
         if clicks is not None:
-            x = x + self.clicks(clicks.to(x.dtype), 3, x.shape[-2:])
+            x = x + self.clicks(clicks, 3, x)
         head = self.head_act(self._upsample(x))
         return NetworkOutput(self.out(head), head, stage_text)
 
