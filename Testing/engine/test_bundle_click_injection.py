@@ -71,9 +71,10 @@ def test_a_source_trained_from_the_default_gives_it_its_injection_and_nothing_el
     clicks = info["clicks"]
     assert clicks["source_model"] == "tevia-qata-mobilenet-minilm-clicks-untrained" and clicks["note"] == "test injection"
     assert clicks["training_config"]["file"] == "configs/default-qata-clicks.yaml"
-    assert clicks["training_config"]["train"]["train_only_clicks"] is True and clicks["parameters"] == 5296
+    assert clicks["training_config"]["train"]["train_only_clicks"] is True
     assert info["weights_sha256"] == sha256_file(default_copy / "model.safetensors")
     new, source = load_file(str(default_copy / "model.safetensors")), load_file(str(untrained / "model.safetensors"))
+    assert clicks["parameters"] == sum(t.numel() for k, t in source.items() if k.startswith("clicks.")) > 0
     assert set(new) == set(source) and all(torch.equal(new[k], source[k]) for k in new)
     assert clicks["injection_sha256"] != old["clicks"]["injection_sha256"], "another injection than the bundled one"
     assert Segmenter.load(default_copy, device="cpu").spec.click_inputs

@@ -31,7 +31,7 @@ def test_the_clicks_config_adds_trained_click_inputs_to_another_base_model(tiny_
     assert base.image_size != load_config(CONFIG).model.image_size  # another architecture than the config's
     assert _train(tmp_path / "run", "--init", str(tiny_model_dir)) == 0
     tuned, info = read_model_json(tmp_path / "run" / "model")
-    assert tuned == dataclasses.replace(base, click_inputs=True)
+    assert tuned == dataclasses.replace(base, click_inputs=True, click_context=True)  # the config's click settings
     assert info["metrics"]["checkpoint_monitor"] == load_config(CONFIG).train.checkpoint_monitor == "last"
     before = load_file(str(tiny_model_dir / "model.safetensors"))
     after = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))

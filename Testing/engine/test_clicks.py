@@ -76,32 +76,52 @@ def test_untrained_click_injection_computes_exactly_the_text_only_model(text_onl
     assert torch.equal(untrained.decode(features, text, clicks), expected)
 
 
-def test_a_context_injection_loads_from_the_default_and_reads_the_image(text_only):
-    """model.click_context: the bundled injection (another shape) is left out on load, so the network
-    starts exactly at the text-only output, clicks or not; once trained, the same click adds a
-    different correction on different images (it reads the decoder's features), which the
-    click-maps-only injection cannot."""
+def _network_from(folder, **clicks):
+    """The default's architecture with the given click settings, loaded from a model folder the
+    way `tevia train --init` loads it (an injection of another shape, or none, is left out)."""
     from tevia.checkpoint import load_network_weights, read_model_json
     from tevia.model.build import build_network
     from tevia.model_folders import resolve_model
 
-    config, info = read_model_json(resolve_model("default"))
-    network = build_network(dataclasses.replace(config, click_context=True), text_dim=384, pretrained_vision=False)
-    assert network.clicks.levels[0][0].in_channels == 2 + network.stage_widths[0]
-    load_network_weights(network, resolve_model("default"), info, optional_modules=("clicks.",))
+    config, _ = read_model_json(resolve_model("default"))
+    network = build_network(dataclasses.replace(config, click_inputs=True, **clicks), text_dim=384,
+                            pretrained_vision=False)
+    load_network_weights(network, folder, read_model_json(folder)[1], optional_modules=("clicks.",))
+    return network
+
+
+def _two_images_and_clicks(text_only):
     samples = _samples(2)
     images = torch.from_numpy(np.stack([s[0] for s in samples]))[:, None]
-    text = text_only.encode_text([samples[0][2]])
+    return images, text_only.encode_text([samples[0][2]]), render_clicks([[Click(64, 64, True)]] * 2, (128, 128))
+
+
+def test_a_context_injection_starts_at_the_text_only_output_and_reads_the_image(text_only, text_only_default_dir):
+    """model.click_context: from a model without clicks the injection starts at zero (exactly the
+    text-only output, clicks or not); once trained, the same click adds a different correction on
+    different images (it reads the decoder's features), which the click-maps-only injection cannot."""
+    network = _network_from(text_only_default_dir, click_context=True)
+    assert network.clicks.levels[0][0].in_channels == 2 + network.stage_widths[0]
+    images, text, maps = _two_images_and_clicks(text_only)
     with torch.no_grad():
         feats = network.encode_image(images)
         expected = text_only.network.decode(feats, text).logits
-        maps = render_clicks([[Click(64, 64, True)]] * 2, (128, 128))
         assert torch.equal(network.decode(feats, text, maps).logits, expected)
         for level in network.clicks.levels:  # as if trained: the last convolution is no longer zero
             torch.nn.init.normal_(level[-1].weight, std=0.1)
         added = network.decode(feats, text, maps).logits - expected
         assert torch.equal(network.decode(feats, text, torch.zeros_like(maps)).logits, expected)
     assert not torch.allclose(added[0], added[1], atol=1e-3)
+
+
+def test_an_injection_of_another_shape_is_left_out_whole(text_only, click_model_dir):
+    """A click-maps-only network initialised from the bundled default (whose injection reads the
+    decoder's features: other shapes) keeps its own zero injection, not a mix of the two."""
+    network = _network_from(click_model_dir, click_context=False)
+    images, text, maps = _two_images_and_clicks(text_only)
+    with torch.no_grad():
+        feats = network.encode_image(images)
+        assert torch.equal(network.decode(feats, text, maps).logits, text_only.network.decode(feats, text).logits)
 
 
 def test_the_bundled_default_without_clicks_gives_exactly_the_text_only_probabilities(text_only, clicker):
