@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import slicer
-from TeViASegmentLib import clicks, scene
+from TeViASegmentLib import clicks, slice_edits
 
 __all__ = ["ClickEditor"]
 
@@ -234,7 +234,7 @@ class ClickEditor:
 
     def _restore(self, step: _Step) -> None:
         volume_node, segmentation_node = self._nodes(step.key)
-        scene.set_segment_slices(step.previous, step.location.refined_axis, step.slices, volume_node,
+        slice_edits.set_segment_slices(step.previous, step.location.refined_axis, step.slices, volume_node,
                                  segmentation_node, step.key[1])
         self.on_message(f"Click undone: slices {step.slices} restored.")
 
@@ -245,7 +245,7 @@ class ClickEditor:
             return
         volume_node, segmentation_node = self._nodes(key)
         masks = np.concatenate([self._bases.pop((key, axis, s)) for s in kept], axis=2 - axis)
-        scene.set_segment_slices(masks, axis, kept, volume_node, segmentation_node, key[1])
+        slice_edits.set_segment_slices(masks, axis, kept, volume_node, segmentation_node, key[1])
         self.on_message(f"Clicks undone: slices {kept} restored to what they held before their first click.")
 
     def _nodes(self, key: tuple[str, str]) -> tuple[object, object]:
@@ -285,10 +285,10 @@ class ClickEditor:
         if answer.get("refined_axis") != axis or run.location.index not in slices:
             raise ValueError(f"the worker refined slices {slices} along IJK axis {answer.get('refined_axis')}, "
                              f"not the clicked slice {run.location.index} along axis {axis}")
-        previous = scene.segment_slices(volume_node, segmentation_node, run.key[1], axis, slices)
+        previous = slice_edits.segment_slices(volume_node, segmentation_node, run.key[1], axis, slices)
         for n, s in enumerate(slices):
             self._bases.setdefault((run.key, axis, s), np.take(previous, [n], axis=2 - axis))
-        scene.replace_segment_slices(labelmap, 1, axis, slices, volume_node, segmentation_node, run.key[1])
+        slice_edits.replace_segment_slices(labelmap, 1, axis, slices, volume_node, segmentation_node, run.key[1])
         self._restore_bases(run.key, axis, [s for s in run.restore_slices if s not in slices])
         if run.point is not None and any(point == run.point for _, point in self._order):
             self.steps.append(_Step(run.key, run.point, run.location, slices, previous))

@@ -30,9 +30,8 @@ __all__ = [
     "segment_arrays",
     "segment_prompt",
     "PROMPT_TAG",
-    "segment_slices",
-    "set_segment_slices",
-    "replace_segment_slices",
+    "oriented_mask",
+    "volume_shape",
 ]
 
 logger = logging.getLogger(__name__)
@@ -102,6 +101,11 @@ def volume_arrays(volume_node, copy: bool = True) -> tuple[np.ndarray, np.ndarra
     return voxels, ijk_to_ras(volume_node)
 
 
+def volume_shape(volume_node) -> tuple[int, int, int]:
+    """A volume node's voxel array shape (K, J, I), without reading its voxels."""
+    return tuple(reversed(volume_node.GetImageData().GetDimensions()))
+
+
 def ijk_to_ras(volume_node) -> np.ndarray:
     """A volume node's IJK-to-RAS matrix (in its parent transform's frame), float64 (4, 4)."""
     matrix = vtk.vtkMatrix4x4()
@@ -158,7 +162,7 @@ def _unique_name(segmentation, name: str) -> str:
     return candidate
 
 
-def _oriented_mask(mask_kji: np.ndarray, volume_node, segmentation_node, origin: tuple[int, int, int] = (0, 0, 0)):
+def oriented_mask(mask_kji: np.ndarray, volume_node, segmentation_node, origin: tuple[int, int, int] = (0, 0, 0)):
     """A vtkOrientedImageData (0/1, uint8) holding a KJI mask cropped to its bounding
     box (an empty mask: one 0 voxel), in the segmentation node's coordinates: the volume's
     IJK-to-RAS, then the transform from the volume's parent transform to the segmentation's
@@ -269,15 +273,15 @@ def import_labelmap(labelmap_kji: np.ndarray, labels: dict[int, str], volume_nod
         ValueError: when the labelmap (at `origin`) does not lie inside the volume's grid, or
             labels is empty.
     """
-    volume_shape = tuple(reversed(volume_node.GetImageData().GetDimensions()))
+    grid = volume_shape(volume_node)
     if origin is None:
-        if tuple(labelmap_kji.shape) != volume_shape:
-            raise ValueError(f"labelmap_kji has shape {labelmap_kji.shape}, expected the volume's {volume_shape}")
+        if tuple(labelmap_kji.shape) != grid:
+            raise ValueError(f"labelmap_kji has shape {labelmap_kji.shape}, expected the volume's {grid}")
         origin = (0, 0, 0)
     elif labelmap_kji.ndim != 3 or len(origin) != 3 or any(
-            o < 0 or o + n > v for o, n, v in zip(origin, labelmap_kji.shape, volume_shape)):
+            o < 0 or o + n > v for o, n, v in zip(origin, labelmap_kji.shape, grid)):
         raise ValueError(f"labelmap_kji of shape {labelmap_kji.shape} at voxel {tuple(origin)} does not lie inside "
-                         f"the volume's grid {volume_shape}")
+                         f"the volume's grid {grid}")
     if not labels:
         raise ValueError("labels must map at least one label value to a prompt, got {}")
     scene = volume_node.GetScene()
@@ -306,7 +310,7 @@ def import_labelmap(labelmap_kji: np.ndarray, labels: dict[int, str], volume_nod
             if not mask.any():
                 logger.warning("No voxels found for prompt %r: its segment is empty", prompt)
             elif not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-                    _oriented_mask(mask, volume_node, segmentation_node, origin), segmentation_node, segment_id):
+                    oriented_mask(mask, volume_node, segmentation_node, origin), segmentation_node, segment_id):
                 raise RuntimeError(f"Slicer could not set the voxels of segment {prompt!r}")
     except Exception:
         for segment_id in added:
@@ -318,95 +322,3 @@ def import_labelmap(labelmap_kji: np.ndarray, labels: dict[int, str], volume_nod
                 scene.RemoveNode(node)
         raise
     return segmentation_node, added
-
-
-def _slice_index(refined_axis: int, refined_slices: list[int], volume_shape: tuple[int, ...]) -> tuple:
-    """The numpy index of some slices of a (K, J, I) array cut along an IJK axis, checked.
-
-    Raises:
-        ValueError: an axis not in 0..2, or a slice index outside the volume.
-    """
-    if refined_axis not in (0, 1, 2):
-        raise ValueError(f"refined_axis must be 0 (I), 1 (J) or 2 (K), got {refined_axis!r}")
-    axis = 2 - refined_axis  # numpy axis of the K, J, I array
-    bad = [s for s in refined_slices if not 0 <= s < volume_shape[axis]]
-    if bad:
-        raise ValueError(f"refined slices {bad} lie outside the volume's {volume_shape[axis]} slices")
-    index: list = [slice(None)] * 3
-    index[axis] = list(refined_slices)
-    return tuple(index)
-
-
-def _volume_shape(volume_node) -> tuple[int, int, int]:
-    return tuple(reversed(volume_node.GetImageData().GetDimensions()))
-
-
-def segment_slices(volume_node, segmentation_node, segment_id: str, refined_axis: int,
-                   refined_slices: list[int]) -> np.ndarray:
-    """A segment's voxels (bool) on some slices of its volume's grid: the (K, J, I) mask indexed
-    with the slices along numpy axis 2 - refined_axis (what `set_segment_slices` writes back).
-
-    Raises:
-        ValueError: as `set_segment_slices`.
-    """
-    index = _slice_index(refined_axis, refined_slices, _volume_shape(volume_node))
-    if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
-        raise ValueError(f"segmentId {segment_id!r} is not in segmentation {segmentation_node.GetName()!r}")
-    return slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node)[index].astype(bool)
-
-
-def set_segment_slices(slice_masks: np.ndarray, refined_axis: int, refined_slices: list[int], volume_node,
-                       segmentation_node, segment_id: str) -> None:
-    """Set one segment's voxels on some slices (as `segment_slices` gave them); its voxels on
-    every other slice, and every other segment, stay as they are.
-
-    Args:
-        slice_masks: bool array, the volume's (K, J, I) shape with len(refined_slices) along
-            numpy axis 2 - refined_axis.
-        refined_axis: IJK axis the slices cut (0 = I, 1 = J, 2 = K).
-        refined_slices: their indices along that axis.
-        volume_node: the volume whose grid the masks are on.
-        segmentation_node, segment_id: the segment to change.
-
-    Raises:
-        ValueError: an axis not in 0..2, a slice index outside the volume, masks of another
-            shape, or a segment that is not in the segmentation (nothing is changed).
-    """
-    volume_shape = _volume_shape(volume_node)
-    index = _slice_index(refined_axis, refined_slices, volume_shape)
-    expected = list(volume_shape)
-    expected[2 - refined_axis] = len(refined_slices)
-    if list(slice_masks.shape) != expected:
-        raise ValueError(f"slice_masks has shape {slice_masks.shape}, expected {tuple(expected)} "
-                         f"({len(refined_slices)} slices of the volume's {volume_shape})")
-    if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
-        raise ValueError(f"segmentId {segment_id!r} is not in segmentation {segmentation_node.GetName()!r}")
-    mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node).astype(bool)
-    mask[index] = slice_masks
-    if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            _oriented_mask(mask, volume_node, segmentation_node), segmentation_node, segment_id):
-        raise RuntimeError(f"Slicer could not set the voxels of segment {segment_id!r}")
-
-
-def replace_segment_slices(labelmap_kji: np.ndarray, label: int, refined_axis: int, refined_slices: list[int],
-                           volume_node, segmentation_node, segment_id: str) -> None:
-    """Replace one segment's voxels on some slices with a click result's (the worker's
-    `refined_axis` and `refined_slices`, tevia/PROTOCOL.md); its voxels on every other slice,
-    and every other segment, stay as they are.
-
-    Args:
-        labelmap_kji: the worker's labelmap, shape (K, J, I) equal to the volume's.
-        label: the segment's label value in it (its prompt's index + 1).
-        refined_axis, refined_slices, volume_node, segmentation_node, segment_id: see
-            `set_segment_slices`.
-
-    Raises:
-        ValueError: a shape that is not the volume's, an axis not in 0..2, a slice index outside
-            the volume, or a segment that is not in the segmentation (nothing is changed).
-    """
-    volume_shape = _volume_shape(volume_node)
-    if tuple(labelmap_kji.shape) != volume_shape:
-        raise ValueError(f"labelmap_kji has shape {labelmap_kji.shape}, expected the volume's {volume_shape}")
-    index = _slice_index(refined_axis, refined_slices, volume_shape)
-    set_segment_slices(labelmap_kji[index] == label, refined_axis, refined_slices, volume_node,
-                       segmentation_node, segment_id)

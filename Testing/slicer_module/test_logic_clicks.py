@@ -15,7 +15,7 @@ import slicer.util
 from conftest import TESTDATA
 from slicer_fixtures import scene_snapshot, slicer_scene, worker  # noqa: F401 (fixture)
 
-from TeViASegmentLib import clicks, scene, settings
+from TeViASegmentLib import clicks, scene, settings, slice_edits
 from TeViASegmentLib.click_editor import ClickEditor
 from tevia.click_simulation import dice, next_click
 
@@ -77,7 +77,7 @@ def test_a_click_grows_its_segment_on_its_slice_only_and_undo_restores_it(logic,
     volume, node, (segment, other), truths = _segmented(logic, click_model_dir, 9)
     edit = np.zeros((SIZE, SIZE, 1), dtype=bool)
     edit[100:120, 30:60] = True  # a manual edit on X-ray 0 (I = 0), as Segment Editor would make it
-    scene.set_segment_slices(edit, 0, [0], volume, node, segment)
+    slice_edits.set_segment_slices(edit, 0, [0], volume, node, segment)
     before, other_before = _mask(node, segment, volume), _mask(node, other, volume)
     text_dice = dice(_as_xrays(before)[1], truths[1])
     click = next_click(_as_xrays(before)[1], truths[1])

@@ -7,7 +7,7 @@ import pytest
 import slicer.util
 from slicer_fixtures import oblique_volume, slicer_scene  # noqa: F401 (fixture)
 
-from TeViASegmentLib import scene
+from TeViASegmentLib import scene, slice_edits
 
 
 @pytest.mark.parametrize("refined_axis", [0, 2])
@@ -24,7 +24,7 @@ def test_a_click_result_replaces_only_its_segment_on_its_slices(slicer_scene, re
     refined[:, 40:80, 10:50] = 1  # what the click made of the segment, on every slice (only two count)
     refined[:, 0:5, 0:5] = 2  # another label: never touches the segment
     slices = [3, 12]
-    scene.replace_segment_slices(refined, 1, refined_axis, slices, volume, node, segment)
+    slice_edits.replace_segment_slices(refined, 1, refined_axis, slices, volume, node, segment)
 
     after = slicer.util.arrayFromSegmentBinaryLabelmap(node, segment, volume).astype(bool)
     axis = 2 - refined_axis
@@ -43,9 +43,9 @@ def test_a_bad_click_result_changes_nothing(slicer_scene):
     labels[:, 20:60, 30:80] = 1
     node, (segment,) = scene.import_labelmap(labels, {1: "lung"}, volume)
     with pytest.raises(ValueError, match="outside the volume's 30 slices"):
-        scene.replace_segment_slices(np.zeros(shape, np.uint8), 1, 2, [30], volume, node, segment)
+        slice_edits.replace_segment_slices(np.zeros(shape, np.uint8), 1, 2, [30], volume, node, segment)
     with pytest.raises(ValueError, match="refined_axis must be"):
-        scene.replace_segment_slices(np.zeros(shape, np.uint8), 1, 3, [0], volume, node, segment)
+        slice_edits.replace_segment_slices(np.zeros(shape, np.uint8), 1, 3, [0], volume, node, segment)
     with pytest.raises(ValueError, match="expected the volume's"):
-        scene.replace_segment_slices(np.zeros((1, 2, 3), np.uint8), 1, 2, [0], volume, node, segment)
+        slice_edits.replace_segment_slices(np.zeros((1, 2, 3), np.uint8), 1, 2, [0], volume, node, segment)
     np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(node, segment, volume), labels == 1)
