@@ -46,12 +46,16 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "e9": ("the bundled model 0.2.0 (9 epochs, seed 0)", []),
     "e9-fidelity": ("9 epochs, every reference behaviour that fits the budget", FIDELITY),
     "e30": ("30 epochs (cosine to the end), warm-up 5, seed 0", LONG),
+    "e9-s1": ("the bundled recipe with seed 1", ["train.seed=1"]),
+    "e9-s2": ("the bundled recipe with seed 2", ["train.seed=2"]),
     "e30-s1": ("30 epochs, seed 1", LONG + ["train.seed=1"]),
     "e30-s2": ("30 epochs, seed 2", LONG + ["train.seed=2"]),
     "e9-ref-model": ("9 epochs, the reference's architecture keys only (model.*)",
                      [o for o in FIDELITY if o.startswith("model.")]),
     "e9-ema": ("9 epochs, EMA of the weights (decay 0.999)", ["train.ema_decay=0.999"]),
     "e9-lite0": ("9 epochs, EfficientNet-Lite0 in place of MobileNetV2", []),
+    "e9-hflip": ("9 epochs, left-right flips with the side words swapped (train.horizontal_flip)",
+                 ["train.horizontal_flip=true"]),
     "e9-224": ("9 epochs, input 224 x 224 in place of 128 x 128", ["model.image_size=[224,224]"]),
 }
 # Recipes that start from another config than CONFIG.

@@ -6,7 +6,8 @@ image, nearest for the mask, edge padding, the size kept) or "scanner" (`scanner
 affine one with wider ranges plus what another scanner or reconstruction changes: gamma, noise,
 a circular field of view). None flips left-right: descriptions name sides. `train.vertical_flip` adds up-down flips (`flip_vertically`), which keep the sides and
 so every description that names no vertical position (CT slices of prone patients, or stored
-upside down, look like that).
+upside down, look like that). `train.horizontal_flip` adds left-right flips (`flip_sides`) that
+swap the words "left" and "right" of the flipped image's description, so the text stays true.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import re
 import torch
 import torch.nn.functional as F
 
+from tevia.prompts import normalise_prompt, swap_sides
+
 __all__ = ["AUGMENTATIONS", "augment_batch", "zoom_batch", "scanner_batch", "augment", "names_vertical_position",
-           "flip_vertically"]
+           "flip_vertically", "flip_sides", "mirrored_text"]
 
 AUGMENTATIONS = ("affine", "zoom", "scanner")
 
@@ -117,6 +120,23 @@ def flip_vertically(image: torch.Tensor, mask: torch.Tensor, texts: list[str],
     allowed = torch.tensor([not names_vertical_position(t) for t in texts])
     chosen = ((torch.rand(image.shape[0], generator=generator) < prob) & allowed).to(image.device).view(-1, 1, 1, 1)
     return torch.where(chosen, image.flip(-2), image), torch.where(chosen, mask.flip(-2), mask)
+
+
+def mirrored_text(text: str) -> str:
+    """The description of an image's left-right mirror: normalised, "left" and "right" swapped."""
+    return swap_sides(normalise_prompt(text))
+
+
+def flip_sides(image: torch.Tensor, mask: torch.Tensor, texts: list[str], generator: torch.Generator | None = None,
+               prob: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Each image, with probability `prob`, flipped left-right with its mask (B, C, H, W), and its
+    description replaced by `mirrored_text` (the side words swapped); the others unchanged."""
+    if len(texts) != image.shape[0]:
+        raise ValueError(f"texts must hold one description per image ({image.shape[0]}), got {len(texts)}")
+    chosen = torch.rand(image.shape[0], generator=generator) < prob
+    texts = [mirrored_text(t) if c else t for t, c in zip(texts, chosen.tolist())]
+    chosen = chosen.to(image.device).view(-1, 1, 1, 1)
+    return torch.where(chosen, image.flip(-1), image), torch.where(chosen, mask.flip(-1), mask), texts
 
 
 def augment(kind: str, image: torch.Tensor, mask: torch.Tensor,

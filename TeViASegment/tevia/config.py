@@ -140,6 +140,8 @@ class TrainConfig:
     vertical_flip: with `augment`, also flip half the images up-down, those whose description
         names no vertical position (tevia.augment.flip_vertically): for CT slices, whose text
         names only sides, and whose scans may be stored upside down or taken prone.
+    horizontal_flip: with `augment`, also flip half the images left-right, each with "left" and
+        "right" swapped in its description (tevia.augment.flip_sides), so the text stays true.
     test_time_vertical_flip: the exported model (its model.json) averages, at inference, each
         image's probabilities with those of its up-down mirror flipped back (test-time
         mirroring, as nnU-Net mirrors; never left-right, which would swap the sides the text
@@ -204,6 +206,7 @@ class TrainConfig:
     augment: bool = True
     augmentation: str = "affine"
     vertical_flip: bool = False
+    horizontal_flip: bool = False
     test_time_vertical_flip: bool = False
     loss: str = "dice_ce"
     alignment_skip_empty: bool = True

@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from monai.losses import DiceCELoss, DiceLoss
 
-from tevia.augment import augment, flip_vertically
+from tevia.augment import augment, flip_sides, flip_vertically
 from tevia.click_training import draw_counts, simulate_click_maps
 from tevia.config import TrainConfig
 from tevia.metrics import DiceTotals
@@ -84,12 +84,14 @@ class LitTeViA(L.LightningModule):
         self.network.prototype.begin_epoch(self.current_epoch, self.config.prototype_warmup_epochs, self._reduce_mean)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        image, mask = batch["image"], batch["mask"]
+        image, mask, texts = batch["image"], batch["mask"], batch["text"]
         if self.config.augment:
             image, mask = augment(self.config.augmentation, image, mask)
             if self.config.vertical_flip:
-                image, mask = flip_vertically(image, mask, batch["text"])
-        text = self._text(batch["text"])
+                image, mask = flip_vertically(image, mask, texts)
+            if self.config.horizontal_flip:
+                image, mask, texts = flip_sides(image, mask, texts)
+        text = self._text(texts)
         if self.config.train_only_clicks:
             return self._clicks_only_step(image, mask, text)
         feats = self.network.encode_image(image)

@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from tevia import __version__
+from tevia.augment import mirrored_text
 from tevia.config import Config, load_config, to_dict
 from tevia.data.conventions import MODEL_CONVENTION
 from tevia.data.text_cache import text_table
@@ -163,7 +164,10 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     text_encoder = build_text_encoder(config.model)
-    table, index = text_table(text_encoder, _texts(train_ds) + _texts(val_ds))
+    texts = _texts(train_ds) + _texts(val_ds)
+    if tc.augment and tc.horizontal_flip:  # the descriptions of the mirrored images (tevia.augment.flip_sides)
+        texts += [mirrored_text(t) for t in _texts(train_ds)]
+    table, index = text_table(text_encoder, texts)
     log.info("embedded %d distinct descriptions once: table %s", len(index), tuple(table.shape))
     network = build_network(config.model, text_encoder.hidden_size)
     if init:
