@@ -142,6 +142,7 @@ class TrainConfig:
         names only sides, and whose scans may be stored upside down or taken prone.
     horizontal_flip: with `augment`, also flip half the images left-right, each with "left" and
         "right" swapped in its description (tevia.augment.flip_sides), so the text stays true.
+        Off by default: on QaTa it cost 0.006 pooled val Dice (bench/recipes.json, e9-hflip).
     test_time_vertical_flip: the exported model (its model.json) averages, at inference, each
         image's probabilities with those of its up-down mirror flipped back (test-time
         mirroring, as nnU-Net mirrors; never left-right, which would swap the sides the text
