@@ -4,7 +4,7 @@
 MONAI RandZoomd: with probability 0.1 per image a centred zoom by 0.95-1.2, bicubic for the
 image, nearest for the mask, edge padding, the size kept) or "scanner" (`scanner_batch`: the
 affine one with wider ranges plus what another scanner or reconstruction changes: gamma, noise,
-a circular field of view). None flips left-right: descriptions name sides. `train.vertical_flip` adds up-down flips (`flip_vertically`), which keep the sides and
+a circular field of view). None of the three flips left-right: descriptions name sides. `train.vertical_flip` adds up-down flips (`flip_vertically`), which keep the sides and
 so every description that names no vertical position (CT slices of prone patients, or stored
 upside down, look like that). `train.horizontal_flip` adds left-right flips (`flip_sides`) that
 swap the words "left" and "right" of the flipped image's description, so the text stays true.
