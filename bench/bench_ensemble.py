@@ -1,7 +1,7 @@
 """What averaging several trained models buys on QaTa val (issue 16): each model's pooled and mean
 Dice, and those of the mean of their probabilities (the ensemble), on all of val.csv with each
 image's own description, masks at 224 x 224 (the model card's setting, `tevia evaluate`'s
-pipeline: tevia.evaluate.predict_masks up to the threshold). Writes bench/ensemble.json.
+pipeline: tevia.evaluate.predict_probabilities). Writes bench/ensemble.json.
 
 An ensemble of N models costs N encoder and decoder passes per slice, so it is measured here to
 size what seeds alone can add, not shipped.
@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "TeViASegment"))
 
 from tevia.data.dataset import CSVSegmentationDataset  # noqa: E402
+from tevia.evaluate import predict_probabilities  # noqa: E402
 from tevia.inference import Segmenter  # noqa: E402
 from tevia.metrics import SegmentationMetrics  # noqa: E402
-from tevia.transforms import model_input, model_text, resize_planes  # noqa: E402
 
 log = logging.getLogger("bench_ensemble")
 
@@ -41,9 +41,7 @@ def probabilities(model: str, data: str, split: str, batch_size: int) -> tuple[n
     chunks, truths = [], []
     with torch.inference_mode():
         for batch in DataLoader(dataset, batch_size=batch_size):
-            features = segmenter.encode_images(model_input(batch["image"], segmenter.spec))
-            text = segmenter.encode_text([model_text(t) for t in batch["text"]])
-            chunks.append(resize_planes(segmenter.decode(features, text), (224, 224)).numpy().astype(np.float16))
+            chunks.append(predict_probabilities(segmenter, batch["image"], batch["text"]).numpy().astype(np.float16))
             truths.append(batch["mask"][:, 0].numpy() > 0.5)
     return np.concatenate(chunks), np.concatenate(truths)
 

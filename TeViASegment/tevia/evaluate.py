@@ -38,6 +38,7 @@ __all__ = [
     "run",
     "evaluate_model",
     "predict_masks",
+    "predict_probabilities",
     "select_gallery_cases",
     "write_results",
     "write_gallery",
@@ -97,9 +98,14 @@ def predict_masks(segmenter: Segmenter, images: torch.Tensor, texts: list[str], 
     Returns:
         bool array (B, H, W).
     """
+    return (predict_probabilities(segmenter, images, texts) > threshold).numpy()
+
+
+def predict_probabilities(segmenter: Segmenter, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    """`predict_masks` before the threshold: float32 probabilities (B, H, W) at the images' size."""
     features = segmenter.encode_images(model_input(images, segmenter.spec))
     probabilities = segmenter.decode(features, segmenter.encode_text([model_text(t) for t in texts]))
-    return (resize_planes(probabilities, tuple(images.shape[-2:])) > threshold).numpy()
+    return resize_planes(probabilities, tuple(images.shape[-2:]))
 
 
 def evaluate_model(
