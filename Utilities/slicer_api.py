@@ -5,7 +5,7 @@
 
 With --slicer-git (a clone of github.com/Slicer/Slicer, bare or not), each name is looked up
 in Slicer's sources at the release tags in TAGS; docs/SLICER.md keeps the result as a table,
-and Testing/slicer_module/test_slicer_versions.py checks that every name the code uses is in it.
+and Testing/TeViASegmentLib/test_slicer_versions.py checks that every name the code uses is in it.
 
 Names found, by reading the code (ast) of TeViASegment.py and TeViASegmentLib:
 - dotted names rooted at `slicer` (slicer.util.arrayFromVolume, slicer.app.userSettings);

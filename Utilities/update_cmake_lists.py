@@ -1,7 +1,7 @@
 """Rewrite the SCRIPTS and RESOURCES lists of TeViASegment/CMakeLists.txt from the files on disk.
 
 Slicer's convention is an explicit list (no glob at configure time); run this after adding or
-removing a module file, and review the diff. Testing/slicer_module/test_packaging.py fails
+removing a module file, and review the diff. Testing/TeViASegmentLib/test_packaging.py fails
 until the list matches the files.
 """
 

@@ -2,7 +2,7 @@
 
 For a model with click inputs, on a QaTa-layout split measured at 224 x 224 (QaTa's own):
 mean and pooled Dice with text only and after 1..K clicks (each at the centre of the largest
-error region, tevia.click_evaluation), NoC@85 and NoC@90, with each image's text and with
+error region, tevia.commands.evaluate_clicks), NoC@85 and NoC@90, with each image's text and with
 empty text (what the clicks do without the text).
 
 Usage (from the repository root):
@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-from tevia.click_evaluation import CLICK_PROTOCOL, evaluate_clicks
-from tevia.data.dataset import CSVSegmentationDataset
-from tevia.inference import Segmenter
+from tevia.commands.evaluate_clicks import CLICK_PROTOCOL, evaluate_clicks
+from tevia.training.data.dataset import CSVSegmentationDataset
+from tevia.inference.segmenter import Segmenter
 
 log = logging.getLogger("bench_clicks")
 

@@ -2,12 +2,12 @@
 spinning and with the worker's GOMP_SPINCOUNT; writes bench/contention.json.
 
 On the 512x512x300 CT of bench/bench_volume.py, through real worker processes (`python -m
-tevia.worker`, 2 threads): a first prompt fills the feature cache on an idle machine, then
+tevia.serving.worker`, 2 threads): a first prompt fills the feature cache on an idle machine, then
 `--prompts` second prompts are timed (request sent -> result read), first with the machine
 idle, then next to a `load` process that keeps 2 threads busy with matrix products (what a
 training run, a second model or a busy Slicer does to the worker). Each case in its own worker:
 `GOMP_SPINCOUNT=300000` (libgomp's default: the worker before it set its own) and the worker's
-own default (tevia/worker.py). Minimum and median of the prompts per case. Run it on an
+own default (tevia/serving/worker.py). Minimum and median of the prompts per case. Run it on an
 otherwise idle machine: the load must be the only other job.
 
     python bench/bench_contention.py
@@ -76,7 +76,7 @@ def main() -> int:
         scratch = Path(scratch)
         volume = make_volume(SOURCE, (512, 512, 300), scratch / "ct.nrrd")
         cases = {"GOMP_SPINCOUNT=300000 (libgomp default)": _case(volume, "300000", args.prompts, scratch),
-                 "the worker's default (tevia/worker.py)": _case(volume, None, args.prompts, scratch)}
+                 "the worker's default (tevia/serving/worker.py)": _case(volume, None, args.prompts, scratch)}
     result = {"benchmark": __doc__.splitlines()[0] + " " + __doc__.splitlines()[1], "threads": 2, "load_threads": 2,
               "statistic": "second-prompt seconds, request sent -> result read", "cases": cases,
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},

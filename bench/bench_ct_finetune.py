@@ -8,7 +8,7 @@ same recipe from the ImageNet initialisation alone (no --init), to show what sta
 X-ray model is worth. Every model, and `default` before any fine-tuning, is measured with `tevia
 evaluate` on CT val (294 slices of scans not in train, at the slices' own 256x256) and on QaTa
 val (X-rays at 224x224, the default model card's setting: forgetting), and its image-domain
-check (tevia.domain) on both: the share of slices it flags as unlike its training images.
+check (tevia.inference.domain) on both: the share of slices it flags as unlike its training images.
 
 Each step is its own process (`python -m tevia ...`, OMP_NUM_THREADS and train.threads from
 --threads); its CPU time (user + system, from the children's rusage) and wall time are
@@ -104,9 +104,9 @@ def domain_flags(model: str, qata_limit: int | None, threads: int) -> dict[str, 
     import numpy as np
     import torch
 
-    from tevia.data.dataset import CSVSegmentationDataset
-    from tevia.domain_command import image_features
-    from tevia.inference import Segmenter
+    from tevia.training.data.dataset import CSVSegmentationDataset
+    from tevia.commands.domain import image_features
+    from tevia.inference.segmenter import Segmenter
 
     torch.set_num_threads(threads)
     segmenter = Segmenter.load(model, device="cpu")

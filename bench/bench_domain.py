@@ -1,4 +1,4 @@
-"""Benchmark of the out-of-domain check (tevia.domain) of a model; writes bench/domain.json.
+"""Benchmark of the out-of-domain check (tevia.inference.domain) of a model; writes bench/domain.json.
 
 Negatives: every val X-ray of the model's data set (false alarms, target <= 1%). Positives,
 all real and none a frontal chest X-ray:
@@ -64,7 +64,7 @@ def set_result(name: str, scores: np.ndarray, val: np.ndarray, threshold: float)
 
 def volume_pngs(image: sitk.Image, folder: Path, stem: str) -> list[Path]:
     """Non-constant axial, coronal and sagittal slices as 8-bit PNGs (0.5-99.5 percentile scaling)."""
-    from tevia.volume.pipeline import volume_slices
+    from tevia.inference.pipeline import volume_slices
     from tevia.volume.preprocess import IntensityScaler
 
     paths = []
@@ -109,9 +109,9 @@ def check_cost(segmenter, repeats: int = 20) -> dict:
 
 
 def main() -> int:
-    from tevia.domain_command import image_features, split_features
-    from tevia.inference import Segmenter
-    from tevia.volume.pipeline import segment_volume
+    from tevia.commands.domain import image_features, split_features
+    from tevia.inference.segmenter import Segmenter
+    from tevia.inference.pipeline import segment_volume
     from tevia.volume.io import read_input
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

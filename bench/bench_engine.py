@@ -158,8 +158,9 @@ def run_case(config_name: str, case: str, default_config: Path, warmup: int, run
     import torch
 
     from tevia.config import TrainConfig
-    from tevia.inference import ModelSpec, Segmenter
-    from tevia.lightning_module import LitTeViA
+    from tevia.inference.segmenter import Segmenter
+from tevia.inference.spec import ModelSpec
+    from tevia.training.lightning_module import LitTeViA
     from tevia.model.build import build_network, build_text_encoder
 
     torch.set_num_threads(2)

@@ -1,7 +1,7 @@
 """What averaging several trained models buys on QaTa val (issue 16): each model's pooled and mean
 Dice, and those of the mean of their probabilities (the ensemble), on all of val.csv with each
 image's own description, masks at 224 x 224 (the model card's setting, `tevia evaluate`'s
-pipeline: tevia.evaluate.predict_probabilities). Writes bench/ensemble.json.
+pipeline: tevia.commands.evaluate.predict_probabilities). Writes bench/ensemble.json.
 
 An ensemble of N models costs N encoder and decoder passes per slice, so it is measured here to
 size what seeds alone can add, not shipped.
@@ -26,9 +26,9 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "TeViASegment"))
 
-from tevia.data.dataset import CSVSegmentationDataset  # noqa: E402
-from tevia.evaluate import predict_probabilities  # noqa: E402
-from tevia.inference import Segmenter  # noqa: E402
+from tevia.training.data.dataset import CSVSegmentationDataset  # noqa: E402
+from tevia.commands.evaluate import predict_probabilities  # noqa: E402
+from tevia.inference.segmenter import Segmenter  # noqa: E402
 from tevia.metrics import SegmentationMetrics  # noqa: E402
 
 log = logging.getLogger("bench_ensemble")

@@ -1,6 +1,6 @@
 """Bounded load test of `tevia serve` on loopback; writes bench/server_load.json.
 
-Starts the real server (`python -m tevia.cli serve`, a random token, a small queue limit) on a
+Starts the real server (`python -m tevia.commands.cli serve`, a random token, a small queue limit) on a
 free 127.0.0.1 port, then N client threads each send M POST /v1/segment requests one after the
 other (no retry) with a real CT (by default the whole TotalSegmentator example CT, 122x101x30,
 .nii.gz) and one prompt. Records per request the HTTP status and the latency; reports how many
@@ -70,7 +70,7 @@ def memory_mb(pid: int) -> dict[str, float]:
 def start_server(model: str, port: int, token: str, args: argparse.Namespace, temp: Path) -> subprocess.Popen:
     env = {**os.environ, "TEVIA_SERVER_TOKEN": token, "PYTHONPATH": str(REPO / "TeViASegment"),
            "OMP_NUM_THREADS": str(args.threads)}
-    command = [sys.executable, "-m", "tevia.cli", "serve", "--model", model, "--device", args.device,
+    command = [sys.executable, "-m", "tevia.commands.cli", "serve", "--model", model, "--device", args.device,
                "--port", str(port), "--queue-limit", str(args.queue_limit), "--temp-dir", str(temp / "server"),
                "--request-timeout", str(args.request_timeout)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=open(temp / "server.log", "w"))

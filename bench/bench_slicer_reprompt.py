@@ -93,7 +93,7 @@ def _slicer_repeat(volume_path: Path, model: str, device: str, threads: int, scr
 
     with scene_with_module_logics():
         logic = TeViASegment.TeViASegmentLogic(settingsStore=settings.JsonFileSettings(scratch / "settings.json"))
-        logic.worker = WorkerClient(args=["-m", "tevia.worker", "--threads", str(threads), "--log-level", "WARNING"],
+        logic.worker = WorkerClient(args=["-m", "tevia.serving.worker", "--threads", str(threads), "--log-level", "WARNING"],
                                     env={"OMP_NUM_THREADS": str(threads)})
         try:
             warm = slicer.util.addVolumeFromArray(np.zeros((1, 64, 64), np.int16), np.eye(4), "warm-up")

@@ -1,7 +1,7 @@
 """Benchmark of the volume pipeline through the real worker process; writes bench/volume.json.
 
 A CT-sized volume (default 512x512x300, the TotalSegmentator example CT resampled with linear
-interpolation) goes to ``python -m tevia.worker``; the benchmark times, end to end (request sent
+interpolation) goes to ``python -m tevia.serving.worker``; the benchmark times, end to end (request sent
 -> result read), a first prompt and a second prompt on the same volume (which reuses the cached
 image features and the kept input), and reads the worker's peak resident memory (VmHWM) at the
 end. It does so for each scenario in one run, so that their ratios compare: the input as an
@@ -75,7 +75,7 @@ class Worker:
     def __init__(self, threads: int) -> None:
         env = dict(os.environ, PYTHONPATH=str(REPO / "TeViASegment"), OMP_NUM_THREADS=str(threads))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tevia.worker", "--threads", str(threads), "--log-level", "WARNING"],
+            [sys.executable, "-m", "tevia.serving.worker", "--threads", str(threads), "--log-level", "WARNING"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.ready = json.loads(self.process.stdout.readline())
 

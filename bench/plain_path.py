@@ -4,7 +4,7 @@
 pixel_shuffle and a depthwise convolution for the head's upsampling, cached position codes).
 :func:`plain_forward` computes the same network without them: contiguous (NCHW) tensors
 throughout, MONAI's own upsampling module, position codes computed afresh. The tests prove the
-fast paths equal it (Testing/engine/test_fast_paths.py); bench_engine.py times it as the
+fast paths equal it (Testing/tevia/inference/test_fast_paths.py); bench_engine.py times it as the
 reference code's way of running this architecture. Neither the engine nor training uses it.
 """
 

@@ -27,7 +27,7 @@ NOTICE_TAG = "TeViA.Notice"
 """Segment tag (and segmentation node attribute, for the latest run) holding the notice of an
 input unlike the model's training images."""
 DOMAIN_WARNING_PREFIX = "Unlike the training images: "
-"""How the engine's domain warnings start (tevia.domain.WARNING_PREFIX; the Slicer side imports no engine)."""
+"""How the engine's domain warnings start (tevia.inference.domain.WARNING_PREFIX; the Slicer side imports no engine)."""
 
 
 def domain_notice(warnings: list[str]) -> str:

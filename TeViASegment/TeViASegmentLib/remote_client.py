@@ -165,7 +165,7 @@ class RemoteClient:
             volume_kji: voxels, shape (K, J, I) (slicer.util.arrayFromVolume order).
             ijk_to_ras: 4x4 IJK-to-RAS matrix of the volume (Slicer's frame).
             prompts: one or more text prompts; label n answers prompt n.
-            options: segmentation options (tevia.segment_options.SegmentOptions fields).
+            options: segmentation options (tevia.inference.segment_options.SegmentOptions fields).
             clicks: one list of clicks per prompt, as a worker request carries them
                 (`{"ras": [R, A, S], "positive": bool}`, RAS in the volume's frame;
                 PROTOCOL.md, "Corrective clicks"); the answer then holds labels only on the

@@ -1,7 +1,7 @@
 """The annotator loop: add an edited segment and its prompt to a fine-tuning data set.
 
 Writes the slices of a volume that hold the segment, in the CSV + folders layout that
-`tevia train --init` and `tevia.data.dataset.CSVSegmentationDataset` read (the QaTa-COV19
+`tevia train --init` and `tevia.training.data.dataset.CSVSegmentationDataset` read (the QaTa-COV19
 layout):
 ```
 <dataset>/<split>.csv                 columns CSV_COLUMNS (appended, never rewritten)

@@ -1,4 +1,4 @@
-"""Client for the background worker process (`python -m tevia.worker`, JSON lines).
+"""Client for the background worker process (`python -m tevia.serving.worker`, JSON lines).
 
 The worker runs in its own process (PythonSlicer inside Slicer, any Python elsewhere) and stays
 warm between requests. Requests go to its stdin as one JSON object per line; a reader thread
@@ -68,7 +68,7 @@ def default_python() -> str:
     """The interpreter for the worker: PythonSlicer inside Slicer, else this interpreter.
 
     Inside Slicer `sys.executable` is the Slicer application itself, so it cannot run
-    `-m tevia.worker`; PythonSlicer is Slicer's Python with the same packages.
+    `-m tevia.serving.worker`; PythonSlicer is Slicer's Python with the same packages.
     """
     python_slicer = shutil.which("PythonSlicer")
     if python_slicer:
@@ -121,7 +121,7 @@ class WorkerClient:
     def __init__(self, python: str | None = None, args: list[str] | None = None,
                  module_dir: str | Path | None = None, env: dict[str, str] | None = None) -> None:
         self.python = python or default_python()
-        self.args = list(args) if args is not None else ["-m", "tevia.worker"]
+        self.args = list(args) if args is not None else ["-m", "tevia.serving.worker"]
         self.module_dir = Path(module_dir) if module_dir else Path(__file__).resolve().parents[1]
         self.env = dict(env or {})
         self._process: subprocess.Popen | None = None

@@ -1,5 +1,5 @@
 import sys
 
-from tevia.cli import main
+from tevia.commands.cli import main
 
 sys.exit(main())

@@ -3,7 +3,7 @@
 model.json holds the architecture (the ModelConfig), the text encoder's source and the sha256
 of its weight files, preprocessing, training data, validation metrics, licence, example
 prompts, side convention and training vocabulary, and the sha256 of model.safetensors (and,
-under "domain", of the optional domain.safetensors: see tevia.domain).
+under "domain", of the optional domain.safetensors: see tevia.inference.domain).
 Loading never unpickles anything: a truncated or tampered weights file is refused, and
 weights load strictly (missing or unexpected keys are an error that names them). Which folder a
 model's name means: tevia.model_folders.

@@ -107,7 +107,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """A dataset in the CSV + folders layout (see tevia.data.dataset).
+    """A dataset in the CSV + folders layout (see tevia.training.data.dataset).
 
     side_convention: which sides "left" and "right" name in the descriptions: "image" (the
         image's own left and right, as QaTa's), "patient" (the patient's; converted to the
@@ -138,10 +138,10 @@ class TrainConfig:
     augmentation: "affine", "zoom" (the reference's RandZoom) or "scanner" (wider affine, gamma,
         noise, circular fields of view: for data from other scanners), when `augment` is true.
     vertical_flip: with `augment`, also flip half the images up-down, those whose description
-        names no vertical position (tevia.augment.flip_vertically): for CT slices, whose text
+        names no vertical position (tevia.training.augment.flip_vertically): for CT slices, whose text
         names only sides, and whose scans may be stored upside down or taken prone.
     horizontal_flip: with `augment`, also flip half the images left-right, each with "left" and
-        "right" swapped in its description (tevia.augment.flip_sides), so the text stays true.
+        "right" swapped in its description (tevia.training.augment.flip_sides), so the text stays true.
         Off by default: on QaTa it cost 0.006 pooled val Dice (bench/recipes.json, e9-hflip).
     test_time_vertical_flip: the exported model (its model.json) averages, at inference, each
         image's probabilities with those of its up-down mirror flipped back (test-time
@@ -164,14 +164,14 @@ class TrainConfig:
         by name; refused before training when that version is already there.
     model_card: a Markdown file copied into the exported model folder as README.md.
     max_clicks: with model.click_inputs, each training batch also runs with 1..max_clicks
-        simulated corrective clicks per image (tevia.click_training); the text-only pass
+        simulated corrective clicks per image (tevia.training.click_training); the text-only pass
         always counts too, so the network keeps working without clicks.
     train_only_clicks: train only the click injection, the rest frozen (the text-only output
         stays exactly the initial model's; a step costs no encoder backward pass).
     ema_decay: 0 (off) or the decay, in (0, 1), of an exponential moving average of the weights
         updated after each optimiser step (typical: 0.999, about the last 1000 steps). Validation,
         hence the kept checkpoint and early stopping, and the exported model use the averaged
-        weights; checkpoints keep both, so `--resume` continues both (tevia.ema). Keep it the
+        weights; checkpoints keep both, so `--resume` continues both (tevia.training.ema). Keep it the
         same across `--resume`: a run resumed with it off continues from the averaged weights.
         Refused with precision bf16-true or 16-true (the average is float32; bf16-mixed works).
     model_from_init: build the architecture of the `--init` model (its model.json), with this

@@ -1,4 +1,4 @@
-"""Device helpers around ``tevia.inference.select_device``: out-of-memory detection, descriptions,
+"""Devices: choosing one (``select_device``), out-of-memory detection, descriptions,
 and the inference precisions."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import argparse
 
 import torch
 
-__all__ = ["DEVICE_CHOICES", "PRECISIONS", "add_precision_argument", "check_precision", "is_out_of_memory",
+__all__ = ["select_device", "DEVICE_CHOICES", "PRECISIONS", "add_precision_argument", "check_precision", "is_out_of_memory",
            "describe_device"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -16,6 +16,25 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 # 1.7x faster on CPUs with AVX512-BF16/AMX and on recent GPUs; probabilities differ from fp32 by
 # about 1e-3 (bench/engine.json measures it), so it is an option, never the default.
 PRECISIONS = ("fp32", "bf16")
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """auto: CUDA, then Apple MPS, then CPU; or a forced "cpu", "cuda", "cuda:1", "mps"."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device must be auto, cpu, cuda[:N] or mps, got {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available to this torch build; use auto or cpu")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' was asked for but Apple MPS is not available; use auto or cpu")
+    return dev
 
 
 def check_precision(precision: str, device: torch.device) -> None:

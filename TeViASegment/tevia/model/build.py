@@ -52,7 +52,7 @@ def build_network(config: ModelConfig, text_dim: int, pretrained_vision: bool | 
 
 
 # The architecture keys on which the reference code differs from the project's defaults
-# (docs/FIDELITY.md); Testing/engine/model/test_reference_fixture.py proves that a network
+# (docs/FIDELITY.md); Testing/tevia/model/test_reference_fixture.py proves that a network
 # built with them computes what the reference computes.
 REFERENCE_ARCHITECTURE = {
     "text_projection_gelu": True,

@@ -127,7 +127,7 @@ def _gather(cached: list[Any] | None, indices: list[int]) -> list[Any] | None:
 def refine_clicked(run: Any, located: list[dict[int, list[Any]]], cached: list[Any] | None,
                     labels: np.ndarray) -> list[int]:
     """Segments only the slices that carry clicks into ``labels`` (the labelmap's slice view), with
-    a `tevia.volume.pipeline` run over all slices (from its cached features when there are some);
+    a `tevia.inference.pipeline` run over all slices (from its cached features when there are some);
     returns their indices."""
     indices = sorted({s for per_slice in located for s in per_slice})
     run.slices = run.slices[indices]

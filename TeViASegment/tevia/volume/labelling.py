@@ -1,7 +1,7 @@
 """From per-prompt probabilities to a uint8 labelmap: resize to the slice size, threshold, pick a prompt.
 
 The model answers at its own input size (e.g. 128x128); each prompt's probabilities are resized
-back to the slice size (``tevia.transforms.resize_planes``, bilinear) before the threshold. Resizing is most of the cost on a big
+back to the slice size (``tevia.inference.transforms.resize_planes``, bilinear) before the threshold. Resizing is most of the cost on a big
 volume, so slices that cannot reach the threshold are not resized at all (exact: see
 :func:`may_exceed`), and a single prompt is thresholded straight into the labelmap.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tevia.transforms import resize_planes
+from tevia.inference.transforms import resize_planes
 
 __all__ = ["SKIP_MARGIN", "BatchLabels", "count_labels", "may_exceed"]
 
@@ -22,7 +22,7 @@ SKIP_MARGIN = 1e-5
 def may_exceed(probs: torch.Tensor, threshold: float) -> torch.Tensor:
     """(B,) bool: which slices of (B, H, W) probabilities may exceed ``threshold`` once resized.
 
-    ``tevia.transforms.resize_planes`` makes every output value a convex combination of input values
+    ``tevia.inference.transforms.resize_planes`` makes every output value a convex combination of input values
     (bilinear weights, or antialiasing weights normalised to sum to one), so it never exceeds the
     slice's maximum except by float rounding. A slice whose maximum is at most
     ``threshold * (1 - SKIP_MARGIN)`` thresholds to all zeros, resized or not. NaN never exceeds.

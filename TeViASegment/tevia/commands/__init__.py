@@ -1,0 +1,1 @@
+"""The `tevia` command line: cli (the dispatcher), predict, evaluate (with clicks), demo, domain."""

@@ -1,0 +1,57 @@
+"""The `tevia` command: a thin dispatcher over the engine's subcommand modules.
+
+Each subcommand module exposes `configure_parser(parser)` and `main(args) -> int`; it is
+imported only when its subcommand runs, so `tevia --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+__all__ = ["main", "SUBCOMMANDS"]
+
+SUBCOMMANDS = {
+    "train": ("tevia.training.train", "train a model from a YAML config (PyTorch Lightning)"),
+    "evaluate": ("tevia.commands.evaluate", "evaluate a model on a CSV split; writes metrics.json"),
+    "predict": ("tevia.commands.predict", "segment images or volumes from text prompts"),
+    "serve": ("tevia.serving.server", "run the HTTP inference server"),
+    "domain": ("tevia.commands.domain", "describe a model's training images (flags inputs unlike them)"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: tevia COMMAND [options]   (tevia COMMAND --help for its options)", ""]
+    lines += [f"  {name:<10} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in SUBCOMMANDS:
+        print(f"tevia: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    if command in ("serve", "predict"):  # processes that answer requests, often beside other work
+        from tevia.openmp import limit_spinning
+
+        limit_spinning()
+    module = importlib.import_module(SUBCOMMANDS[command][0])
+    parser = argparse.ArgumentParser(prog=f"tevia {command}", description=SUBCOMMANDS[command][1])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    module.configure_parser(parser)
+    args = parser.parse_args(rest)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
