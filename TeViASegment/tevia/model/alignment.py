@@ -76,5 +76,5 @@ def alignment_loss(stage_text: list[torch.Tensor], foreground: list[torch.Tensor
     losses = []
     for text, fg in zip(stage_text, foreground):
         cos = F.cosine_similarity(text.mean(1)[keep], fg[keep], dim=-1)
-        losses.append((1.0 + cos).mean())
+        losses.append((1.0 - cos).mean())
     return torch.stack(losses).mean()
