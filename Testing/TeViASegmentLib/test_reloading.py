@@ -52,7 +52,7 @@ assert reloaded_main == [True]
 
 
 def test_the_widgets_reload_reloads_the_lib_modules_then_the_module():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(MODULE_DIR), str(HERE)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(MODULE_DIR), str(HERE.parent)]))
     run = subprocess.run([sys.executable, "-c", RELOAD_THROUGH_THE_WIDGET], env=env, capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
