@@ -19,6 +19,7 @@ __all__ = [
     "TextConfig",
     "ModelConfig",
     "DataConfig",
+    "ExtraTrainSet",
     "TrainConfig",
     "Config",
     "load_config",
@@ -106,6 +107,35 @@ class ModelConfig:
 
 
 @dataclass
+class ExtraTrainSet:
+    """Another data set in the CSV + folders layout whose rows join the training images
+    (`DataConfig.extra_train`), e.g. an annotator's corrected slices from Slicer's "Add to
+    training set" beside the slices a model was first trained on.
+
+    root: its folder; split: its CSV's name; repeat: how often each of its rows is drawn per
+        epoch (at least 1): weighs a small set against a large one.
+    """
+
+    root: str
+    split: str = "train"
+    repeat: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.repeat, int) or self.repeat < 1:
+            raise ValueError(f"data.extra_train repeat must be an integer >= 1, got {self.repeat!r} (root {self.root})")
+
+
+def _extra_train_set(value: Any) -> ExtraTrainSet:
+    if isinstance(value, ExtraTrainSet):
+        return value
+    known = [f.name for f in dataclasses.fields(ExtraTrainSet)]
+    if not isinstance(value, dict) or "root" not in value or set(value) - set(known):
+        raise ValueError(f"each data.extra_train entry must be a mapping with 'root' and optionally 'split' and "
+                         f"'repeat' (keys {known}), got {value!r}")
+    return ExtraTrainSet(**value)
+
+
+@dataclass
 class DataConfig:
     """A dataset in the CSV + folders layout (see tevia.training.data.dataset).
 
@@ -114,6 +144,11 @@ class DataConfig:
         model's image convention before training, assuming the standard chest-radiograph
         display), or "" (unknown: training refuses the set unless its CSV says, in a
         `Convention` column as TeViA's Slicer export writes).
+    train_every: keep every k-th row of the train split (after `train_fraction`): a subset
+        spread over all of its scans, where `train_fraction` keeps the first rows.
+    extra_train: more training sets (`ExtraTrainSet`: root, split, repeat), each in its own
+        side convention (its CSV's `Convention` column, else `side_convention`); validation
+        stays on this set's val split. The model's domain profile covers them too.
     """
 
     root: str = "../shared/data/qata-cov19"
@@ -125,6 +160,15 @@ class DataConfig:
     skip_bad: bool = False
     cache: bool = True
     num_workers: int = 0
+    train_every: int = 1
+    extra_train: list[ExtraTrainSet] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.train_every, int) or self.train_every < 1:
+            raise ValueError(f"data.train_every must be an integer >= 1, got {self.train_every!r}")
+        if not isinstance(self.extra_train, list):
+            raise ValueError(f"data.extra_train must be a list of training sets, got {self.extra_train!r}")
+        self.extra_train = [_extra_train_set(entry) for entry in self.extra_train]
 
 
 @dataclass

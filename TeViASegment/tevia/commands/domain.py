@@ -71,12 +71,18 @@ def split_features(segmenter: Any, root: str | Path, split: str) -> torch.Tensor
 
 
 def describe_model(segmenter: Any, folder: str | Path, root: str | Path, train_split: str, val_split: str,
-                   declaration: dict[str, Any], false_alarms: float = 0.01) -> DomainProfile:
-    """Fit the profile of a loaded model on a data set, write it into the model folder, return it."""
-    train = split_features(segmenter, root, train_split)
+                   declaration: dict[str, Any], false_alarms: float = 0.01,
+                   extra_train: list[tuple[str, str]] | tuple = ()) -> DomainProfile:
+    """Fit the profile of a loaded model on a data set, write it into the model folder, return it.
+
+    extra_train: (folder, split) of more training images the profile describes too (data.extra_train).
+    """
+    train = torch.cat([split_features(segmenter, root, train_split),
+                       *(split_features(segmenter, extra_root, split) for extra_root, split in extra_train)])
     val = split_features(segmenter, root, val_split)
+    extra = {"extra_train": [f"{extra_root}/{split}" for extra_root, split in extra_train]} if extra_train else {}
     profile = DomainProfile.fit(train, val, false_alarms=false_alarms, data=str(root), train_split=train_split,
-                                val_split=val_split, **declaration)
+                                val_split=val_split, **extra, **declaration)
     profile.save(folder)
     log.info("domain of %s: %s, threshold %.3f (%.2f%% of %d val images above it)", folder, profile.description,
              profile.threshold, 100 * profile.calibration["val_false_alarms"], len(val))

@@ -43,32 +43,58 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                                        "with train.model_from_init, also its architecture")
 
 
-def _datasets(config: Config):
-    from torch.utils.data import Subset
-
-    from tevia.training.data.conventions import set_convention
+def _split_dataset(config: Config, root: str, split: str, extra: bool = False):
+    """One split of a CSV + folders data set, its descriptions read in the model's side convention
+    (an extra training set's `Convention` column wins over data.side_convention)."""
+    from tevia.training.data.conventions import csv_convention, set_convention
     from tevia.training.data.dataset import CSVSegmentationDataset
 
     d, m = config.data, config.model
-    out = []
-    for split, fraction in ((d.train_split, d.train_fraction), (d.val_split, d.val_fraction)):
-        convention = set_convention(Path(d.root) / f"{split}.csv", d.side_convention)
-        if convention != MODEL_CONVENTION:
-            log.warning("%s: descriptions name %s sides; read as %s sides (left and right swapped, the standard "
-                        "chest radiograph display assumed)", split, convention, MODEL_CONVENTION)
-        ds = CSVSegmentationDataset(d.root, split, image_size=tuple(m.image_size), channels=m.in_channels,
-                                    skip_bad=d.skip_bad, cache=d.cache, mirror_sides=convention != MODEL_CONVENTION)
-        if ds.skipped:
-            log.warning("%s: skipped %d bad rows", split, len(ds.skipped))
-        if fraction < 1.0:
-            ds = Subset(ds, range(max(1, int(len(ds) * fraction))))
-        out.append(ds)
-    return out
+    csv_path = Path(root) / f"{split}.csv"
+    if extra and not csv_path.is_file():
+        raise FileNotFoundError(f"data.extra_train: {csv_path} does not exist (export the training set first)")
+    configured = "" if extra and csv_convention(csv_path) else d.side_convention
+    convention = set_convention(csv_path, configured)
+    if convention != MODEL_CONVENTION:
+        log.warning("%s: descriptions name %s sides; read as %s sides (left and right swapped, the standard "
+                    "chest radiograph display assumed)", split, convention, MODEL_CONVENTION)
+    ds = CSVSegmentationDataset(root, split, image_size=tuple(m.image_size), channels=m.in_channels,
+                                skip_bad=d.skip_bad, cache=d.cache, mirror_sides=convention != MODEL_CONVENTION)
+    if ds.skipped:
+        log.warning("%s: skipped %d bad rows", split, len(ds.skipped))
+    return ds
+
+
+def _datasets(config: Config):
+    """(train, val): the train split (its fraction, every k-th row) and every `data.extra_train`
+    set (each repeated), and the val split."""
+    from torch.utils.data import ConcatDataset, Subset
+
+    d = config.data
+    train = _split_dataset(config, d.root, d.train_split)
+    kept = max(1, int(len(train) * d.train_fraction)) if d.train_fraction < 1.0 else len(train)
+    if kept < len(train) or d.train_every > 1:
+        train = Subset(train, range(0, kept, d.train_every))
+    parts = [train]
+    for extra in d.extra_train:
+        extra_ds = _split_dataset(config, extra.root, extra.split, extra=True)
+        parts += [extra_ds] * extra.repeat
+        log.info("training set %s/%s: %d images, drawn %d time(s) per epoch", extra.root, extra.split,
+                 len(extra_ds), extra.repeat)
+    val = _split_dataset(config, d.root, d.val_split)
+    if d.val_fraction < 1.0:
+        val = Subset(val, range(max(1, int(len(val) * d.val_fraction))))
+    return (ConcatDataset(parts) if len(parts) > 1 else train), val
 
 
 def _texts(ds) -> list[str]:
+    from torch.utils.data import ConcatDataset
+
+    if isinstance(ds, ConcatDataset):
+        return [text for part in ds.datasets for text in _texts(part)]
     if hasattr(ds, "dataset"):
-        return [ds.dataset.texts[i] for i in ds.indices]
+        texts = _texts(ds.dataset)
+        return [texts[i] for i in ds.indices]
     return list(ds.texts)
 
 
@@ -93,7 +119,10 @@ def model_metadata(config: Config, text_folder: str, train_texts: list[str], met
         "preprocessing": {"image_size": list(config.model.image_size), "channels": config.model.in_channels,
                           "scale": "intensities to [0, 1] (8-bit images / 255), then the encoder's mean/std"},
         "training_data": {"root": config.data.root, "train_split": config.data.train_split,
-                          "val_split": config.data.val_split, "train_fraction": config.data.train_fraction},
+                          "val_split": config.data.val_split, "train_fraction": config.data.train_fraction,
+                          **({"train_every": config.data.train_every} if config.data.train_every > 1 else {}),
+                          **({"extra_train": [dataclasses.asdict(e) for e in config.data.extra_train]}
+                             if config.data.extra_train else {})},
         "metrics": metrics,
         "modality": config.train.modality,
         "licence": config.train.licence,
@@ -118,7 +147,8 @@ def describe_training_images(config: Config, folder: Path) -> None:
 
     segmenter = Segmenter.load(folder, device="auto", check_domain=False)
     describe_model(segmenter, folder, config.data.root, config.data.train_split, config.data.val_split,
-                   {"description": config.train.modality or "the training images", **declaration_of(config.train)})
+                   {"description": config.train.modality or "the training images", **declaration_of(config.train)},
+                   extra_train=[(e.root, e.split) for e in config.data.extra_train])
 
 
 def plot_curves(metrics_csv: Path, out_png: Path) -> None:
