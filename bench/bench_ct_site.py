@@ -1,0 +1,218 @@
+"""How many corrected slices adapt the CT model to a site's scans (issue 30).
+
+The site's scans are the two Radiopaedia-style scans of covid-ct-slices val (radiopaedia-1:
+ct_1247-ct_1257, 11 slices; radiopaedia-2: ct_1258-ct_1374, 117), added to a training set
+with the Slicer module's "Add to training set" (bench/ct_site_export.py). Leave one scan out:
+the model is fine-tuned (configs/ct-covid-lung-site.yaml, `tevia train --init`) on N corrected
+slices of one scan, spread evenly over it, and measured on the other scan, which it never saw;
+N = 10, 30, 60 and all 117 of radiopaedia-2 (held out: radiopaedia-1), and 10 and all 11 of
+radiopaedia-1 (held out: radiopaedia-2). Beside it, every model is measured on val's scan of
+the training scans' acquisition (ct_1081-ct_1246, 166 slices: what the model knew), and its
+image-domain check counts the slices it flags on each. N = 0 is the starting model. A small
+set is drawn `repeat` = ceil(REPEAT_TARGET / N) times per epoch, so that every run sees about
+as many site slices per epoch. Measurements: `tevia evaluate` at the slices' own 256 x 256
+(the model's test-time up-down averaging), on the slices as the data set stores them.
+
+Each step is its own process; the results go to bench/ct_site.json after every case, and a
+case already there is skipped (delete it from the file to run it again).
+
+Usage (from the repository root; the starting model installed as ct-lung-infection-1.1.0):
+    nohup nice -n 10 python bench/bench_ct_site.py --init ct-lung-infection-1.1.0 > runs/ct-site.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import ct_site_export as export
+
+log = logging.getLogger("bench_ct_site")
+
+ROOT = export.REPO
+CONFIG = "configs/ct-covid-lung-site.yaml"
+REPEAT_TARGET = 60
+EVAL_SETS = {"radiopaedia-1": export.SITE_SCANS["radiopaedia-1"], "radiopaedia-2": export.SITE_SCANS["radiopaedia-2"],
+             "other": export.OTHER_ACQUISITION}
+SCAN_SLICES = {"radiopaedia-1": 11, "radiopaedia-2": 117}
+# case: (the scan trained on, corrected slices used, the held-out scan)
+CASES = {f"{scan}-{n}": (scan, n, held_out) for scan, held_out, counts in (
+    ("radiopaedia-2", "radiopaedia-1", (10, 30, 60, 117)), ("radiopaedia-1", "radiopaedia-2", (10, 11)))
+    for n in counts}
+
+
+def _run(command: list[str], threads: int) -> dict[str, float]:
+    """Run a child process; its CPU minutes (user + system) and wall minutes."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT / "TeViASegment")}
+    log.info("running %s", " ".join(command))
+    subprocess.run(command, cwd=ROOT, env=env, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"cpu_minutes": round(cpu / 60, 2), "wall_minutes": round((time.perf_counter() - started) / 60, 2)}
+
+
+def _link(target: Path, link: Path) -> None:
+    if not link.exists():
+        link.symlink_to(target.resolve(), target_is_directory=True)
+
+
+def eval_set(span: tuple[str, str], folder: Path) -> Path:
+    """A data set folder whose val.csv lists the val slices from span[0] to span[1] (files linked)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(export.CT_DATA / "val.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    stems = [row["Image"].removeprefix("mask_").removesuffix(".png") for row in rows]
+    first, last = stems.index(span[0]), stems.index(span[1])
+    with open(folder / "val.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, ["Image", "Description"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows[first:last + 1])
+    _link(export.CT_DATA / "Val", folder / "Val")
+    return folder
+
+
+def corrected_subset(dataset: Path, scan: str, count: int, folder: Path) -> list[str]:
+    """A training set of `count` exported slices of one scan, evenly spread over it (files linked)."""
+    with open(dataset / "train.csv", newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns, rows = reader.fieldnames, [row for row in reader if row["Volume"] == scan]
+    rows.sort(key=lambda row: row["Image"])  # <volume>_s<slice index>: slice order
+    if not 0 < count <= len(rows):
+        raise ValueError(f"count must be 1..{len(rows)} for {scan}, got {count}")
+    chosen = [rows[i] for i in np.unique(np.round(np.linspace(0, len(rows) - 1, count)).astype(int))]
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "train.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(chosen)
+    _link(dataset / "Train", folder / "Train")
+    return [row["Image"] for row in chosen]
+
+
+def evaluate(model: str, data: Path, out: Path, threads: int) -> dict[str, float]:
+    """Pooled and mean Dice of a model on a data set's val split (`tevia evaluate`)."""
+    cost = _run([sys.executable, "-m", "tevia", "evaluate", "--model", model, "--data", str(data), "--split", "val",
+                 "--out", str(out), "--no-hd95", "--eval-size", "256", "256"], threads)
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {key: round(metrics[key], 4) for key in ("dice_global", "dice_mean")} | {"n": metrics["n"],
+                                                                                     "wall_minutes": cost["wall_minutes"]}
+
+
+def domain_flags(model: str, sets: dict[str, Path], threads: int) -> dict[str, dict]:
+    """How many slices of each data set's val split the model's image-domain check flags."""
+    import torch
+
+    from tevia.commands.domain import image_features
+    from tevia.inference.segmenter import Segmenter
+    from tevia.training.data.dataset import CSVSegmentationDataset
+
+    torch.set_num_threads(threads)
+    segmenter = Segmenter.load(model, device="cpu")
+    flags = {}
+    for name, data in sets.items():
+        paths = CSVSegmentationDataset(data, "val", cache=False).image_paths
+        scores = np.concatenate([segmenter.domain.scores_of(image_features(segmenter, path)) for path in paths])
+        flags[name] = {"flagged": int(np.sum(scores > segmenter.domain.threshold)), "n": len(paths),
+                       "score_median": round(float(np.median(scores)), 3)}
+    return flags | {"threshold": round(float(segmenter.domain.threshold), 3)}
+
+
+def _train(case: str, subset: Path, repeat: int, init: str, out: Path, threads: int) -> dict[str, float]:
+    return _run([sys.executable, "-m", "tevia", "train", "--config", CONFIG, "--init", init,
+                 f"data.extra_train=[{{root: {subset}, split: train, repeat: {repeat}}}]", f"train.threads={threads}",
+                 f"train.out_dir={out}", f"train.model_name=ct-site-{case}", "train.install=false"], threads)
+
+
+def pooled_dice(per_case_files: list[Path]) -> dict[str, float]:
+    """Pooled Dice over the slices of several `tevia evaluate` per_case.csv files (intersection =
+    Dice x (gt + pred) / 2, exact) and their mean Dice."""
+    rows = [row for path in per_case_files for row in csv.DictReader(open(path, newline="", encoding="utf-8"))]
+    sizes = [float(row["gt_pixels"]) + float(row["pred_pixels"]) for row in rows]
+    inter = sum(float(row["dice"]) * size / 2 for row, size in zip(rows, sizes))
+    return {"dice_global": round(2 * inter / sum(sizes), 4), "dice_mean": round(float(np.mean([float(r["dice"]) for r in rows])), 4),
+            "n": len(rows)}
+
+
+def curve(results: dict, runs: Path) -> dict[str, dict]:
+    """Leave one scan out: for each number of corrected slices, the pooled Dice over the held-out
+    slices of every case with that many (both scans held out where both runs exist)."""
+    by_count: dict[str, list[tuple[str, str]]] = {"0": [("before", "radiopaedia-1"), ("before", "radiopaedia-2")]}
+    for case, (scan, count, held_out) in CASES.items():
+        if case in results["cases"]:
+            key = "all" if count == SCAN_SLICES[scan] else str(count)
+            by_count.setdefault(key, []).append((case, held_out))
+    out = {}
+    for key, members in by_count.items():
+        held = pooled_dice([runs / case / ("" if case == "before" else "eval") / name / "per_case.csv"
+                            for case, name in members])
+        other = [results["cases"][case]["other"]["dice_global"] for case, _ in members]
+        out[key] = {"cases": [case for case, _ in members], "held_out_radiopaedia": held,
+                    "other_acquisition_pooled_dice": other}
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--init", default="ct-lung-infection-1.1.0", help="the starting model (name or folder)")
+    parser.add_argument("--out", default="bench/ct_site.json")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/ct-site"))
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runs, result_path = ROOT / args.runs_dir, ROOT / args.out
+    results = json.loads(result_path.read_text()) if result_path.is_file() else {
+        "what": __doc__.split("\n\n")[1].replace("\n", " "), "config": CONFIG, "init": args.init,
+        "command": "python bench/bench_ct_site.py " + " ".join(sys.argv[1:]), "cases": {}}
+
+    def save() -> None:
+        result_path.write_text(json.dumps(results, indent=2) + "\n")
+
+    dataset = runs / "dataset"
+    if not (dataset / "train.csv").is_file():
+        results["export"] = {name: len(rows) for name, rows in export.export_site(dataset, args.init).items()}
+        save()
+    sets = {name: eval_set(span, runs / "eval" / name) for name, span in EVAL_SETS.items()}
+    if "before" not in results["cases"]:
+        results["cases"]["before"] = {
+            "model": args.init, "corrected_slices": 0,
+            **{name: evaluate(args.init, data, runs / "before" / name, args.threads) for name, data in sets.items()},
+            "domain_check": domain_flags(args.init, sets, args.threads)}
+        save()
+    for case in args.cases:
+        if case in results["cases"]:
+            continue
+        scan, count, held_out = CASES[case]
+        subset = runs / "sets" / case
+        chosen = corrected_subset(dataset, scan, count, subset)
+        repeat = math.ceil(REPEAT_TARGET / count)
+        cost = _train(case, subset, repeat, args.init, runs / case, args.threads)
+        model = str(runs / case / "model")
+        results["cases"][case] = {
+            "trained_on": scan, "corrected_slices": count, "slices": chosen, "repeat": repeat, "held_out": held_out,
+            "train": cost | {"threads": args.threads},
+            **{name: evaluate(model, sets[name], runs / case / "eval" / name, args.threads)
+               for name in (held_out, "other")},
+            "domain_check": domain_flags(model, {held_out: sets[held_out], "other": sets["other"]}, args.threads)}
+        save()
+    results["curve"] = curve(results, runs)
+    save()
+    log.info("wrote %s", result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
