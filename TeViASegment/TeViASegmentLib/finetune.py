@@ -35,7 +35,7 @@ from .training_export import CSV_COLUMNS
 from .worker_client import default_python, kill_process_tree
 
 __all__ = ["FineTuneJob", "FineTuneSettings", "split_by_volume", "reference_set", "settings_from_parameters",
-           "EPOCH_LINE"]
+           "slices_per_volume", "EPOCH_LINE"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,19 @@ def _read_rows(csv_path: Path) -> list[dict[str, str]]:
             raise ValueError(f"{csv_path} has columns {reader.fieldnames}, expected {list(CSV_COLUMNS)}: "
                              "fine-tuning takes a set made with 'Add to training set'")
         return list(reader)
+
+
+def slices_per_volume(dataset_dir: str | Path) -> dict[str, int]:
+    """How many corrected slices a training set made with "Add to training set" holds for each
+    volume (one scan: one acquisition), in the order the volumes were first added.
+
+    Raises:
+        ValueError: no train.csv, or one with other columns.
+    """
+    counts: dict[str, int] = {}
+    for row in _read_rows(Path(dataset_dir) / "train.csv"):
+        counts[row["Volume"]] = counts.get(row["Volume"], 0) + 1
+    return counts
 
 
 def split_by_volume(rows: list[dict[str, str]], holdout_fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["model_card", "summary"]
+__all__ = ["model_card", "summary", "held_out_change"]
 
 _ROWS = (("held_out", "your held-out volumes"), ("reference", "the reference set (forgetting)"))
 
@@ -20,6 +20,20 @@ def _dice(entry: dict[str, Any] | None) -> str:
     if not entry or entry.get("dice_global") is None:
         return "not measured"
     return f"{entry['dice_global']:.4f} / {entry['dice_mean']:.4f}"
+
+
+def held_out_change(info: dict[str, Any]) -> str:
+    """One line for the user: Dice on the held-out volumes before and after fine-tuning (from the
+    new model's model.json), e.g. "On 117 held-out slices (radiopaedia-2): pooled Dice 0.55 -> 0.78
+    (mean over slices 0.50 -> 0.74)."; "" when it was not measured."""
+    tuning = info.get("fine_tuning") or {}
+    before, after = (tuning.get("evaluations") or {}).get("held_out_before"), \
+        (tuning.get("evaluations") or {}).get("held_out_after")
+    if not before or not after or before.get("dice_global") is None or after.get("dice_global") is None:
+        return ""
+    volumes = ", ".join(tuning.get("held_out_volumes", []))
+    return (f"On {after['n']} held-out slices ({volumes}): pooled Dice {before['dice_global']:.2f} -> "
+            f"{after['dice_global']:.2f} (mean over slices {before['dice_mean']:.2f} -> {after['dice_mean']:.2f}).")
 
 
 def model_card(info: dict[str, Any], settings: Any) -> str:

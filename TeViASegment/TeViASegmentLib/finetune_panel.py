@@ -11,10 +11,13 @@ the rest runs on any object with the widgets' Python properties, as the tests do
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import slicer.util
-from TeViASegmentLib.finetune import settings_from_parameters
+from TeViASegmentLib.finetune import settings_from_parameters, slices_per_volume
+from TeViASegmentLib.finetune_card import held_out_change
 
 __all__ = ["FineTunePanel"]
 
@@ -61,6 +64,21 @@ class FineTunePanel:
         with slicer.util.tryWithErrorDisplay("Could not start fine-tuning.", waitCursor=True):
             self.start()
 
+    @staticmethod
+    def training_set_summary(folder: str | Path) -> str:
+        """What a training set folder holds, per scan (each volume is one acquisition), e.g.
+        "The training set holds 128 corrected slices: radiopaedia-1 11, radiopaedia-2 117.";
+        "" when the folder holds no training set yet.
+
+        Raises:
+            ValueError: a train.csv that "Add to training set" did not make (other columns).
+        """
+        if not (Path(folder) / "train.csv").is_file():
+            return ""
+        counts = slices_per_volume(folder)
+        scans = ", ".join(f"{volume} {count}" for volume, count in counts.items())
+        return f"The training set holds {sum(counts.values())} corrected slices: {scans}."
+
     def start(self) -> None:
         """Start fine-tuning the chosen model on the data set folder in the background.
 
@@ -73,7 +91,7 @@ class FineTunePanel:
         self.logic.fineTuneAsync(folder, model, settings_from_parameters(node), onProgress=self.on_progress,
                                  onDone=self.on_done)
         self.ui.fineTuneButton.text = "Cancel fine-tuning"
-        self.on_message(f"Fine-tuning {model} on {folder}...")
+        self.on_message(f"Fine-tuning {model} on {folder}... {self.training_set_summary(folder)}")
         self.on_busy()
 
     def poll(self) -> bool:
@@ -85,7 +103,9 @@ class FineTunePanel:
         self.ui.fineTuneButton.text = "Fine-tune"
         if job.state == "done":
             self.select_model(job.result.name)
-            self.on_message(f"Fine-tuned model {job.result.name} is ready (model card: {job.result / 'README.md'}).")
+            info = json.loads((job.result / "model.json").read_text(encoding="utf-8"))
+            self.on_message(f"Fine-tuned model {job.result.name} is ready (model card: {job.result / 'README.md'}). "
+                            f"{held_out_change(info)}".strip())
         elif job.state == "failed":
             slicer.util.errorDisplay(job.error)
         else:

@@ -12,6 +12,7 @@ from slicer_fixtures import slicer_scene  # noqa: F401 (fixture)
 from test_finetune import dataset, logic  # noqa: F401 (fixtures)
 from test_finetune_settings import _TypedView
 
+from TeViASegmentLib import finetune
 from TeViASegmentLib.finetune_panel import FineTunePanel
 
 
@@ -38,7 +39,11 @@ def test_fine_tune_starts_with_the_nodes_settings_and_pressing_again_cancels(pan
     job = panel.logic.fineTuneJob
     assert job.settings.epochs == 50 and job.dataset_dir == dataset and job.parent_info["name"]
     assert ui.fineTuneButton.text == "Cancel fine-tuning" and events.busy == 1 and panel.running
-    assert events.messages == [f"Fine-tuning {panel.current_model()} on {dataset}..."]
+    counts = finetune.slices_per_volume(dataset)
+    assert list(counts) == ["spleen-ct", "chest-ct"] and min(counts.values()) > 0
+    assert events.messages == [f"Fine-tuning {panel.current_model()} on {dataset}... The training set holds "
+                               f"{sum(counts.values())} corrected slices: spleen-ct {counts['spleen-ct']}, "
+                               f"chest-ct {counts['chest-ct']}."]
     assert events.progress[0] == ("evaluate", 0, len(job._steps)), "the first step reports its progress"
     assert panel.poll()
     panel.toggle()
