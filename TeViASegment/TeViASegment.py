@@ -323,7 +323,7 @@ class TeViASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.inputVolume, self.ui.trainingSegmentSelector.currentNode(),
                 self.ui.trainingSegmentSelector.currentSegmentID(), folder,
                 convention=self._parameterNode.convention.value, model=self._currentModel())
-            self.log(f"Added {len(added)} slices to {folder}.")
+            self.log(f"Added {len(added)} slices to {folder}. {self.fineTunePanel.training_set_summary(folder)}")
 
     def log(self, message):
         self.ui.statusLog.appendPlainText(message)
