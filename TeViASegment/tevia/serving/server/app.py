@@ -1,7 +1,9 @@
 """The FastAPI application: /v1/health, /v1/info, /v1/segment.
 
-`create_app(segmenter, settings)` builds it; `tevia serve` runs it on uvicorn (see
-`tevia.serving.server.transport`), and tests build it directly.
+`create_app(segmenter, settings)` builds it over this process's inference thread; `tevia serve`
+runs it on uvicorn (see `tevia.serving.server.transport`), and tests build it directly.
+`build_app(backend, settings)` builds the same routes over another backend
+(tevia.serving.server.backend): `tevia serve --replicas N` runs them on Ray Serve.
 
 A /v1/segment request goes: token and Content-Length checks (`_Guard`), an upload slot
 (`max_uploads`, 503 beyond), the body streamed to disk, prompts and options checked, the
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import json
 import logging
 import time
@@ -30,29 +31,25 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tevia import __version__
-from tevia.device import is_out_of_memory
 from tevia.inference.segment_options import SegmentOptions
 from tevia.serving.server.auth import bearer_matches
-from tevia.serving.server.engine import API_VERSION, SegmentationService
-from tevia.serving.server.jobs import InferenceQueue, Job, QueueFull
+from tevia.serving.server.backend import Backend, LocalBackend, SegmentRequest
+from tevia.serving.server.engine import API_VERSION
 from tevia.serving.server.settings import ServerSettings
 from tevia.serving.server.tempfiles import RequestFolder, open_temp_root, remove_path
 from tevia.serving.server.upload import UploadError, read_segment_form
 from tevia.serving.server.validation import clicks_from, options_from, prompts_from
-from tevia.serving.server.volume_io import UploadedVolume, VolumeError, VolumeTooLargeError, inspect_upload, public_message
+from tevia.serving.server.volume_io import UploadedVolume, VolumeError, VolumeTooLargeError, inspect_upload
 from tevia.volume.clicks import RequestClick
-from tevia.volume.errors import InputError
-from tevia.inference.pipeline import Cancelled
 
 if TYPE_CHECKING:
     from tevia.inference.segmenter import Segmenter
 
-__all__ = ["create_app", "OPEN_PATHS"]
+__all__ = ["create_app", "build_app", "OPEN_PATHS"]
 
 logger = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/v1/health"})
-_POLL_SECONDS = 0.25
 
 
 class _Guard:
@@ -115,21 +112,36 @@ def create_app(segmenter: Segmenter, settings: ServerSettings | None = None) -> 
             tevia.serving.server.tempfiles.open_temp_root).
     """
     settings = settings or ServerSettings()
+    backend = LocalBackend(segmenter, settings.feature_cache_bytes, settings.queue_limit, settings.request_timeout)
+    app = build_app(backend, settings)
+    app.state.queue = backend.queue
+    return app
+
+
+def build_app(backend: Backend, settings: ServerSettings) -> FastAPI:
+    """The server's routes, token check and limits over any backend (this process's inference
+    thread, or tevia.serving.replicas' model replicas).
+
+    Returns:
+        The FastAPI app; `app.state.backend`, `app.state.temp_root`, `app.state.settings` and
+        `app.state.uploads` (the semaphore of upload slots) are set.
+
+    Raises:
+        ValueError: `settings.temp_dir` is not a private folder of this user.
+    """
     temp_root, owns_temp_root = open_temp_root(settings.temp_dir)
-    service = SegmentationService(segmenter, settings.feature_cache_bytes)
-    queue = InferenceQueue(settings.queue_limit)
     uploads = asyncio.Semaphore(settings.max_uploads)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
-        queue.stop()
+        backend.stop()
         if owns_temp_root:
             remove_path(temp_root)
 
     app = FastAPI(title="TeViA inference server", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.queue = queue
+    app.state.backend = backend
     app.state.temp_root = temp_root
     app.state.settings = settings
     app.state.uploads = uploads
@@ -137,7 +149,7 @@ def create_app(segmenter: Segmenter, settings: ServerSettings | None = None) -> 
 
     @app.get("/v1/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "busy": queue.busy, "waiting": queue.waiting}
+        return {"status": "ok", **backend.health()}
 
     @app.get("/v1/info")
     async def info() -> dict[str, Any]:
@@ -145,43 +157,36 @@ def create_app(segmenter: Segmenter, settings: ServerSettings | None = None) -> 
                   "max_prompt_chars": settings.max_prompt_chars, "max_voxels": settings.max_voxels,
                   "memory_budget_bytes": settings.memory_budget_bytes, "queue_limit": settings.queue_limit,
                   "max_uploads": settings.max_uploads, "request_timeout": settings.request_timeout}
-        return {**service.info(), "limits": limits}
+        return {**await backend.info(), "limits": limits}
 
     @app.post("/v1/segment")
     async def segment(request: Request) -> Response:
         if uploads.locked():
             raise HTTPException(503, f"the server is receiving {settings.max_uploads} uploads already; retry "
-                                     f"in a few seconds", headers={"Retry-After": str(queue.retry_after()),
+                                     f"in a few seconds", headers={"Retry-After": str(backend.retry_after()),
                                                                    "Connection": "close"})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.request_timeout
         folder = RequestFolder(temp_root)
-        job: Job | None = None
         try:
             async with uploads:
                 try:
                     volume, prompts, options, clicks = await _admit(request, folder.path, settings)
                 except ClientDisconnect:
                     logger.info("client disconnected during the upload")
+                    folder.remove()
                     return Response(status_code=499)
-                try:
-                    job = queue.submit(functools.partial(service.segment, volume, prompts, options, folder,
-                                                         clicks=clicks))
-                except QueueFull as error:
-                    raise HTTPException(503, str(error), headers={"Retry-After": str(error.retry_after)}) from None
-            started = time.perf_counter()
-            outcome = await _wait(queue, job, request, deadline, settings.request_timeout)
-            if outcome is None:
-                return Response(status_code=499)
-            summary, labelmap = outcome
-            logger.info("segmented a %s volume for %d prompt(s) in %.2f s", "x".join(map(str, volume.size)),
-                        len(prompts), time.perf_counter() - started)
-            return Response(_answer_body(summary, labelmap), media_type="application/json")
-        finally:
-            if job is None:
-                folder.remove()
-            else:  # the inference thread may still use the folder: remove it once the job is over
-                job.future.add_done_callback(lambda _: folder.remove())
+        except BaseException:
+            folder.remove()
+            raise
+        started = time.perf_counter()
+        outcome = await backend.segment(SegmentRequest(volume, prompts, options, clicks, folder), request, deadline)
+        if outcome is None:
+            return Response(status_code=499)
+        summary, labelmap = outcome
+        logger.info("segmented a %s volume for %d prompt(s) in %.2f s", "x".join(map(str, volume.size)),
+                    len(prompts), time.perf_counter() - started)
+        return Response(_answer_body(summary, labelmap), media_type="application/json")
 
     return app
 
@@ -221,42 +226,3 @@ async def _admit(request: Request, folder: Path, settings: ServerSettings
     except VolumeError as error:
         raise HTTPException(422, str(error)) from None
     return volume, prompts, options, clicks
-
-
-async def _wait(queue: InferenceQueue, job: Job, request: Request, deadline: float, timeout: float) -> Any:
-    """The job's result; None when the client went away; HTTPException on timeout or failure.
-
-    Error messages carry no server path (tevia.serving.server.volume_io.public_message).
-    """
-    loop = asyncio.get_running_loop()
-    waiter = asyncio.wrap_future(job.future)
-    while not waiter.done():
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            queue.cancel(job)
-            raise HTTPException(504, f"the segmentation did not finish within the server's request timeout "
-                                     f"({timeout:.0f} s); try fewer prompts or a smaller volume")
-        await asyncio.wait({waiter}, timeout=min(_POLL_SECONDS, remaining))
-        if not waiter.done() and await request.is_disconnected():
-            queue.cancel(job)
-            logger.info("client disconnected; its request was cancelled")
-            return None
-    if waiter.cancelled():
-        raise HTTPException(503, "the server is shutting down; retry later", headers={"Retry-After": "30"})
-    error = waiter.exception()
-    if error is None:
-        return waiter.result()
-    if isinstance(error, Cancelled):
-        return None
-    if isinstance(error, VolumeTooLargeError):
-        raise HTTPException(413, public_message(str(error)))
-    if isinstance(error, InputError):  # messages written for the user: a truncated file, a repeated prompt
-        raise HTTPException(422, public_message(str(error)))
-    if isinstance(error, ValueError):
-        raise HTTPException(422, f"the volume or prompts cannot be segmented: {public_message(str(error))}")
-    if isinstance(error, MemoryError) or is_out_of_memory(error):  # on the CPU: a GPU's fell back to it
-        raise HTTPException(503, "the server ran out of memory on this volume; retry later or send a smaller "
-                                 "volume", headers={"Retry-After": str(queue.retry_after())})
-    logger.error("segmentation failed", exc_info=error)
-    raise HTTPException(500, f"the segmentation failed on the server ({type(error).__name__}); the server's log "
-                             f"has the details")

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from tevia.device import add_precision_argument
+from tevia.serving.replica_command import add_replica_arguments, check_replica_arguments, serve_replicas
 from tevia.serving.server.auth import LOOPBACK_HOST, TOKEN_ENV, check_bind, load_token
 from tevia.serving.server.settings import ServerSettings
 from tevia.serving.server.tempfiles import open_temp_root
@@ -53,6 +54,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="the server's own temporary folder, created with mode 0700 if missing; refused if "
                              "it is a link, another user's or writable by others (default: a fresh folder in the "
                              "system's)")
+    add_replica_arguments(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
@@ -61,8 +63,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     Raises:
         ValueError: a refused combination (no token without --insecure-no-token, the flag off
             127.0.0.1, half a TLS pair, missing files, bad numbers, a --temp-dir others can
-            write), saying what to do.
+            write, replica options without --replicas), saying what to do.
     """
+    check_replica_arguments(args)
     token = load_token(args.token_file)
     check_bind(args.host, token, args.insecure_no_token)
     if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
@@ -103,6 +106,8 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as error:
         logger.error("tevia serve: %s", error)
         return 2
+    if args.replicas is not None:
+        return serve_replicas(args, settings)
     import uvicorn
 
     from tevia.checkpoint import CheckpointError
