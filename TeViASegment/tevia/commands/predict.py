@@ -4,7 +4,8 @@ One input:  ``tevia predict --model M --input ct.nii.gz --text "liver" --out liv
 A folder:   ``tevia predict --model M --input-dir scans/ --text "liver" --out masks/ --format seg.nrrd``
 A CSV:      ``tevia predict --model M --csv cases.csv --out masks/`` with columns ``input`` (paths
 relative to the CSV's folder), optional ``text`` (prompts separated by ``|``, else ``--text``) and
-optional ``output`` (relative to ``--out``).
+optional ``output`` (relative to ``--out``). A cohort writes a status row per case and reruns skip
+the cases done (tevia.commands.cohort); ``--engine ray`` runs it on Ray Data actors.
 Outputs are named after their input's stem; inputs of a folder that share a stem (``a.png``,
 ``a.jpg``) keep their whole name (``a.png.nii.gz``), and CSV rows that name one output twice are
 refused before any work: no case replaces another's output.
@@ -20,8 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
+from tevia.commands.cohort import add_cohort_arguments, check_cohort_arguments, run_cohort, segment_case
 from tevia.device import DEVICE_CHOICES, add_precision_argument
 from tevia.prompts import CONVENTIONS
 from tevia.inference.segment_options import SegmentOptions
@@ -68,6 +68,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--largest-component", action="store_true", help="keep each label's largest component")
     parser.add_argument("--fill-holes", action="store_true", help="fill in-plane holes")
     parser.add_argument("--min-size", type=int, default=0, help="drop components smaller than N voxels")
+    add_cohort_arguments(parser)
 
 
 def _case_name(path: Path) -> str:
@@ -130,27 +131,21 @@ def main(args: argparse.Namespace) -> int:
                                  window=args.window, largest_component=args.largest_component,
                                  fill_holes=args.fill_holes, min_size=args.min_size, convention=args.convention)
         cases = collect_cases(args)
-        model = session.load(args.model, args.device, args.precision)
+        check_cohort_arguments(args)
+        model = session.load(args.model, args.device, args.precision) if args.engine == "local" else None
     except (ValueError, ModelLoadError) as error:
         print(f"tevia predict: error: {error}", file=sys.stderr)
         return 2
     cohort = args.input is None
     (args.out if cohort else args.out.parent).mkdir(parents=True, exist_ok=True)
-    log.info("model %s (%s %s) on %s; %d case(s)", args.model, model["name"], model["version"], model["device_name"],
-             len(cases))
-    failures = 0
-    for case in tqdm(cases, desc="cases", unit="case", disable=not cohort, file=sys.stderr):
-        try:
-            done = session.segment_file(case.input, list(case.prompts), case.output, options,
-                                        sidecar={"input": str(case.input)})
-        except (OSError, ValueError) as error:
-            failures += 1
-            tqdm.write(f"ERROR: {case.input}: {error}", file=sys.stderr)
-            continue
-        for message in done.warnings:
-            tqdm.write(f"WARNING: {case.input.name}: {message}", file=sys.stderr)
-        log.info("%s -> %s %s (%.1f s)", case.input.name, case.output, done.result.voxels,
-                 done.result.timings["total"])
-    if failures:
-        print(f"tevia predict: {failures} of {len(cases)} case(s) failed", file=sys.stderr)
-    return 1 if failures else 0
+    if model is not None:
+        log.info("model %s (%s %s) on %s; %d case(s)", args.model, model["name"], model["version"],
+                 model["device_name"], len(cases))
+    if cohort:
+        return run_cohort(args, cases, options, session)
+    (case,) = cases
+    outcome = segment_case(session, str(case.input), list(case.prompts), str(case.output), options)
+    if outcome.status == "failed":
+        print(f"ERROR: {case.input}: {outcome.message}", file=sys.stderr)
+        return 1
+    return 0
