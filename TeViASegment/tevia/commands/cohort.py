@@ -19,35 +19,23 @@ import csv
 import logging
 import os
 import sys
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from tqdm import tqdm
 
+from tevia.commands.cohort_case import CaseOutcome, segment_case
 from tevia.inference.segment_options import SegmentOptions
 from tevia.inference.session import InferenceSession
 
-__all__ = ["STATUS_FIELDS", "CaseOutcome", "StatusFile", "add_cohort_arguments", "check_cohort_arguments",
-           "select_part", "status_path", "previous_status", "run_cohort", "segment_case"]
+__all__ = ["STATUS_FIELDS", "StatusFile", "add_cohort_arguments", "check_cohort_arguments", "select_part",
+           "status_path", "previous_status", "run_cohort"]
 
 log = logging.getLogger("tevia.commands.predict")
 
 STATUS_FIELDS = ("input", "output", "status", "message", "seconds", "finished")
 ENGINES = ("local", "ray")
-
-
-@dataclass(frozen=True)
-class CaseOutcome:
-    """How one case ended: status "done", "failed" or "skipped", with a message and seconds."""
-
-    input: str
-    output: str
-    status: str
-    message: str = ""
-    seconds: float = 0.0
 
 
 def add_cohort_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,21 +137,6 @@ def _skip_reason(case, previous: dict[str, dict[str, str]], retry_failed: bool) 
     if row["status"] == "failed" and not retry_failed:
         return f"failed before ({row['message']}); --retry-failed segments it again"
     return None
-
-
-def segment_case(session: InferenceSession, input_path: str, prompts: list[str], output: str,
-                 options: SegmentOptions) -> CaseOutcome:
-    """Segment one case and write its output; every error becomes a "failed" outcome."""
-    began = time.perf_counter()
-    try:
-        done = session.segment_file(input_path, prompts, output, options, sidecar={"input": input_path})
-    except (OSError, ValueError) as error:
-        log.debug("%s failed", input_path, exc_info=error)
-        return CaseOutcome(input_path, output, "failed", str(error), time.perf_counter() - began)
-    for message in done.warnings:
-        tqdm.write(f"WARNING: {Path(input_path).name}: {message}", file=sys.stderr)
-    log.info("%s -> %s %s (%.1f s)", Path(input_path).name, output, done.result.voxels, done.result.timings["total"])
-    return CaseOutcome(input_path, output, "done", "", time.perf_counter() - began)
 
 
 def _run_local(cases: list, session: InferenceSession, options: SegmentOptions) -> Iterable[CaseOutcome]:

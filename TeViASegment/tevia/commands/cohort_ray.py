@@ -2,7 +2,7 @@
 
 Each of ``--workers`` actors (``--threads`` CPUs, ``--gpus-per-worker`` GPUs each) loads the
 model once and segments one case at a time through the same code as the local engine
-(tevia.commands.cohort.segment_case: read, segment, write the output and its sidecar), so the
+(tevia.commands.cohort_case.segment_case: read, segment, write the output and its sidecar), so the
 outputs are the local engine's. Ray Data streams the cases to whichever actor is free; the
 outcomes come back to this process as they finish, for the status file and the progress bar.
 Ray starts here (or joins ``--ray-address``) and stops again when this run started it.
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from tevia.commands.cohort import CaseOutcome, segment_case
+from tevia.commands.cohort_case import CaseOutcome, segment_case
 from tevia.inference.segment_options import SegmentOptions
 
 __all__ = ["CohortWorker", "run_ray"]

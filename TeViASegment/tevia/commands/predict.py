@@ -21,7 +21,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tevia.commands.cohort import add_cohort_arguments, check_cohort_arguments, run_cohort, segment_case
+from tevia.commands.cohort import add_cohort_arguments, check_cohort_arguments, run_cohort
+from tevia.commands.cohort_case import segment_case
 from tevia.device import DEVICE_CHOICES, add_precision_argument
 from tevia.prompts import CONVENTIONS
 from tevia.inference.segment_options import SegmentOptions
