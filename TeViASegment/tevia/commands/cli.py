@@ -19,6 +19,8 @@ SUBCOMMANDS = {
     "predict": ("tevia.commands.predict", "segment images or volumes from text prompts"),
     "serve": ("tevia.serving.server", "run the HTTP inference server"),
     "domain": ("tevia.commands.domain", "describe a model's training images (flags inputs unlike them)"),
+    # the browser front end lives outside the engine (web/tevia_web, the `web` extra): named, never imported here
+    "web": ("tevia_web.command", "run the web page (trame-slicer) for annotators without desktop Slicer"),
 }
 
 
