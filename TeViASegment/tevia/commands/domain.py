@@ -15,20 +15,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from tevia.checkpoint import CheckpointError, read_model_json
+from tevia.commands.cli import report_error
 from tevia.model_folders import resolve_model
 from tevia.config import TrainConfig, load_config
 from tevia.training.data.dataset import CSVSegmentationDataset
-from tevia.inference.domain import DIMENSIONALITIES, DomainProfile, pooled_features
+from tevia.inference.domain import DIMENSIONALITIES, DomainProfile, intensity_statistics, pooled_features
 from tevia.inference.pipeline import volume_slices
 from tevia.volume.io import read_input
 from tevia.inference.transforms import model_input
 from tevia.volume.preprocess import IntensityScaler
 
-__all__ = ["configure_parser", "image_features", "split_features", "describe_model", "declaration_of", "main"]
+__all__ = ["configure_parser", "scaled_slices", "image_features", "split_features", "split_intensity", "describe_model",
+           "declaration_of", "main"]
 
 log = logging.getLogger("tevia.inference.domain")
 
@@ -48,26 +51,41 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
 
 
-def image_features(segmenter: Any, source: Any, batch_size: int = 16) -> torch.Tensor:
-    """(S, D) pooled features of every (axial) slice of an image file, DICOM folder or ITK image,
-    scaled as ``segment_volume`` scales them (no cache, no prompts)."""
+def scaled_slices(source: Any) -> np.ndarray:
+    """(S, rows, columns) float32: every (axial) slice of an image file, DICOM folder or ITK image,
+    scaled as ``segment_volume`` scales them (0..1)."""
     image = read_input(source)[0] if isinstance(source, (str, Path)) else source
     volume, array, layout, percentiles = volume_slices(image, "axial")
     scaler, _ = IntensityScaler.from_volume(array, None, percentiles)
-    slices = layout.view(array)
+    return scaler(layout.view(array))
+
+
+def image_features(segmenter: Any, source: Any, batch_size: int = 16) -> torch.Tensor:
+    """(S, D) pooled features of every (axial) slice of an image file, DICOM folder or ITK image,
+    scaled as ``segment_volume`` scales them (no cache, no prompts)."""
+    slices = scaled_slices(source)
     pooled = []
     for start in range(0, len(slices), batch_size):
-        batch = torch.from_numpy(scaler(slices[start:start + batch_size]))
+        batch = torch.from_numpy(slices[start:start + batch_size])
         features = segmenter.encode_images(model_input(batch, segmenter.spec))
         pooled.append(pooled_features(features.maps))
     return torch.cat(pooled)
 
 
+def _split_paths(segmenter: Any, root: str | Path, split: str) -> list[Path]:
+    return CSVSegmentationDataset(root, split, image_size=tuple(segmenter.spec.image_size)).image_paths
+
+
 def split_features(segmenter: Any, root: str | Path, split: str) -> torch.Tensor:
     """(N, D) pooled features of the images of a data set split."""
-    paths = CSVSegmentationDataset(root, split, image_size=tuple(segmenter.spec.image_size)).image_paths
+    paths = _split_paths(segmenter, root, split)
     rows = [image_features(segmenter, p) for p in tqdm(paths, desc=split, unit="image", file=sys.stderr)]
     return torch.cat(rows)
+
+
+def split_intensity(segmenter: Any, root: str | Path, split: str) -> np.ndarray:
+    """(N, 2) `intensity_statistics` of the slices of a data set split's images."""
+    return np.concatenate([intensity_statistics(scaled_slices(p)) for p in _split_paths(segmenter, root, split)])
 
 
 def describe_model(segmenter: Any, folder: str | Path, root: str | Path, train_split: str, val_split: str,
@@ -77,12 +95,13 @@ def describe_model(segmenter: Any, folder: str | Path, root: str | Path, train_s
 
     extra_train: (folder, split) of more training images the profile describes too (data.extra_train).
     """
-    train = torch.cat([split_features(segmenter, root, train_split),
-                       *(split_features(segmenter, extra_root, split) for extra_root, split in extra_train)])
+    sources = [(root, train_split), *extra_train]
+    train = torch.cat([split_features(segmenter, source, split) for source, split in sources])
+    intensity = np.concatenate([split_intensity(segmenter, source, split) for source, split in sources])
     val = split_features(segmenter, root, val_split)
     extra = {"extra_train": [f"{extra_root}/{split}" for extra_root, split in extra_train]} if extra_train else {}
-    profile = DomainProfile.fit(train, val, false_alarms=false_alarms, data=str(root), train_split=train_split,
-                                val_split=val_split, **extra, **declaration)
+    profile = DomainProfile.fit(train, val, false_alarms=false_alarms, intensity=intensity, data=str(root),
+                                train_split=train_split, val_split=val_split, **extra, **declaration)
     profile.save(folder)
     log.info("domain of %s: %s, threshold %.3f (%.2f%% of %d val images above it)", folder, profile.description,
              profile.threshold, 100 * profile.calibration["val_false_alarms"], len(val))
@@ -122,6 +141,5 @@ def main(args: argparse.Namespace) -> int:
         segmenter = Segmenter.load(folder, device=args.device, check_domain=False)  # the profile is replaced
         describe_model(segmenter, folder, args.data, args.train_split, args.val_split, declaration, args.false_alarms)
     except (ValueError, FileNotFoundError, CheckpointError) as error:
-        print(f"tevia domain: error: {error}", file=sys.stderr)
-        return 2
+        return report_error("domain", error)
     return 0

@@ -174,7 +174,7 @@ class _Run:
                     local = start - int(offsets[index])
                     stop = start + min(self.sizer.size, len(cached[index]) - local)
                     features = cached[index][local:local + stop - start]
-                self.domain.add(start, features.maps)
+                self.domain.add(start, features.maps, self.scaler(self.slices[start:stop]))
                 self.decode(features, start, stop)
             except Exception as error:
                 if not is_out_of_memory(error):
