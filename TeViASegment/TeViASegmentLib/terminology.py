@@ -1,6 +1,7 @@
 """Terminology codes for a prompt: what was segmented, as DICOM / SNOMED CT codes.
 
-Three outcomes, decided by the words of the prompt:
+Three outcomes, decided by the words of the prompt (the code tables and the finding rules are
+the engine's, tevia.prompts.coding, which a DICOM SEG export uses too):
 
 - a finding ("lower left lung infection", "liver lesion"): category Morphologically Altered
   Structure, the finding's type from the extension's own terminology file
@@ -21,7 +22,6 @@ The entry strings use Slicer's serialized terminology entry format (the `vtkSegm
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -29,15 +29,11 @@ from functools import lru_cache
 from pathlib import Path
 
 __all__ = [
-    "Code",
     "SegmentCoding",
     "FINDINGS_CONTEXT",
     "REGION_CONTEXT",
     "TERMINOLOGY_FILE",
     "NEUTRAL_COLOR",
-    "FINDING_WORDS",
-    "REGIONS",
-    "finding_types",
     "code_prompt",
     "sides_mirrored",
     "load_findings_terminology",
@@ -50,88 +46,6 @@ TERMINOLOGY_FILE = (Path(__file__).resolve().parents[1] / "Resources" / "Termino
 FINDINGS_CONTEXT = "Segmentation category and type - TeViA findings"
 REGION_CONTEXT = "Anatomic codes - DICOM master list"
 NEUTRAL_COLOR = (0.75, 0.75, 0.75)
-
-
-@dataclass(frozen=True)
-class Code:
-    """A coded concept: coding scheme, code value, meaning (for example SCT 39607008 Lung)."""
-
-    scheme: str
-    value: str
-    meaning: str
-
-    def serialized(self) -> str:
-        return f"{self.scheme}^{self.value}^{self.meaning}"
-
-
-NO_CODE = Code("", "", "")
-ALTERED_STRUCTURE = Code("SCT", "49755003", "Morphologically Altered Structure")
-LEFT, RIGHT, BOTH_SIDES = Code("SCT", "7771000", "Left"), Code("SCT", "24028007", "Right"), \
-    Code("SCT", "51440002", "Right and left")
-
-#: Word of a prompt -> SNOMED CT code value of the finding type (in TERMINOLOGY_FILE).
-#: Pulmonary infection, opacity and consolidation on a radiograph are coded as Infiltrate,
-#: as TotalSegmentator codes its COVID-19 lung infiltrates.
-FINDING_WORDS: dict[str, str] = {
-    **dict.fromkeys(("infection", "infections", "infected", "infiltrate", "infiltrates", "infiltration",
-                     "opacity", "opacities", "consolidation", "consolidations", "pneumonia", "covid"), "47351003"),
-    **dict.fromkeys(("lesion", "lesions"), "52988006"),
-    **dict.fromkeys(("mass", "masses"), "4147007"),
-    **dict.fromkeys(("nodule", "nodules"), "27925004"),
-    **dict.fromkeys(("cyst", "cysts"), "367643001"),
-    **dict.fromkeys(("effusion", "effusions"), "41699000"),
-    **dict.fromkeys(("edema", "oedema"), "79654002"),
-    **dict.fromkeys(("hemorrhage", "haemorrhage", "bleeding", "bleed"), "50960005"),
-    **dict.fromkeys(("inflammation", "inflamed"), "23583003"),
-    **dict.fromkeys(("abscess", "abscesses"), "44132006"),
-    **dict.fromkeys(("necrosis", "necrotic"), "6574001"),
-    **dict.fromkeys(("tumor", "tumour", "tumors", "tumours", "neoplasm", "cancer"), "108369006"),
-}
-
-
-@dataclass(frozen=True)
-class Region:
-    """An anatomic region of Slicer's DICOM master list; `lateral`: it has Left/Right modifiers."""
-
-    code: Code
-    lateral: bool
-
-
-def _region(value: str, meaning: str, lateral: bool = False) -> Region:
-    return Region(Code("SCT", value, meaning), lateral)
-
-
-_LUNG, _LIVER, _KIDNEY = _region("39607008", "Lung", True), _region("10200004", "Liver", True), \
-    _region("64033007", "Kidney", True)
-#: Word of a prompt -> anatomic region (codes as in AnatomicRegionAndModifier-DICOM-Master.json).
-REGIONS: dict[str, Region] = {
-    "lung": _LUNG, "lungs": _LUNG, "pulmonary": _LUNG,
-    "liver": _LIVER, "hepatic": _LIVER,
-    "kidney": _KIDNEY, "kidneys": _KIDNEY, "renal": _KIDNEY,
-    "spleen": _region("78961009", "Spleen", True), "splenic": _region("78961009", "Spleen", True),
-    "pleura": _region("3120008", "Pleura", True), "pleural": _region("3120008", "Pleura", True),
-    "breast": _region("76752008", "Breast", True),
-    "adrenal": _region("23451007", "Adrenal gland", True),
-    "ovary": _region("15497006", "Ovary", True),
-    "heart": _region("80891009", "Heart"), "cardiac": _region("80891009", "Heart"),
-    "brain": _region("12738006", "Brain"), "cerebral": _region("12738006", "Brain"),
-    "pancreas": _region("15776009", "Pancreas"), "pancreatic": _region("15776009", "Pancreas"),
-    "prostate": _region("41216001", "Prostate"),
-    "bladder": _region("89837001", "Bladder"),
-    "thyroid": _region("69748006", "Thyroid"),
-    "stomach": _region("69695003", "Stomach"), "gastric": _region("69695003", "Stomach"),
-    "colon": _region("71854001", "Colon"),
-    "esophagus": _region("32849002", "Esophagus"), "oesophagus": _region("32849002", "Esophagus"),
-    "gallbladder": _region("28231008", "Gallbladder"),
-    "mediastinum": _region("72410000", "Mediastinum"), "mediastinal": _region("72410000", "Mediastinum"),
-    "uterus": _region("35039007", "Uterus"),
-    "chest": _region("51185008", "Thorax"), "thorax": _region("51185008", "Thorax"),
-    "thoracic": _region("51185008", "Thorax"),
-    "abdomen": _region("113345001", "Abdomen"), "abdominal": _region("113345001", "Abdomen"),
-}
-
-#: Words that do not change which structure a prompt names ("segment the liver" = "liver").
-_FILLER = frozenset("segment segmentation the a an please whole entire of outline show find me all".split())
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -150,23 +64,6 @@ class SegmentCoding:
     kind: str
 
 
-@lru_cache(maxsize=1)
-def finding_types() -> dict[str, tuple[Code, tuple[float, float, float]]]:
-    """The finding types of TERMINOLOGY_FILE: code value -> (code, recommended colour)."""
-    document = json.loads(TERMINOLOGY_FILE.read_text(encoding="utf-8"))
-    (category,) = document["SegmentationCodes"]["Category"]
-    return {t["CodeValue"]: (Code(t["CodingSchemeDesignator"], t["CodeValue"], t["CodeMeaning"]),
-                             tuple(c / 255.0 for c in t["recommendedDisplayRGBValue"]))
-            for t in category["Type"]}
-
-
-def _laterality(words: list[str]) -> Code | None:
-    sides = {w for w in words if w in ("left", "right")}
-    if "bilateral" in words or "both" in words or len(sides) == 2:
-        return BOTH_SIDES
-    return {"left": LEFT, "right": RIGHT}[sides.pop()] if sides else None
-
-
 def sides_mirrored(convention: str, ijk_to_ras) -> bool:
     """Whether a prompt's "left"/"right" (in `convention`, "patient" or "image") name the
     patient's opposite sides on a volume with this 4x4 IJK-to-RAS matrix."""
@@ -176,24 +73,16 @@ def sides_mirrored(convention: str, ijk_to_ras) -> bool:
 
 
 def _finding(prompt: str, mirror_sides: bool) -> SegmentCoding | None:
-    from tevia.prompts.normalise import normalise_prompt
-    from tevia.prompts.sides import swap_sides
+    from tevia.prompts.coding import ALTERED_STRUCTURE, NO_CODE, code_finding
 
-    try:
-        text = normalise_prompt(prompt)
-    except ValueError:
-        return None
-    words = _WORD.findall(swap_sides(text) if mirror_sides else text)
-    finding = next((FINDING_WORDS[w] for w in words if w in FINDING_WORDS), None)
+    finding = code_finding(prompt, mirror_sides)
     if finding is None:
         return None
-    finding_type, color = finding_types()[finding]
-    region = next((REGIONS[w] for w in words if w in REGIONS), None)
-    side = _laterality(words) if region is not None and region.lateral else None
-    entry = "~".join((FINDINGS_CONTEXT, ALTERED_STRUCTURE.serialized(), finding_type.serialized(),
+    entry = "~".join((FINDINGS_CONTEXT, ALTERED_STRUCTURE.serialized(), finding.type.serialized(),
                       NO_CODE.serialized(), REGION_CONTEXT,
-                      (region.code if region else NO_CODE).serialized(), (side or NO_CODE).serialized()))
-    return SegmentCoding(entry, color, "finding")
+                      (finding.region.code if finding.region else NO_CODE).serialized(),
+                      (finding.side or NO_CODE).serialized()))
+    return SegmentCoding(entry, finding.color, "finding")
 
 
 @lru_cache(maxsize=512)
@@ -240,13 +129,14 @@ def code_prompt(prompt: str, terminology_logic=None, mirror_sides: bool = False)
     Returns:
         A finding (with anatomic region), an anatomical structure, or no code.
     """
+    from tevia.prompts.coding import FILLER_WORDS
     from tevia.prompts.sides import swap_sides
 
     finding = _finding(prompt, mirror_sides)
     if finding is not None:
         return finding
     logic = terminology_logic if terminology_logic is not None else _default_terminology_logic()
-    words = [w for w in _WORD.findall(prompt.lower()) if w not in _FILLER]
+    words = [w for w in _WORD.findall(prompt.lower()) if w not in FILLER_WORDS]
     if logic is not None and words:
         text = " ".join(words)
         structure = _structure(swap_sides(text) if mirror_sides else text, logic)

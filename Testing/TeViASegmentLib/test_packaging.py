@@ -21,7 +21,7 @@ FILE_SCOPE_ALLOWED = {"slicer", "vtk", "numpy", "SimpleITK", "TeViASegmentLib"} 
 NEVER_ON_SLICER_SIDE = {"torch", "monai", "transformers", "lightning"}
 # Standard library, numpy and SimpleITK only (no torch); imported inside functions.
 ENGINE_MODULES_ALLOWED = {"tevia.files", "tevia.model_folders", "tevia.volume.geometry", "tevia.prompts",
-                          "tevia.prompts.normalise", "tevia.prompts.sides", "tevia.user_models", "tevia.volume.bounds"}
+                          "tevia.prompts.coding", "tevia.prompts.normalise", "tevia.prompts.sides", "tevia.user_models", "tevia.volume.bounds"}
 
 
 def _cmake_list(text: str, variable: str) -> list[str]:

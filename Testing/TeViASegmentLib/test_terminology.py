@@ -15,6 +15,7 @@ from conftest import TESTDATA
 from slicer_fixtures import SLICER_TERMINOLOGY, load_volume, slicer_scene, slicer_terminologies  # noqa: F401
 
 from TeViASegmentLib import models, scene, terminology
+from tevia.prompts import coding as prompt_codes
 
 BUNDLED_EXAMPLES = models.ModelStore(models.load_catalogue()).example_prompts("default")
 LUNG = ("SCT", "39607008", "Lung")
@@ -56,7 +57,7 @@ def test_infection_prompts_are_findings_in_the_named_lung(slicer_terminologies, 
     assert codes["context"] == terminology.FINDINGS_CONTEXT
     assert (codes["category"], codes["type"], codes["region"]) == (ALTERED, INFILTRATE, LUNG)
     assert codes["region_modifier"] == SIDES[_expected_side(prompt)]
-    assert coding.color == terminology.finding_types()["47351003"][1]
+    assert coding.color == prompt_codes.finding_types()["47351003"][1]
 
 
 def test_bundled_examples_cover_both_sides_and_bilateral():
@@ -115,12 +116,12 @@ def test_codes_are_the_ones_in_slicers_files(slicer_terminologies):
         (SLICER_TERMINOLOGY / "AnatomicRegionAndModifier-DICOM-Master.json.gz").read_bytes()))
     by_code = {r["CodeValue"]: r for r in regions["AnatomicCodes"]["AnatomicRegion"]}
     assert regions["AnatomicContextName"] == terminology.REGION_CONTEXT
-    for word, region in terminology.REGIONS.items():
+    for word, region in prompt_codes.REGIONS.items():
         found = by_code[region.code.value]
         assert found["CodeMeaning"] == region.code.meaning, word
         modifiers = {m["CodeValue"] for m in found.get("Modifier", [])}
         assert region.lateral == {"7771000", "24028007", "51440002"}.issubset(modifiers), word
-    assert set(terminology.FINDING_WORDS.values()) <= set(terminology.finding_types())
+    assert set(prompt_codes.FINDING_WORDS.values()) <= set(prompt_codes.finding_types())
 
 
 def test_segments_carry_the_code_into_seg_nrrd(slicer_scene, slicer_terminologies, tmp_path):

@@ -30,7 +30,7 @@ from tevia.inference.session import InferenceSession, ModelLoadError
 from tevia.volume.geometry import SLICE_AXES
 from tevia.volume.io import READ_EXTENSIONS, file_extension
 from tevia.volume.preprocess import WINDOWS
-from tevia.volume.writers import WRITE_EXTENSIONS
+from tevia.volume.writers import FORMATS
 
 __all__ = ["Case", "configure_parser", "collect_cases", "main"]
 
@@ -56,8 +56,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", action="append", default=[], help="a prompt (repeat for one label each)")
     parser.add_argument("--out", type=Path, required=True,
                         help="output file for --input, output folder for --input-dir/--csv")
-    parser.add_argument("--format", default="nii.gz", choices=[e.lstrip(".") for e in WRITE_EXTENSIONS],
-                        help="output format of cohort runs (default: nii.gz)")
+    parser.add_argument("--format", default="nii.gz", choices=list(FORMATS),
+                        help="output format of cohort runs (default: nii.gz; dicom-seg: DICOM SEG of DICOM inputs)")
     parser.add_argument("--device", default="auto", help=f"{' | '.join(DEVICE_CHOICES)} | cuda:N (default: auto)")
     add_precision_argument(parser)
     parser.add_argument("--slice-axis", default="axial", choices=SLICE_AXES)
@@ -80,7 +80,7 @@ def _case_name(path: Path) -> str:
 def collect_cases(args: argparse.Namespace) -> list[Case]:
     """The cases of a run, from --input, --input-dir or --csv (raises ValueError when bad)."""
     prompts = tuple(args.text)
-    extension = "." + args.format
+    extension = FORMATS[args.format]
     if args.input is not None:
         if not prompts:
             raise ValueError("give at least one --text prompt")

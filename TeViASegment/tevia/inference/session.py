@@ -265,7 +265,7 @@ class InferenceSession:
         write_labelmap(result.labelmap, output, result.labels, {
             "model": self.model, **(sidecar or {}), "convention": options.convention, "prompts": result.prompts,
             "voxels": result.voxels, "options": options.to_dict(), "warnings": warnings, "domain": result.domain},
-            crop=block)
+            crop=block, source=None if isinstance(source, dict) else source)
         result.timings.update(read=read_seconds, write=time.perf_counter() - began)
         result.timings["total"] += read_seconds + result.timings["write"]
         return SegmentedFile(output, result, warnings, reused, [start for start, _ in block] if block else None)

@@ -27,6 +27,7 @@ __all__ = [
     "available_memory_bytes",
     "check_memory",
     "component_bytes",
+    "dicom_series_files",
     "file_extension",
     "read_image",
     "read_raw_volume",
@@ -130,7 +131,13 @@ def _drop_singleton_4d(image: sitk.Image) -> sitk.Image:
     return image
 
 
-def _read_dicom_folder(folder: Path, budget_bytes: int | None, warnings: list[str]) -> sitk.Image:
+def dicom_series_files(folder: str | os.PathLike, warnings: list[str] | None = None) -> tuple[str, ...]:
+    """The files of the DICOM series a folder is read as: its largest series, in slice order
+    (the order of the read volume's K index).
+
+    Raises:
+        UnsupportedFormatError: the folder holds no DICOM series.
+    """
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
         raise UnsupportedFormatError(
@@ -140,10 +147,14 @@ def _read_dicom_folder(folder: Path, budget_bytes: int | None, warnings: list[st
     files_per_series = {sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid)
                         for sid in series_ids}
     series_id = max(series_ids, key=lambda sid: len(files_per_series[sid]))
-    if len(series_ids) > 1:
+    if len(series_ids) > 1 and warnings is not None:
         warnings.append(f"the folder holds {len(series_ids)} DICOM series: read the largest, "
                         f"{series_id} ({len(files_per_series[series_id])} files)")
-    files = files_per_series[series_id]
+    return tuple(files_per_series[series_id])
+
+
+def _read_dicom_folder(folder: Path, budget_bytes: int | None, warnings: list[str]) -> sitk.Image:
+    files = dicom_series_files(folder, warnings)
     first = sitk.ImageFileReader()
     first.SetFileName(files[0])
     first.ReadImageInformation()

@@ -1,4 +1,4 @@
-"""Writing labelmaps: NIfTI/NRRD/MHA/PNG, Slicer .seg.nrrd, raw .npy, each with a JSON sidecar.
+"""Writing labelmaps: NIfTI/NRRD/MHA/PNG, Slicer .seg.nrrd, raw .npy, DICOM SEG, each with a JSON sidecar.
 
 Every file is written to a temporary file next to its destination and renamed into place, so a
 failure or a cancel never leaves a half-written file under the user's name. The sidecar of
@@ -26,6 +26,7 @@ from tevia.volume.io import file_extension
 
 __all__ = [
     "WRITE_EXTENSIONS",
+    "FORMATS",
     "SEGMENT_COLORS",
     "check_output_path",
     "SIDECAR_SUFFIX",
@@ -34,7 +35,10 @@ __all__ = [
     "write_labelmap",
 ]
 
-WRITE_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".mha", ".seg.nrrd", ".npy", ".png")
+WRITE_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".mha", ".seg.nrrd", ".npy", ".png", ".dcm")
+FORMATS = {**{extension.lstrip("."): extension for extension in WRITE_EXTENSIONS if extension != ".dcm"},
+           "dicom-seg": ".dcm"}
+"""Output format names (``tevia predict --format``) -> extension; a .dcm output is a DICOM SEG."""
 SEGMENT_COLORS = (
     (0.90, 0.30, 0.24), (0.18, 0.55, 0.87), (0.30, 0.75, 0.35), (0.95, 0.77, 0.06),
     (0.61, 0.35, 0.71), (0.10, 0.74, 0.74), (0.95, 0.50, 0.13), (0.91, 0.40, 0.62),
@@ -72,7 +76,8 @@ def check_output_path(output: str | os.PathLike, image: sitk.Image | None = None
     """Check an output path before any work is done.
 
     Raises:
-        UnsupportedFormatError: the extension cannot be written (or .png for a 3D volume).
+        UnsupportedFormatError: the extension cannot be written (or .png for a 3D volume, or
+            .dcm, a DICOM SEG, for an input that is not DICOM).
         FileNotFoundError: the output folder does not exist.
         BadInputError: the output or its sidecar (:func:`sidecar_path`) would overwrite one of
             ``inputs``, or the sidecar would replace a file that TeViA did not write.
@@ -84,6 +89,10 @@ def check_output_path(output: str | os.PathLike, image: sitk.Image | None = None
     if extension == ".png" and image is not None and image.GetDimension() == 3 and min(image.GetSize()) > 1:
         raise UnsupportedFormatError(f"cannot write the 3D volume of size {image.GetSize()} as {output.name}: "
                                      "PNG holds one 2D slice; use .nii.gz, .nrrd or .seg.nrrd")
+    if extension == ".dcm" and inputs:
+        from tevia.volume.dicom_seg import check_dicom_source
+
+        check_dicom_source(inputs[0])
     if not output.parent.is_dir():
         raise FileNotFoundError(f"the output folder {output.parent} does not exist: create it first")
     sidecar = sidecar_path(output)
@@ -120,8 +129,25 @@ def _write_seg_nrrd(labelmap: sitk.Image, labels: dict[int, str], path: Path) ->
     slicerio.write_segmentation(str(path), segmentation)
 
 
-def _writer(extension: str, labelmap: sitk.Image, labels: dict[int, str],
-            block: tuple[slice, ...] = ()) -> Callable[[Path], None]:
+def _write_dicom_seg(labelmap: sitk.Image, labels: dict[int, str], source: str | os.PathLike | None,
+                     metadata: dict[str, Any], path: Path) -> None:
+    if source is None:
+        raise UnsupportedFormatError("a DICOM SEG (.dcm) references its source DICOM series: give the input")
+    try:
+        import highdicom  # noqa: F401  (the check that the extra is installed)
+    except ImportError as error:
+        raise UnsupportedFormatError('writing a DICOM SEG needs highdicom: pip install "tevia[dicom]", or write '
+                                     '.nii.gz, .nrrd or .seg.nrrd instead') from error
+    from tevia.volume.dicom_seg import write_dicom_seg
+
+    write_dicom_seg(labelmap, labels, source, path, metadata.get("convention") or "patient",
+                    str(metadata.get("model") or ""))
+
+
+def _writer(extension: str, labelmap: sitk.Image, labels: dict[int, str], block: tuple[slice, ...] = (),
+            source: str | os.PathLike | None = None, metadata: dict[str, Any] | None = None) -> Callable[[Path], None]:
+    if extension == ".dcm":
+        return lambda path: _write_dicom_seg(labelmap, labels, source, metadata or {}, path)
     if extension == ".seg.nrrd":
         return lambda path: _write_seg_nrrd(labelmap, labels, path)
     if extension == ".npy":
@@ -152,7 +178,8 @@ def labelmap_block(labelmap: sitk.Image) -> tuple[tuple[int, int], ...]:
 
 
 def write_labelmap(labelmap: sitk.Image, output: str | os.PathLike, labels: dict[int, str],
-                   metadata: dict[str, Any], crop: tuple[tuple[int, int], ...] | None = None) -> list[Path]:
+                   metadata: dict[str, Any], crop: tuple[tuple[int, int], ...] | None = None,
+                   source: str | os.PathLike | None = None) -> list[Path]:
     """Write a uint8 labelmap and its JSON sidecar atomically: both are in place, or neither is new.
 
     Args:
@@ -167,6 +194,8 @@ def write_labelmap(labelmap: sitk.Image, output: str | os.PathLike, labels: dict
             sidecar records where it starts (``crop_origin``) and the whole array's ``shape``.
             A client that imports the labels into its own copy of the volume (Slicer) then
             reads and scans only that block instead of the whole volume.
+        source: the input the labelmap was made from; a .dcm output (a DICOM SEG,
+            tevia.volume.dicom_seg) references it and needs it to be a DICOM series or file.
 
     Returns:
         The paths written: the output, then its sidecar (:func:`sidecar_path`).
@@ -174,7 +203,8 @@ def write_labelmap(labelmap: sitk.Image, output: str | os.PathLike, labels: dict
     Raises:
         The errors of :func:`check_output_path`.
     """
-    output = check_output_path(output, labelmap)
+    dicom_seg = file_extension(output) == ".dcm" and source is not None
+    output = check_output_path(output, labelmap, inputs=(source,) if dicom_seg else ())
     sidecar = sidecar_path(output)
     content = {_SIDECAR_MARK: 1, "output": output.name, "labels": {str(k): v for k, v in sorted(labels.items())},
                **metadata}
@@ -186,6 +216,6 @@ def write_labelmap(labelmap: sitk.Image, output: str | os.PathLike, labels: dict
         content.update(crop_origin=[start for start, _ in crop], shape=list(as_3d(labelmap).GetSize())[::-1])
     with (atomic_path(output, file_extension(output)) as temporary_output,
           atomic_path(sidecar, SIDECAR_SUFFIX) as temporary_sidecar):
-        _writer(file_extension(output), labelmap, labels, block)(temporary_output)
+        _writer(file_extension(output), labelmap, labels, block, source, metadata)(temporary_output)
         temporary_sidecar.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return [output, sidecar]
