@@ -97,6 +97,24 @@ def test_a_model_the_worker_cannot_load_gives_a_clear_error(logic, volume, slice
     assert node.GetSegmentation().GetNumberOfSegments() == 1, "the next request loads the good model again"
 
 
+def test_a_tampered_model_shows_its_message_in_the_status_and_no_traceback(logic, volume, tmp_path, tiny_model_dir):
+    """A model file changed after it was made: the status line says so (the worker's message and
+    code), and the worker's log, which Slicer's log shows, holds no traceback."""
+    import shutil
+
+    tampered = shutil.copytree(tiny_model_dir, tmp_path / "tampered")
+    data = bytearray((tampered / "model.safetensors").read_bytes())
+    data[-1] ^= 0x01
+    (tampered / "model.safetensors").write_bytes(bytes(data))
+    job = logic.segmentAsync(volume, ["lung"], model=str(tampered), device="cpu")
+    with pytest.raises(jobs.JobError):
+        job.wait(300)
+    status = logic.statusLine(job)
+    assert status.startswith(f"Error: cannot load model '{tampered}': ") and status.endswith(" [model_error]"), status
+    assert "does not match the sha256 in model.json" in status and "CheckpointError" not in status, status
+    assert "Traceback" not in logic.worker.stderr_tail, logic.worker.stderr_tail
+
+
 def test_module_self_test_runs_under_pytest(slicer_scene, worker):
     import TeViASegment
 

@@ -11,7 +11,9 @@ import importlib
 import logging
 import sys
 
-__all__ = ["main", "SUBCOMMANDS"]
+__all__ = ["main", "report_error", "SUBCOMMANDS"]
+
+log = logging.getLogger(__name__)
 
 SUBCOMMANDS = {
     "train": ("tevia.training.train", "train a model from a YAML config (PyTorch Lightning)"),
@@ -28,6 +30,33 @@ def _usage() -> str:
     lines = ["usage: tevia COMMAND [options]   (tevia COMMAND --help for its options)", ""]
     lines += [f"  {name:<10} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items()]
     return "\n".join(lines)
+
+
+def report_error(command: str, error: BaseException, logger: logging.Logger | None = None,
+                 message: str | None = None) -> int:
+    """Report an expected, explained error (a bad option, a missing or tampered model, bad input).
+
+    The user sees ``tevia COMMAND: error: MESSAGE`` on stderr (printed, or logged at ERROR by
+    ``logger`` when one is given); the traceback goes to the debug log only, which
+    ``--verbose`` shows. A bug (an error the command does not expect) is not reported here:
+    its traceback stays.
+
+    Args:
+        command: the subcommand's name.
+        error: the error; its message is shown unless ``message`` is given.
+        logger: the command's logger, for commands that report through the log.
+        message: the text to show instead of ``str(error)``.
+
+    Returns:
+        The exit status, 2.
+    """
+    log.debug("tevia %s: where the error below was raised", command, exc_info=error)
+    text = f"tevia {command}: error: {error if message is None else message}"
+    if logger is not None:
+        logger.error("%s", text)
+    else:
+        print(text, file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

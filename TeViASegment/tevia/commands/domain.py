@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from tevia.checkpoint import CheckpointError, read_model_json
+from tevia.commands.cli import report_error
 from tevia.model_folders import resolve_model
 from tevia.config import TrainConfig, load_config
 from tevia.training.data.dataset import CSVSegmentationDataset
@@ -140,6 +141,5 @@ def main(args: argparse.Namespace) -> int:
         segmenter = Segmenter.load(folder, device=args.device, check_domain=False)  # the profile is replaced
         describe_model(segmenter, folder, args.data, args.train_split, args.val_split, declaration, args.false_alarms)
     except (ValueError, FileNotFoundError, CheckpointError) as error:
-        print(f"tevia domain: error: {error}", file=sys.stderr)
-        return 2
+        return report_error("domain", error)
     return 0

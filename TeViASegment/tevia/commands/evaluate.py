@@ -290,10 +290,10 @@ def _click_metrics(segmenter: Segmenter, dataset: Dataset, max_clicks: int, batc
 def main(args: argparse.Namespace) -> int:
     """`tevia evaluate`: 0 on success, 2 with a logged message on bad input (nothing written)."""
     from tevia.checkpoint import CheckpointError
+    from tevia.commands.cli import report_error
 
     try:
         run(args)
     except (ValueError, FileNotFoundError, CheckpointError) as err:
-        log.error("%s", err)
-        return 2
+        return report_error("evaluate", err, log)
     return 0

@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from tevia.commands.cli import report_error
 from tevia.commands.cohort import add_cohort_arguments, check_cohort_arguments, run_cohort
 from tevia.commands.cohort_case import segment_case
 from tevia.device import DEVICE_CHOICES, add_precision_argument
@@ -135,8 +136,7 @@ def main(args: argparse.Namespace) -> int:
         check_cohort_arguments(args)
         model = session.load(args.model, args.device, args.precision) if args.engine == "local" else None
     except (ValueError, ModelLoadError) as error:
-        print(f"tevia predict: error: {error}", file=sys.stderr)
-        return 2
+        return report_error("predict", error)
     cohort = args.input is None
     (args.out if cohort else args.out.parent).mkdir(parents=True, exist_ok=True)
     if model is not None:

@@ -146,6 +146,7 @@ class InferenceSession:
             ValueError: a device that is not there, or a precision it cannot run.
             ModelLoadError: the model cannot be found or loaded; the loaded one stays.
         """
+        from tevia.checkpoint import CheckpointError
         from tevia.device import select_device
         from tevia.inference.segmenter import Segmenter
 
@@ -156,7 +157,10 @@ class InferenceSession:
             segmenter = Segmenter.load(model, device=str(resolved), precision=precision)
         except (FileNotFoundError, ValueError) as error:
             raise ModelLoadError(f"cannot load model {model!r}: {error}", missing=True) from error
-        except Exception as error:
+        except (CheckpointError, OSError) as error:  # explained by its message: the traceback only for debugging
+            log.debug("loading %s failed", model, exc_info=True)
+            raise ModelLoadError(f"cannot load model {model!r}: {error}", missing=False) from error
+        except Exception as error:  # unexplained: a bug, or a library failing; keep where it came from
             log.error("loading %s failed:\n%s", model, traceback.format_exc())
             raise ModelLoadError(f"cannot load model {model!r}: {type(error).__name__}: {error}",
                                  missing=False) from error

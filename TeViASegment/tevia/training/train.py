@@ -190,9 +190,6 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
     L.seed_everything(tc.seed, workers=True)
     installed = _install_target(config)  # bad data or a taken version is refused before anything is written
     train_ds, val_ds = _datasets(config)
-    out = Path(tc.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     text_encoder = build_text_encoder(config.model)
     texts = _texts(train_ds) + _texts(val_ds)
     if tc.augment and tc.horizontal_flip:  # the descriptions of the mirrored images (tevia.training.augment.flip_sides)
@@ -209,6 +206,9 @@ def train(config: Config, resume: bool = False, init: str | None = None) -> Path
         load_network_weights(network, folder, info, optional_modules=("clicks.",))
         network.train()
         log.info("initialised from %s", folder)
+    out = Path(tc.out_dir)  # written only now: a corrupt or tampered --init model leaves nothing behind
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     lit = LitTeViA(network, table, index, tc)
 
     loader_args = dict(batch_size=tc.batch_size, num_workers=config.data.num_workers, collate_fn=_collate,
@@ -343,11 +343,13 @@ def _join_metrics(earlier: Path, metrics_csv: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """`tevia train`: 0 on success, 2 with a logged message on bad input (config or data)."""
+    """`tevia train`: 0 on success, 2 with a logged message on bad input (config, data or --init model)."""
+    from tevia.checkpoint import CheckpointError
+    from tevia.commands.cli import report_error
+
     try:
         config = load_config(args.config, args.overrides)
         train(config, resume=args.resume, init=args.init)
-    except (ValueError, FileNotFoundError) as err:
-        log.error("%s", err)
-        return 2
+    except (ValueError, FileNotFoundError, CheckpointError) as err:
+        return report_error("train", err, log)
     return 0

@@ -101,11 +101,12 @@ def main(args: argparse.Namespace) -> int:
         0 after a clean shutdown, 2 for refused options or a model that cannot load (the
         message says which and why).
     """
+    from tevia.commands.cli import report_error
+
     try:
         settings = settings_from_args(args)
     except ValueError as error:
-        logger.error("tevia serve: %s", error)
-        return 2
+        return report_error("serve", error, logger)
     if args.replicas is not None:
         return serve_replicas(args, settings)
     import uvicorn
@@ -121,8 +122,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         segmenter = Segmenter.load(str(args.model), device=args.device, precision=args.precision)
     except (ValueError, FileNotFoundError, CheckpointError) as error:
-        logger.error("tevia serve: cannot load the model: %s", error)
-        return 2
+        return report_error("serve", error, logger, f"cannot load the model: {error}")
     app = create_app(segmenter, settings)
     scheme = "https" if args.ssl_certfile else "http"
     logger.info("serving model %s on %s://%s:%d (token %s)", segmenter.spec.name, scheme, args.host, args.port,
