@@ -76,28 +76,30 @@ def _split_paths(segmenter: Any, root: str | Path, split: str) -> list[Path]:
     return CSVSegmentationDataset(root, split, image_size=tuple(segmenter.spec.image_size)).image_paths
 
 
-def split_features(segmenter: Any, root: str | Path, split: str) -> torch.Tensor:
-    """(N, D) pooled features of the images of a data set split."""
-    paths = _split_paths(segmenter, root, split)
+def split_features(segmenter: Any, root: str | Path, split: str, every: int = 1) -> torch.Tensor:
+    """(N, D) pooled features of the images of a data set split (every k-th row)."""
+    paths = _split_paths(segmenter, root, split)[::every]
     rows = [image_features(segmenter, p) for p in tqdm(paths, desc=split, unit="image", file=sys.stderr)]
     return torch.cat(rows)
 
 
-def split_intensity(segmenter: Any, root: str | Path, split: str) -> np.ndarray:
-    """(N, 2) `intensity_statistics` of the slices of a data set split's images."""
-    return np.concatenate([intensity_statistics(scaled_slices(p)) for p in _split_paths(segmenter, root, split)])
+def split_intensity(segmenter: Any, root: str | Path, split: str, every: int = 1) -> np.ndarray:
+    """(N, 2) `intensity_statistics` of the slices of a data set split's images (every k-th row)."""
+    return np.concatenate([intensity_statistics(scaled_slices(p))
+                           for p in _split_paths(segmenter, root, split)[::every]])
 
 
 def describe_model(segmenter: Any, folder: str | Path, root: str | Path, train_split: str, val_split: str,
                    declaration: dict[str, Any], false_alarms: float = 0.01,
-                   extra_train: list[tuple[str, str]] | tuple = ()) -> DomainProfile:
+                   extra_train: list[tuple[str, str]] | tuple = (), train_every: int = 1) -> DomainProfile:
     """Fit the profile of a loaded model on a data set, write it into the model folder, return it.
 
     extra_train: (folder, split) of more training images the profile describes too (data.extra_train).
+    train_every: describe every k-th row of the train split (data.train_every: the rows trained on).
     """
-    sources = [(root, train_split), *extra_train]
-    train = torch.cat([split_features(segmenter, source, split) for source, split in sources])
-    intensity = np.concatenate([split_intensity(segmenter, source, split) for source, split in sources])
+    sources = [(root, train_split, train_every), *((source, split, 1) for source, split in extra_train)]
+    train = torch.cat([split_features(segmenter, source, split, every) for source, split, every in sources])
+    intensity = np.concatenate([split_intensity(segmenter, source, split, every) for source, split, every in sources])
     val = split_features(segmenter, root, val_split)
     extra = {"extra_train": [f"{extra_root}/{split}" for extra_root, split in extra_train]} if extra_train else {}
     profile = DomainProfile.fit(train, val, false_alarms=false_alarms, intensity=intensity, data=str(root),

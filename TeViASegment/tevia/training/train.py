@@ -148,7 +148,7 @@ def describe_training_images(config: Config, folder: Path) -> None:
     segmenter = Segmenter.load(folder, device="auto", check_domain=False)
     describe_model(segmenter, folder, config.data.root, config.data.train_split, config.data.val_split,
                    {"description": config.train.modality or "the training images", **declaration_of(config.train)},
-                   extra_train=[(e.root, e.split) for e in config.data.extra_train])
+                   extra_train=[(e.root, e.split) for e in config.data.extra_train], train_every=config.data.train_every)
 
 
 def plot_curves(metrics_csv: Path, out_png: Path) -> None:

@@ -65,11 +65,12 @@ def test_training_with_an_extra_set_describes_it_in_the_model(tmp_path):
     _ct_set(tmp_path / "site", "image")
     out = tmp_path / "run"
     assert cli_main(["train", "--config", str(SMOKE), f"data.root={TESTDATA / 'qata_samples'}",
-                     f"data.extra_train=[{{root: {tmp_path / 'site'}}}]", f"train.out_dir={out}",
-                     "train.max_epochs=2"]) == 0
+                     f"data.extra_train=[{{root: {tmp_path / 'site'}}}]", "data.train_every=2",
+                     f"train.out_dir={out}", "train.max_epochs=2"]) == 0
     info = json.loads((out / "model" / "model.json").read_text())
     samples = len(list(csv.DictReader(open(TESTDATA / "qata_samples" / "samples.csv", encoding="utf-8"))))
     assert info["training_data"]["extra_train"] == [{"root": str(tmp_path / "site"), "split": "train", "repeat": 1}]
     calibration = info["domain"]["calibration"]
-    assert calibration["train_images"] == samples + CT_ROWS, "the domain profile describes the extra set's images"
+    assert calibration["train_images"] == len(range(0, samples, 2)) + CT_ROWS, \
+        "the domain profile describes the images trained on: every second sample and the extra set's"
     assert calibration["extra_train"] == [f"{tmp_path / 'site'}/train"]
