@@ -120,20 +120,26 @@ def evaluate(model: str, data: Path, out: Path, threads: int) -> dict[str, float
                                                                                      "wall_minutes": cost["wall_minutes"]}
 
 
-def domain_flags(model: str, sets: dict[str, Path], threads: int) -> dict[str, dict]:
+def domain_flags(model: str, sets: dict[str, Path], threads: int, add_intensity_test: bool = False) -> dict[str, dict]:
     """How many slices of each data set's val split the model's image-domain check flags: by its
     features (score above the threshold) and in all (features or the intensity test, as the
-    pipeline warns; a profile without an intensity test flags by features only)."""
+    pipeline warns; a profile without an intensity test flags by features only).
+
+    add_intensity_test: give a profile without one the intensity test that `tevia domain` now
+        stores, from the covid-ct-slices train slices (its features part is unchanged).
+    """
     import torch
 
-    from tevia.commands.domain import image_features, scaled_slices
-    from tevia.inference.domain import intensity_statistics
+    from tevia.commands.domain import image_features, scaled_slices, split_intensity
+    from tevia.inference.domain import intensity_ranges, intensity_statistics
     from tevia.inference.segmenter import Segmenter
     from tevia.training.data.dataset import CSVSegmentationDataset
 
     torch.set_num_threads(threads)
     segmenter = Segmenter.load(model, device="cpu")
     profile, flags = segmenter.domain, {}
+    if add_intensity_test:
+        profile.intensity = intensity_ranges(split_intensity(segmenter, export.CT_DATA, "train"))
     for name, data in sets.items():
         paths = CSVSegmentationDataset(data, "val", cache=False).image_paths
         scores = np.concatenate([profile.scores_of(image_features(segmenter, path)) for path in paths])
@@ -209,7 +215,8 @@ def main() -> int:
         results["cases"]["before"] = {
             "model": args.init, "corrected_slices": 0,
             **{name: evaluate(args.init, data, runs / "before" / name, args.threads) for name, data in sets.items()},
-            "domain_check": domain_flags(args.init, sets, args.threads)}
+            "domain_check": domain_flags(args.init, sets, args.threads),
+            "domain_check_with_intensity_test": domain_flags(args.init, sets, args.threads, add_intensity_test=True)}
         save()
     for case in args.cases:
         if case in results["cases"]:

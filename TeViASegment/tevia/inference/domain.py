@@ -40,7 +40,7 @@ from tevia.files import atomic_path, sha256_file
 from tevia.volume.io import DICOM_MODALITY
 
 __all__ = ["DOMAIN_FILE", "WARNING_PREFIX", "DIMENSIONALITIES", "INTENSITY_MARGIN", "DomainProfile", "DomainCheck",
-           "pooled_features", "intensity_statistics", "slice_ranges"]
+           "pooled_features", "intensity_statistics", "intensity_ranges", "slice_ranges"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,16 @@ def intensity_statistics(slices: np.ndarray | torch.Tensor) -> np.ndarray:
     """
     values = torch.as_tensor(slices).reshape(len(slices), -1).double()
     return torch.stack([values.mean(1), values.std(1, correction=0)], dim=1).numpy()
+
+
+def intensity_ranges(statistics: np.ndarray) -> dict[str, list[float]]:
+    """The intensity test's ranges from the training slices' `intensity_statistics` (K, 2): each
+    statistic's range widened by :data:`INTENSITY_MARGIN` of its width on each side."""
+    statistics = np.asarray(statistics, dtype=np.float64)
+    low, high = statistics.min(axis=0), statistics.max(axis=0)
+    margin = INTENSITY_MARGIN * (high - low)
+    return {name: [round(float(low[i] - margin[i]), 6), round(float(high[i] + margin[i]), 6)]
+            for i, name in enumerate(_INTENSITY_NAMES)}
 
 
 @dataclass
@@ -130,10 +140,7 @@ class DomainProfile:
         threshold = float(np.quantile(val_scores, 1.0 - false_alarms, method="higher"))
         profile.threshold = threshold
         if intensity is not None:
-            low, high = np.min(intensity, axis=0), np.max(intensity, axis=0)
-            margin = INTENSITY_MARGIN * (high - low)
-            profile.intensity = {name: [round(float(low[i] - margin[i]), 6), round(float(high[i] + margin[i]), 6)]
-                                 for i, name in enumerate(_INTENSITY_NAMES)}
+            profile.intensity = intensity_ranges(intensity)
         profile.calibration = {**calibration, "train_images": int(train.shape[0]), "val_images": int(val.shape[0]),
                                "features": int(train.shape[1]), "target_false_alarms": false_alarms,
                                "val_false_alarms": float(np.mean(val_scores > threshold)),
