@@ -60,6 +60,14 @@ def test_per_image_normalisation_ignores_brightness_and_contrast():
     assert torch.isfinite(logits(net, flat, text)).all()
 
 
+def test_resize_layout_is_the_largest_power_of_two_side_for_every_width():
+    """For each width: c * s * s = width, s the largest power of two with s * s dividing the width
+    and 3 * s * s <= width (the reference's 3x16x16, 6x8x8, 3x8x8 generalised)."""
+    for width in range(3, 800):
+        side = max(s for s in (1, 2, 4, 8, 16, 32) if width % (s * s) == 0 and 3 * s * s <= width)
+        assert resize_layout(width) == (width // (side * side), side), width
+
+
 def test_resize_pooling_layout_and_values():
     assert [resize_layout(w) for w in (768, 384, 192, 32, 16)] == [(3, 16), (6, 8), (3, 8), (8, 2), (4, 2)]
     with pytest.raises(ValueError, match="at least 3"):

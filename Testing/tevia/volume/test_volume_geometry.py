@@ -40,6 +40,44 @@ def test_image_from_array_rejects_bad_matrices(matrix):
         image_from_array(np.zeros((2, 2, 2)), matrix)
 
 
+def _oblique(spacing=(0.5, 2.0, 3.0), degrees=30.0):
+    """An IJK-to-RAS matrix with anisotropic spacing and axes rotated about k (columns: axes)."""
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) * spacing
+    matrix[:3, 3] = (10.0, -20.0, 30.0)
+    return matrix
+
+
+def test_an_oblique_anisotropic_matrix_survives_the_round_trip():
+    """Spacing is the length of each axis (a column), not of a row: they differ once the axes
+    are rotated and unequally spaced."""
+    matrix = _oblique()
+    image = image_from_array(np.zeros((2, 3, 4)), matrix)
+    np.testing.assert_allclose(image.GetSpacing(), (0.5, 2.0, 3.0))
+    np.testing.assert_allclose(ijk_to_ras(image), matrix, atol=1e-12)
+
+
+def test_a_3x4_matrix_is_the_4x4_without_its_last_row():
+    matrix = _oblique()
+    assert same_geometry(image_from_array(np.zeros((2, 3, 4)), matrix[:3]),
+                         image_from_array(np.zeros((2, 3, 4)), matrix))
+
+
+def test_nearly_parallel_axes_are_refused_relative_to_their_length():
+    """Axes 1 m long whose first two differ by 1e-10 mm: the box they span is 1e-4 mm^3, a
+    millionth of a millionth of their lengths' product, so the matrix is refused."""
+    matrix = np.diag([1000.0, 1000.0, 1000.0, 1.0])
+    matrix[:3, 1] = (1000.0, 1e-10, 0.0)
+    with pytest.raises(ValueError, match="dependent axis"):
+        image_from_array(np.zeros((2, 2, 2)), matrix)
+
+
+def test_a_voxel_array_that_is_not_3d_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"array_kji must be 3D \(K, J, I\), got shape \(2, 2\)"):
+        image_from_array(np.zeros((2, 2)), np.eye(4))
+
+
 def _physical(image, array_index_kji):
     k, j, i = (int(v) for v in array_index_kji)
     return np.asarray(image.TransformIndexToPhysicalPoint((i, j, k)))
