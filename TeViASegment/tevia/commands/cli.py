@@ -68,10 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     if command not in SUBCOMMANDS:
         print(f"tevia: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    if command in ("serve", "predict"):  # processes that answer requests, often beside other work
-        from tevia.openmp import limit_spinning
+    # Every command runs beside other work: a server or predict beside Slicer, a fine-tune started
+    # from Slicer, a training beside a test suite (an epoch took over 16 minutes instead of 2.2
+    # under load without this: docs/BENCHMARKS.md, OpenMP spinning).
+    from tevia.openmp import limit_spinning
 
-        limit_spinning()
+    limit_spinning()
     module = importlib.import_module(SUBCOMMANDS[command][0])
     parser = argparse.ArgumentParser(prog=f"tevia {command}", description=SUBCOMMANDS[command][1])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -301,11 +301,12 @@ _CLI_HELP = "from tevia.commands import cli\ntry:\n    cli.main(['{}', '--help']
 @pytest.mark.parametrize("code, given, expected", [
     ("import tevia.serving.worker", None, "2000"), ("import tevia.serving.worker", "77", "77"),
     (_CLI_HELP.format("serve"), None, "2000"), (_CLI_HELP.format("predict"), "77", "77"),
+    (_CLI_HELP.format("train"), None, "2000"), (_CLI_HELP.format("evaluate"), None, "2000"),
 ])
-def test_request_answering_processes_limit_openmp_spinning_unless_the_user_set_it(code, given, expected):
-    """GOMP_SPINCOUNT is set before torch loads in the worker, `tevia serve` and `tevia predict`
+def test_processes_limit_openmp_spinning_unless_the_user_set_it(code, given, expected):
+    """GOMP_SPINCOUNT is set before torch loads in the worker and every `tevia` command
     (bench/bench_contention.py: a busy neighbour made a second prompt 40x slower with libgomp's
-    default); a value the user chose is kept."""
+    default; a training beside other work slowed 7x); a value the user chose is kept."""
     env = {key: value for key, value in os.environ.items() if key != "GOMP_SPINCOUNT"}
     env["PYTHONPATH"] = str(REPO / "TeViASegment")
     if given:
