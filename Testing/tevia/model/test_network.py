@@ -73,6 +73,28 @@ def test_alignment_ignores_empty_masks():
     assert alignment_loss([torch.rand(2, 3, 16)], fg, mask).item() == 0.0
 
 
+def test_alignment_counts_an_empty_mask_as_the_reference_does_when_asked():
+    """skip_empty=False: a sample without foreground has cosine 0 (a constant 1 in the mean,
+    as in the reference); True leaves it out."""
+    text = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # (B=2, 1 token, 2)
+    foreground = torch.tensor([[1.0, 1.0], [0.0, 0.0]])  # the second sample's mask is empty
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[0, :, :2] = 1
+    one_minus_cos = 1.0 - 2**-0.5
+    assert alignment_loss([text], [foreground], mask, skip_empty=True).item() == pytest.approx(one_minus_cos)
+    assert alignment_loss([text], [foreground], mask, skip_empty=False).item() == pytest.approx((one_minus_cos + 1) / 2)
+
+
+def test_prototype_buffers_keep_their_dtypes_through_casts():
+    """A cast of the network (double, half) leaves the prototype's vectors float32 and its state
+    and count integers, so checkpoints hold the same tensors whatever the precision."""
+    proto = HistoricPrototype([2, 3]).double()
+    assert proto.state.dtype == proto.count.dtype == torch.long
+    assert {proto.vector(i).dtype for i in range(2)} == {torch.float32}
+    proto = proto.half()
+    assert proto.state.dtype == torch.long and proto.vector(1).dtype == torch.float32
+
+
 def test_prototype_warmup_mean_then_momentum():
     proto = HistoricPrototype([2, 3], momentum=0.9)
     proto.observe([torch.ones(1, 2), torch.ones(1, 3)])  # off: ignored

@@ -235,6 +235,12 @@ def test_side_note_says_what_was_assumed(qata_spec: ModelSpec) -> None:
     assert not no_side.mirrored and no_side.side_note.endswith("(the prompt names no side)")
 
 
+def test_the_explanation_names_the_unit_column_direction() -> None:
+    mirrored, why = side_mirroring("patient", "image", (-2.0, 0.0, 0.0))
+    assert mirrored and "towards the patient's left (RAS [-1.00, 0.00, 0.00])" in why
+    assert "along RAS [0.00, -0.60, 0.80]," in side_mirroring("patient", "image", (0.0, -3.0, 4.0))[1]
+
+
 @pytest.mark.parametrize(
     "folder, expected_mirrored",
     [("totalseg-example-ct", False), ("totalseg-example-ct-dicom", True)],
