@@ -54,8 +54,8 @@ SCAN_SLICES = {"radiopaedia-1": 11, "radiopaedia-2": 117}
 # case: (the scan trained on, corrected slices used, the held-out scan), in the order they run
 # (all corrected slices of a scan first: the curve's end points)
 CASES = {f"{scan}-{n}": (scan, n, {"radiopaedia-1": "radiopaedia-2", "radiopaedia-2": "radiopaedia-1"}[scan])
-         for scan, n in (("radiopaedia-2", 117), ("radiopaedia-1", 11), ("radiopaedia-2", 10), ("radiopaedia-1", 10),
-                         ("radiopaedia-2", 30), ("radiopaedia-2", 60))}
+         for scan, n in (("radiopaedia-2", 117), ("radiopaedia-1", 11), ("radiopaedia-2", 10), ("radiopaedia-2", 30),
+                         ("radiopaedia-2", 60), ("radiopaedia-1", 10))}
 
 
 def _run(command: list[str], threads: int) -> dict[str, float]:
@@ -78,19 +78,24 @@ def _link(target: Path, link: Path) -> None:
         link.symlink_to(target.resolve(), target_is_directory=True)
 
 
-def eval_set(span: tuple[str, str], folder: Path) -> Path:
-    """A data set folder whose val.csv lists the val slices from span[0] to span[1] (files linked)."""
+def eval_set(spans: list[tuple[str, str]], folder: Path) -> Path:
+    """A data set folder whose val.csv lists the val slices of each span (first, last) (files linked)."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(export.CT_DATA / "val.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     stems = [row["Image"].removeprefix("mask_").removesuffix(".png") for row in rows]
-    first, last = stems.index(span[0]), stems.index(span[1])
     with open(folder / "val.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, ["Image", "Description"], lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows[first:last + 1])
+        for first, last in spans:
+            writer.writerows(rows[stems.index(first):stems.index(last) + 1])
     _link(export.CT_DATA / "Val", folder / "Val")
     return folder
+
+
+def _stems(span: tuple[str, str]) -> set[str]:
+    first, last = (int(stem.removeprefix("ct_")) for stem in span)
+    return {f"ct_{number}" for number in range(first, last + 1)}
 
 
 def corrected_subset(dataset: Path, scan: str, count: int, folder: Path) -> list[str]:
@@ -111,22 +116,26 @@ def corrected_subset(dataset: Path, scan: str, count: int, folder: Path) -> list
     return [row["Image"] for row in chosen]
 
 
-def evaluate(model: str, data: Path, out: Path, threads: int) -> dict[str, float]:
-    """Pooled and mean Dice of a model on a data set's val split (`tevia evaluate`)."""
+def evaluate(model: str, groups: list[str], out: Path, threads: int) -> dict[str, dict]:
+    """Pooled and mean Dice of a model on each of the `EVAL_SETS` named, from one `tevia evaluate`
+    run over all of their slices."""
+    data = eval_set([EVAL_SETS[name] for name in groups], out / "data")
     cost = _run([sys.executable, "-m", "tevia", "evaluate", "--model", model, "--data", str(data), "--split", "val",
                  "--out", str(out), "--no-hd95", "--eval-size", "256", "256"], threads)
-    metrics = json.loads((out / "metrics.json").read_text())
-    return {key: round(metrics[key], 4) for key in ("dice_global", "dice_mean")} | {"n": metrics["n"],
-                                                                                     "wall_minutes": cost["wall_minutes"]}
+    return {name: pooled_dice([out / "per_case.csv"], _stems(EVAL_SETS[name])) for name in groups} | {
+        "wall_minutes": cost["wall_minutes"]}
 
 
-def domain_flags(model: str, sets: dict[str, Path], threads: int, add_intensity_test: bool = False) -> dict[str, dict]:
-    """How many slices of each data set's val split the model's image-domain check flags: by its
-    features (score above the threshold) and in all (features or the intensity test, as the
-    pipeline warns; a profile without an intensity test flags by features only).
+def domain_flags(model: str, groups: list[str], data: Path, threads: int,
+                 add_intensity_test: bool = False) -> dict[str, dict]:
+    """How many slices of each of the `EVAL_SETS` named (whose images `data`'s val split lists) the
+    model's image-domain check flags: by its features (score above the threshold), by the
+    intensity test, and in all (either, as the pipeline warns; a profile without an intensity test
+    flags by features only).
 
-    add_intensity_test: give a profile without one the intensity test that `tevia domain` now
-        stores, from the covid-ct-slices train slices (its features part is unchanged).
+    add_intensity_test: also count, under "with_intensity_test", what the check flags once the
+        profile has the intensity test that `tevia domain` now stores (from the covid-ct-slices
+        train slices; the features part is unchanged): for a model built before it.
     """
     import torch
 
@@ -137,18 +146,25 @@ def domain_flags(model: str, sets: dict[str, Path], threads: int, add_intensity_
 
     torch.set_num_threads(threads)
     segmenter = Segmenter.load(model, device="cpu")
-    profile, flags = segmenter.domain, {}
+    profile = segmenter.domain
+    paths = CSVSegmentationDataset(data, "val", cache=False).image_paths
+    scores = np.concatenate([profile.scores_of(image_features(segmenter, path)) for path in paths])
+    statistics = np.concatenate([intensity_statistics(scaled_slices(path)) for path in paths])
+    checks = {"as_built": profile.intensity}
     if add_intensity_test:
-        profile.intensity = intensity_ranges(split_intensity(segmenter, export.CT_DATA, "train"))
-    for name, data in sets.items():
-        paths = CSVSegmentationDataset(data, "val", cache=False).image_paths
-        scores = np.concatenate([profile.scores_of(image_features(segmenter, path)) for path in paths])
-        by_intensity = np.concatenate([profile.unlike_intensity(intensity_statistics(scaled_slices(path)))
-                                       for path in paths])
-        flags[name] = {"flagged": int(np.sum((scores > profile.threshold) | by_intensity)), "n": len(paths),
-                       "by_features": int(np.sum(scores > profile.threshold)), "by_intensity": int(by_intensity.sum()),
-                       "score_median": round(float(np.median(scores)), 3)}
-    return flags | {"threshold": round(float(profile.threshold), 3), "intensity_test": profile.intensity is not None}
+        checks["with_intensity_test"] = intensity_ranges(split_intensity(segmenter, export.CT_DATA, "train"))
+    flags: dict[str, dict] = {"threshold": round(float(profile.threshold), 3)}
+    for check, ranges in checks.items():
+        profile.intensity = ranges
+        by_intensity = profile.unlike_intensity(statistics)
+        flags[check] = {"intensity_test": ranges is not None}
+        for name in groups:
+            chosen = np.array([path.stem in _stems(EVAL_SETS[name]) for path in paths])
+            by_features = scores[chosen] > profile.threshold
+            flags[check][name] = {"flagged": int(np.sum(by_features | by_intensity[chosen])), "n": int(chosen.sum()),
+                                  "by_features": int(by_features.sum()), "by_intensity": int(by_intensity[chosen].sum()),
+                                  "score_median": round(float(np.median(scores[chosen])), 3)}
+    return flags
 
 
 def _train(case: str, subset: Path, repeat: int, init: str, out: Path, threads: int) -> dict[str, float]:
@@ -158,10 +174,11 @@ def _train(case: str, subset: Path, repeat: int, init: str, out: Path, threads: 
                  "data.val_fraction=0.1"], threads)  # val only reports: the bench measures the held-out scan
 
 
-def pooled_dice(per_case_files: list[Path]) -> dict[str, float]:
-    """Pooled Dice over the slices of several `tevia evaluate` per_case.csv files (intersection =
-    Dice x (gt + pred) / 2, exact) and their mean Dice."""
-    rows = [row for path in per_case_files for row in csv.DictReader(open(path, newline="", encoding="utf-8"))]
+def pooled_dice(per_case_files: list[Path], names: set[str] | None = None) -> dict[str, float]:
+    """Pooled Dice over the slices (those named, or all) of several `tevia evaluate` per_case.csv
+    files (intersection = Dice x (gt + pred) / 2, exact) and their mean Dice."""
+    rows = [row for path in per_case_files for row in csv.DictReader(open(path, newline="", encoding="utf-8"))
+            if names is None or row["name"] in names]
     sizes = [float(row["gt_pixels"]) + float(row["pred_pixels"]) for row in rows]
     inter = sum(float(row["dice"]) * size / 2 for row, size in zip(rows, sizes))
     return {"dice_global": round(2 * inter / sum(sizes), 4), "dice_mean": round(float(np.mean([float(r["dice"]) for r in rows])), 4),
@@ -178,10 +195,10 @@ def curve(results: dict, runs: Path) -> dict[str, dict]:
             by_count.setdefault(key, []).append((case, held_out))
     out = {}
     for key, members in by_count.items():
-        held = pooled_dice([runs / case / ("" if case == "before" else "eval") / name / "per_case.csv"
-                            for case, name in members])
-        other = [results["cases"][case]["other"]["dice_global"] for case, _ in members]
-        out[key] = {"cases": [case for case, _ in members], "held_out_radiopaedia": held,
+        held = pooled_dice([runs / case / "eval" / "per_case.csv" for case in dict.fromkeys(c for c, _ in members)],
+                           set().union(*(_stems(EVAL_SETS[name]) for _, name in members)))
+        other = [results["cases"][case]["other"]["dice_global"] for case in dict.fromkeys(c for c, _ in members)]
+        out[key] = {"cases": list(dict.fromkeys(case for case, _ in members)), "held_out_radiopaedia": held,
                     "other_acquisition_pooled_dice": other}
     return out
 
@@ -208,15 +225,21 @@ def main() -> int:
 
     dataset = runs / "dataset"
     if not (dataset / "train.csv").is_file():
-        results["export"] = {name: len(rows) for name, rows in export.export_site(dataset, args.init).items()}
+        export.export_site(dataset, args.init)
+    if "dataset" not in results:
+        with open(dataset / "train.csv", newline="", encoding="utf-8") as handle:
+            volumes = [row["Volume"] for row in csv.DictReader(handle)]
+        results["dataset"] = {"folder": str(args.runs_dir / "dataset"), "made_by": "python bench/ct_site_export.py "
+                              "(TeViASegmentLogic.addToTrainingSet on a slicer-core scene)",
+                              "slices_per_volume": {v: volumes.count(v) for v in dict.fromkeys(volumes)}}
         save()
-    sets = {name: eval_set(span, runs / "eval" / name) for name, span in EVAL_SETS.items()}
+    everything = list(EVAL_SETS)
     if "before" not in results["cases"]:
+        measured = evaluate(args.init, everything, runs / "before" / "eval", args.threads)
         results["cases"]["before"] = {
-            "model": args.init, "corrected_slices": 0,
-            **{name: evaluate(args.init, data, runs / "before" / name, args.threads) for name, data in sets.items()},
-            "domain_check": domain_flags(args.init, sets, args.threads),
-            "domain_check_with_intensity_test": domain_flags(args.init, sets, args.threads, add_intensity_test=True)}
+            "model": args.init, "corrected_slices": 0, **measured,
+            "domain_check": domain_flags(args.init, everything, runs / "before" / "eval" / "data", args.threads,
+                                         add_intensity_test=True)}
         save()
     for case in args.cases:
         if case in results["cases"]:
@@ -227,25 +250,24 @@ def main() -> int:
         repeat = max(1, round(REPEAT_TARGET / count))
         cost = _train(case, subset, repeat, args.init, runs / case, args.threads)
         model = str(runs / case / "model")
+        measured = evaluate(model, [held_out, "other"], runs / case / "eval", args.threads)
         results["cases"][case] = {
             "trained_on": scan, "corrected_slices": count, "slices": chosen, "repeat": repeat, "held_out": held_out,
-            "train": cost | {"threads": args.threads},
-            **{name: evaluate(model, sets[name], runs / case / "eval" / name, args.threads)
-               for name in (held_out, "other")},
-            "domain_check": domain_flags(model, {held_out: sets[held_out], "other": sets["other"]}, args.threads)}
+            "train": cost | {"threads": args.threads}, **measured,
+            "domain_check": domain_flags(model, [held_out, "other"], runs / case / "eval" / "data", args.threads)}
         save()
     if args.final and "final" not in results:
         out = runs / "final"
         cost = _run([sys.executable, "-m", "tevia", "train", "--config", CONFIG, "--init", args.init,
                      f"train.threads={args.threads}", f"train.out_dir={out}"], args.threads)
         model = str(out / "model")
+        measured = evaluate(model, everything, out / "eval", args.threads)
         results["final"] = {
             "command": f"tevia train --config {CONFIG} --init {args.init}", "corrected_slices": 128,
-            "train": cost | {"threads": args.threads}, "other": evaluate(model, sets["other"], out / "eval" / "other",
-                                                                        args.threads),
-            "seen_radiopaedia": {name: evaluate(model, sets[name], out / "eval" / name, args.threads)
-                                 for name in ("radiopaedia-1", "radiopaedia-2")},
-            "domain_check": domain_flags(model, sets, args.threads)}
+            "train": cost | {"threads": args.threads}, "other": measured["other"],
+            "seen_radiopaedia (trained on)": {name: measured[name] for name in ("radiopaedia-1", "radiopaedia-2")},
+            "eval_wall_minutes": measured["wall_minutes"],
+            "domain_check": domain_flags(model, everything, out / "eval" / "data", args.threads)}
         save()
     results["curve"] = curve(results, runs)
     save()
