@@ -20,7 +20,6 @@ import logging
 import os
 import sys
 from collections.abc import Iterable
-from datetime import datetime
 from pathlib import Path
 
 from tqdm import tqdm
@@ -44,8 +43,8 @@ def add_cohort_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--engine", default="local", choices=ENGINES,
                        help="local: one case after another here; ray: Ray Data actors (the `ray` extra)")
     group.add_argument("--workers", type=int, help="model actors of --engine ray (default 1)")
-    group.add_argument("--threads", type=int, default=1, help="CPU threads per --engine ray worker (default 1)")
-    group.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per --engine ray worker (default 0)")
+    group.add_argument("--threads", type=int, help="CPU threads per --engine ray worker (default 1)")
+    group.add_argument("--gpus-per-worker", type=float, help="GPUs per --engine ray worker (default 0)")
     group.add_argument("--ray-address", help="join this Ray cluster ('auto') instead of starting Ray here")
     group.add_argument("--num-parts", type=int, default=1, help="split the cohort into K parts (Slurm arrays)")
     group.add_argument("--part-id", type=int, default=0, help="the part this run segments, 0..K-1")
@@ -66,12 +65,14 @@ def check_cohort_arguments(args: argparse.Namespace) -> None:
     if not 0 <= args.part_id < args.num_parts:
         raise ValueError(f"--part-id must be 0..{args.num_parts - 1} for --num-parts {args.num_parts}, "
                          f"got {args.part_id}")
-    if args.workers is not None and args.engine != "ray":
-        raise ValueError("--workers goes with --engine ray")
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    for name in ("workers", "threads", "gpus_per_worker", "ray_address"):
+        if getattr(args, name) is not None and args.engine != "ray":
+            raise ValueError(f"--{name.replace('_', '-')} goes with --engine ray")
+    for name in ("workers", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.gpus_per_worker is not None and not 0 <= args.gpus_per_worker <= 8:
+        raise ValueError(f"--gpus-per-worker must be between 0 and 8, got {args.gpus_per_worker}")
     if args.engine == "ray":
         from tevia.model_folders import resolve_model
 
@@ -120,7 +121,7 @@ class StatusFile:
     def record(self, outcome: CaseOutcome) -> None:
         self._writer.writerow({"input": outcome.input, "output": outcome.output, "status": outcome.status,
                                "message": outcome.message, "seconds": f"{outcome.seconds:.2f}",
-                               "finished": datetime.now().isoformat(timespec="microseconds")})
+                               "finished": outcome.finished})
         self._handle.flush()
         os.fsync(self._handle.fileno())
 

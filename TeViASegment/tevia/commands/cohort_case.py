@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from tqdm import tqdm
@@ -20,13 +21,15 @@ log = logging.getLogger("tevia.commands.predict")
 
 @dataclass(frozen=True)
 class CaseOutcome:
-    """How one case ended: status "done", "failed" or "skipped", with a message and seconds."""
+    """How one case ended: status "done", "failed" or "skipped", with a message, its seconds and
+    when it ended (ISO time, where it ran)."""
 
     input: str
     output: str
     status: str
     message: str = ""
     seconds: float = 0.0
+    finished: str = field(default_factory=lambda: datetime.now().isoformat(timespec="microseconds"))
 
 
 def segment_case(session: InferenceSession, input_path: str, prompts: list[str], output: str,

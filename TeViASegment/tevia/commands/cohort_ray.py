@@ -48,7 +48,7 @@ class CohortWorker:
                     for source, prompts, output in zip(batch["input"], batch["prompts"], batch["output"])]
         return {"input": [o.input for o in outcomes], "output": [o.output for o in outcomes],
                 "status": [o.status for o in outcomes], "message": [o.message for o in outcomes],
-                "seconds": [o.seconds for o in outcomes]}
+                "seconds": [o.seconds for o in outcomes], "finished": [o.finished for o in outcomes]}
 
 
 def run_ray(cases: list, args: argparse.Namespace, options: SegmentOptions) -> Iterator[CaseOutcome]:
@@ -65,15 +65,15 @@ def run_ray(cases: list, args: argparse.Namespace, options: SegmentOptions) -> I
         context.enable_progress_bars = False  # the run's own bar counts cases
         items = [{"input": str(case.input), "prompts": _PROMPT_SEPARATOR.join(case.prompts),
                   "output": str(case.output)} for case in cases]
-        workers = args.workers or 1
+        workers, threads = args.workers or 1, args.threads or 1
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            CohortWorker, batch_size=1, concurrency=workers, num_cpus=args.threads,
+            CohortWorker, batch_size=1, concurrency=workers, num_cpus=threads,
             num_gpus=args.gpus_per_worker or None,
             fn_constructor_kwargs={"model": str(args.model), "device": args.device, "precision": args.precision,
-                                   "threads": args.threads, "options": options})
+                                   "threads": threads, "options": options})
         for row in dataset.iter_rows():
             yield CaseOutcome(str(row["input"]), str(row["output"]), str(row["status"]), str(row["message"]),
-                              float(row["seconds"]))
+                              float(row["seconds"]), str(row["finished"]))
     finally:
         if started:
             ray.shutdown()

@@ -102,6 +102,7 @@ def test_static_parts_cover_the_cohort_once_and_a_whole_rerun_skips_them(tmp_pat
 @pytest.mark.parametrize("extra, message", [
     (["--num-parts", "2", "--part-id", "2"], "--part-id must be 0..1"),
     (["--workers", "2"], "--workers goes with --engine ray"),
+    (["--threads", "2"], "--threads goes with --engine ray"),
     (["--engine", "ray", "--workers", "0"], "--workers must be >= 1"),
 ])
 def test_bad_cohort_options_are_refused_before_any_work(tmp_path, extra, message, capsys):

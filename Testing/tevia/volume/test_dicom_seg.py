@@ -9,6 +9,7 @@ import SimpleITK as sitk
 
 from conftest import TESTDATA, shared_path
 from tevia.commands.cli import main as tevia
+from worker_process import worker  # noqa: F401 (a pytest fixture: the worker with the tiny model)
 
 highdicom = pytest.importorskip("highdicom", reason="tevia[dicom] is part of the dev extra")
 import pydicom  # noqa: E402
@@ -89,3 +90,16 @@ def test_dicom_seg_of_an_input_that_is_not_dicom_is_refused_before_the_model_run
     assert code == 1
     assert "is not DICOM" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_worker_writes_a_dicom_seg_for_a_dicom_folder_input(worker, tmp_path):
+    series = shared_path("volumes", "totalseg-example-ct-dicom", "series")
+    request = {"type": "segment", "input": str(series), "prompts": ["liver", "right lung"]}
+    as_nifti = worker.request({**request, "id": "nii", "output": str(tmp_path / "labels.nii.gz")})[-1]
+    as_seg = worker.request({**request, "id": "seg", "output": str(tmp_path / "labels.dcm")})[-1]
+    assert as_nifti["event"] == as_seg["event"] == "result", as_seg
+    seg = pydicom.dcmread(as_seg["output"])
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver", "right lung"]
+    sources = [pydicom.dcmread(name) for name in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series))]
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(as_nifti["output"]))
+    assert np.array_equal(_labels_of(seg, sources), labels)
