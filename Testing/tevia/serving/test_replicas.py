@@ -29,6 +29,7 @@ from tevia.serving.replicas import APP_NAME, ReplicaOptions, build_application  
 from tevia.serving.server.settings import ServerSettings  # noqa: E402
 
 REPLICAS = 2
+SLOW_PROMPTS = ["liver", "spleen", "left lung", "right lung", "left kidney", "right kidney", "stomach", "heart"]
 
 
 def _free_port() -> int:
@@ -128,6 +129,7 @@ def test_a_volume_prompted_again_lands_on_the_replica_holding_its_features(clust
     for data in uploads:
         first = _segment(url, data, ["liver"]).json()
         assert first["timings"]["cache_hit"] == 0.0
+    time.sleep(1.0)  # as a user would: the replicas' volume ids reach the router meanwhile
     hits = 0
     reprompts = ["spleen", "left lung", "bilateral pulmonary infection"]
     for prompt in reprompts:
@@ -141,10 +143,11 @@ def test_a_volume_prompted_again_lands_on_the_replica_holding_its_features(clust
 def test_past_capacity_the_replicas_answer_503_with_retry_after(cluster, tmp_path):
     url, _ = cluster
     ct = sitk.ReadImage(str(real_volume("totalseg-ct.nii.gz")))
-    # 2 running + 4 waiting fit; 12 distinct volumes sent at once (16 uploads may arrive together) overflow it
+    # 2 running + 4 waiting fit; 12 distinct volumes sent at once (16 uploads may arrive together) overflow it,
+    # each of them slow enough (8 prompts, one slice per batch) to be running or waiting when the last arrive
     uploads = [_nrrd(_crop(ct, shift), tmp_path, f"c{shift}") for shift in range(0, 48, 4)]
     with concurrent.futures.ThreadPoolExecutor(len(uploads)) as pool:
-        answers = list(pool.map(lambda data: _segment(url, data, ["liver"], '{"batch_size": 1}'), uploads))
+        answers = list(pool.map(lambda data: _segment(url, data, SLOW_PROMPTS, '{"batch_size": 1}'), uploads))
     statuses = [answer.status_code for answer in answers]
     assert set(statuses) == {200, 503}, statuses
     refused = [answer for answer in answers if answer.status_code == 503]
@@ -160,10 +163,10 @@ def test_a_replica_killed_mid_request_does_not_lose_it_and_the_service_recovers(
     before = _replica_pids()
     assert victim in before
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        # another slice axis: the replica encodes the volume again (a second or two), then it is killed
-        pending = pool.submit(_segment, url, data, ["liver"], '{"slice_axis": "coronal", "batch_size": 1}')
+        # another slice axis and 8 prompts, one slice per batch: seconds of work on the replica, which is killed
+        pending = pool.submit(_segment, url, data, SLOW_PROMPTS, '{"slice_axis": "coronal", "batch_size": 1}')
         assert wait_until(lambda: httpx.get(f"{url}/v1/health").json()["busy"], 30)
-        time.sleep(0.5)
+        time.sleep(1.0)
         os.kill(victim, signal.SIGKILL)
         answer = pending.result(timeout=300)
     assert answer.status_code == 200, answer.text  # sent again to the other replica
@@ -171,7 +174,7 @@ def test_a_replica_killed_mid_request_does_not_lose_it_and_the_service_recovers(
     payload, labelmap = read_answer(answer, tmp_path)
     from tevia.inference.segment_options import SegmentOptions
 
-    expected = session.segment(image, ["liver"], SegmentOptions(slice_axis="coronal", batch_size=1)).labelmap
+    expected = session.segment(image, SLOW_PROMPTS, SegmentOptions(slice_axis="coronal", batch_size=1)).labelmap
     assert np.array_equal(sitk.GetArrayFromImage(labelmap), sitk.GetArrayFromImage(expected))
     # Serve starts a new replica in place of the killed one
     assert wait_until(lambda: len(_replica_pids()) == REPLICAS and victim not in _replica_pids(), 180)
