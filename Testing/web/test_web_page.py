@@ -11,6 +11,7 @@ import gzip
 import io
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ import SimpleITK as sitk
 import slicerio
 from PIL import Image
 
+from conftest import shared_path
 from web_page import (REPO, download, launch_browser, slice_view, start_app, status, stop_app, wait_status,
                       wait_status_change, web_environment)
 
@@ -157,6 +159,7 @@ def test_a_click_changes_only_its_slice(page, folder):
     message = wait_status(page)
     assert message.startswith("Click applied: slice") and message.endswith("done"), message
     page.click("#tevia-click-stop")
+    wait_status(page, "document.querySelector('#tevia-status').textContent.includes('Point placement stopped')")
     clicked, _ = _labels(download(page, "tevia-save-seg", folder / "clicked.seg.nrrd"))
     changed = np.flatnonzero(((clicked > 0) != (painted > 0)).any(axis=(1, 2)))
     slice_index = int(message.split("slice ")[1].split(" ")[0])
@@ -171,3 +174,41 @@ def test_add_to_training_set_writes_what_the_module_writes(page, folder):
     written = sorted(p.name for p in (folder / "training").rglob("*") if p.is_file())
     assert any(name.endswith(".csv") for name in written) and any(name.startswith("mask_") for name in written), \
         written
+
+
+def _open_zipped_series(page, series, name: str) -> None:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(p for p in series.iterdir() if p.is_file()):
+            zipped.write(path, f"series/{path.name}")
+    message = _upload(page, f"{name}.zip", archive.getvalue())
+    assert message.startswith(f"Opened {name}"), message
+    page.fill("#tevia-prompts", PROMPT)
+    before = status(page)
+    page.click("#tevia-segment")
+    wait_status_change(page, before)
+    message = wait_status(page)
+    assert message.endswith("done"), message
+
+
+def test_a_dicom_series_without_frame_of_reference_gets_a_message_instead_of_a_seg(page):
+    _open_zipped_series(page, REPO / "Testing" / "data" / "volumes" / "ct-head-dicom-12", "ct-head")
+    before = status(page)
+    page.click("#tevia-save-dicom-seg")
+    message = wait_status_change(page, before)
+    assert message.startswith("Error:") and "no Frame of Reference UID" in message, message
+
+
+def test_a_zipped_dicom_series_is_saved_as_a_dicom_seg_of_that_series(page, folder):
+    import pydicom
+
+    series = shared_path("volumes", "totalseg-example-ct-dicom", "series")
+    _open_zipped_series(page, series, "ct-series")
+    nrrd, _ = _labels(download(page, "tevia-save-seg", folder / "series.seg.nrrd"))
+    seg = pydicom.dcmread(download(page, "tevia-save-dicom-seg", folder / "series.seg.dcm"))
+    source = pydicom.dcmread(next(p for p in series.iterdir() if p.is_file()), stop_before_pixels=True)
+    assert seg.Modality == "SEG" and len(seg.SegmentSequence) == 1
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert int((nrrd > 0).sum()) > 0, "the prompt found nothing: the comparison would prove nothing"
+    assert int(seg.pixel_array.astype(bool).sum()) == int((nrrd > 0).sum())

@@ -60,7 +60,7 @@ class TeviaWebApp(TrameApp):
                    "data_file": self.workflow.open_data_file, "segment": self.workflow.segment,
                    "cancel": self.workflow.cancel, "click_mode": self.workflow.click_mode,
                    "undo_click": self.workflow.undo_click, "save_seg": self._save_seg,
-                   "save_nifti": self._save_nifti, "add_training": self.workflow.add_to_training_set}
+                   "save_nifti": self._save_nifti, "save_dicom_seg": self._save_dicom_seg, "add_training": self.workflow.add_to_training_set}
         self.page = Page(self.server, self.layout_logic.layout_manager, actions, sorted(settings.samples),
                          data_folder_files(settings.data_dir), settings.training_dir is not None)
         self.segment_editor_logic.set_ui(self.page.segment_editor)
@@ -68,19 +68,30 @@ class TeviaWebApp(TrameApp):
         self.layout_logic.set_ui(self.page.layout_button)
         self.mpr_logic.set_ui(self.page.mpr_button)
         self.state.trame__title = "TeViA"
+        self.state.tevia_volume_rendering = False
+        self.state.change("tevia_volume_rendering")(lambda tevia_volume_rendering, **_: self._show_volume_rendering())
         self.server.controller.on_server_exited.add(lambda **_: self.workflow.shutdown())
 
     def _on_volume(self, volume_node) -> None:
         self.volume_property_logic.on_volume_changed(volume_node)
+        self._show_volume_rendering()
         editor = self.slicer_app.segmentation_editor
         editor.deactivate_effect()
         editor.set_active_segmentation(self.workflow.segmentation_node, volume_node)
+
+    def _show_volume_rendering(self) -> None:
+        """Volume rendering in the 3D view only when asked for (as in Slicer): rendered on the
+        CPU (OSMesa) it takes most of a core for each frame, and the page waits for its frames."""
+        volume = self.workflow.volume_node
+        rendering = self.slicer_app.volume_rendering
+        if volume is not None and rendering.has_vr_display_node(volume):
+            rendering.get_vr_display_node(volume).SetVisibility(bool(self.state.tevia_volume_rendering))
 
     def _attachment(self, kind: str):
         try:
             with tempfile.TemporaryDirectory(prefix="tevia-web-") as folder:
                 data = self.workflow.segmentation_file(Path(folder), kind).read_bytes()
-        except ValueError as error:
+        except (ValueError, OSError) as error:
             self.state.tevia_status = f"Error: {error}"
             return None
         return self.server.protocol.addAttachment(data)
@@ -90,3 +101,6 @@ class TeviaWebApp(TrameApp):
 
     def _save_nifti(self):
         return self._attachment("nii.gz")
+
+    def _save_dicom_seg(self):
+        return self._attachment("seg.dcm")

@@ -2,7 +2,7 @@
 
 The elements scripts and tests drive carry stable ids (docs/WEB.md lists them): `tevia-upload`,
 `tevia-prompts`, `tevia-segment`, `tevia-cancel`, `tevia-status`, `tevia-save-seg`, and
-`tevia-save-nifti`, `tevia-click-positive`, `tevia-click-negative`, `tevia-click-stop`,
+`tevia-save-nifti`, `tevia-save-dicom-seg`, `tevia-click-positive`, `tevia-click-negative`, `tevia-click-stop`,
 `tevia-click-undo`, `tevia-add-training`, `tevia-model`, `tevia-convention`, `tevia-sample-<name>`.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from trame.widgets import html
 from trame.widgets.vuetify3 import (VAlert, VBtn, VBtnToggle, VCard, VCardText, VCardTitle, VDivider,
                                     VExpansionPanel, VExpansionPanels, VExpansionPanelText, VExpansionPanelTitle,
-                                    VProgressLinear, VSelect, VTextarea)
+                                    VProgressLinear, VSelect, VSwitch, VTextarea)
 from trame_slicer.app.ui import (LayoutButton, MprInteractionButton, SegmentEditorToolbarUI, SegmentEditorUI,
                                  SegmentEditorUndoRedoUI, VolumePropertyUI)
 from trame_slicer.app.ui.viewer_layout import ViewerLayout
@@ -35,7 +35,7 @@ class Page:
         server: the trame server.
         layout_manager: trame-slicer's layout manager (the view grid).
         actions: callables for "upload", "sample", "data_file", "segment", "cancel", "click_mode",
-            "undo_click", "save_seg", "save_nifti", "add_training".
+            "undo_click", "save_seg", "save_nifti", "save_dicom_seg", "add_training".
         samples: the sample names offered one click away.
         data_files: the files of the server's data folder.
         can_train: whether "Add to training set" has a folder to write to.
@@ -57,6 +57,9 @@ class Page:
                     with VExpansionPanel():
                         VExpansionPanelTitle("Window / level and presets")
                         with VExpansionPanelText():
+                            VSwitch(id="tevia-volume-rendering", label="Volume rendering in the 3D view",
+                                    v_model=("tevia_volume_rendering",), density="compact", hide_details=True,
+                                    color="primary")
                             self.volume_property = VolumePropertyUI()
             with self.layout.toolbar:
                 self.layout_button = LayoutButton(classes="mt-1", disabled=("!tevia_volume_name",))
@@ -97,7 +100,9 @@ class Page:
                     VBtn("Segment", id="tevia-segment", color="primary", disabled=("tevia_running || !tevia_volume_name",),
                          click=f"trigger('{names['segment']}')")
                     VBtn("Cancel", id="tevia-cancel", disabled=("!tevia_running",), click=f"trigger('{names['cancel']}')")
-                VProgressLinear(model_value=("tevia_progress",), v_show=("tevia_running",), color="primary", classes="mb-2")
+                with html.Div(v_show=("tevia_running",), classes="mb-2"):
+                    VProgressLinear(model_value=("tevia_progress",), color="primary")
+                    html.Div("{{ tevia_progress_text }}", id="tevia-progress", classes="text-caption")
                 html.Div("{{ tevia_status }}", id="tevia-status", classes="text-body-2 mb-2")
                 VAlert(v_for="(warning, i) in tevia_warnings", key="i", text=("warning",), type="warning",
                        density="compact", variant="tonal", classes="mb-1 text-caption")
@@ -120,6 +125,9 @@ class Page:
                     VBtn("Save NIfTI labelmap", id="tevia-save-nifti", size="small", prepend_icon="mdi-download",
                          disabled=("!tevia_segments.length",),
                          click=_download("tevia_volume_name + '-label.nii.gz'", names["save_nifti"]))
+                    VBtn("Save DICOM SEG", id="tevia-save-dicom-seg", size="small", prepend_icon="mdi-download",
+                         v_if=("tevia_dicom",), disabled=("!tevia_segments.length",),
+                         click=_download("tevia_volume_name + '.seg.dcm'", names["save_dicom_seg"]))
                     if can_train:
                         VBtn("Add to training set", id="tevia-add-training", size="small",
                              disabled=("!tevia_segments.length",), click=f"trigger('{names['add_training']}')")

@@ -4,7 +4,8 @@ NRRD and NIfTI uploads go through the checks of `tevia serve` (tevia.serving.ser
 format from the first bytes, header, voxel count and memory budget before any voxel is
 decoded), then the completeness check of the engine (a cut file is refused, never read as
 zeros). MetaImage, PNG/JPEG X-rays and zipped DICOM series are checked by the engine's reader
-(tevia.volume.io.read_image: header, dimensions, memory, completeness). A zip is unpacked
+(tevia.volume.io.read_image: header, dimensions, memory, completeness); a PNG/JPEG goes to
+Slicer as the engine's scalar image of it, in NRRD. A zip is unpacked
 with bounds (member count, total size, no path outside its folder). Every refusal is an
 `UploadError` whose message says what was wrong and what to do; nothing is loaded then.
 """
@@ -15,6 +16,8 @@ import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import SimpleITK as sitk
 
 from tevia.serving.server.volume_io import VolumeError, inspect_upload, public_message
 from tevia.volume.completeness import check_complete
@@ -60,10 +63,12 @@ class UploadLimits:
 
 @dataclass(frozen=True)
 class CheckedVolume:
-    """An accepted volume: the files Slicer reads (one file, or a DICOM series) and its display name."""
+    """An accepted volume: the files Slicer reads (one file, or a DICOM series), its display
+    name, and the folder of its DICOM series (None for other formats; a DICOM SEG references it)."""
 
     files: list[Path]
     name: str
+    dicom_folder: Path | None = None
 
 
 def _suffix(name: str) -> str:
@@ -94,12 +99,12 @@ def _unzip_series(archive: Path, folder: Path, limits: UploadLimits) -> list[Pat
         raise UploadError(f"the zip file is damaged ({error}); zip the DICOM series again") from None
 
 
-def _engine_check(path: Path, budget: int, name: str) -> None:
+def _engine_check(path: Path, budget: int, name: str):
+    """The image as the engine reads it (scalar, ITK's LPS frame); refusals as UploadError."""
     try:
-        read_image(path, budget)
+        return read_image(path, budget)[0]
     except (InputError, OSError) as error:
-        raise UploadError(public_message(str(error), path).replace(str(path.parent), "<upload>")
-                          .replace(path.name, name)) from None
+        raise UploadError(public_message(str(error), path).replace("the uploaded volume", name)) from None
 
 
 def check_upload(path: Path, name: str, limits: UploadLimits, work_dir: Path) -> CheckedVolume:
@@ -129,11 +134,14 @@ def check_upload(path: Path, name: str, limits: UploadLimits, work_dir: Path) ->
         series.mkdir()
         files = _unzip_series(path, series, limits)
         _engine_check(series, limits.memory_budget_bytes, name)
-        return CheckedVolume(files, stem)
+        return CheckedVolume(files, stem, series)
     suffix = _suffix(name)
     if suffix in _IMAGES:
         target = path.rename(path.with_name("volume" + suffix))
-        _engine_check(target, limits.memory_budget_bytes, name)
+        image = _engine_check(target, limits.memory_budget_bytes, name)
+        if suffix != ".mha":  # a 2D picture: Slicer gets the engine's scalar image (an X-ray as one slice)
+            target = target.with_suffix(".nrrd")
+            sitk.WriteImage(image, str(target))
         return CheckedVolume([target], stem)
     try:
         volume = inspect_upload(path, limits.max_voxels, limits.memory_budget_bytes)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 from TeViASegmentLib import scene
 from TeViASegmentLib.click_editor import ClickEditor
 
-from tevia_web.downloads import write_labelmap, write_seg_nrrd
+from tevia_web.downloads import write_dicom_seg_file, write_labelmap, write_seg_nrrd
 from tevia_web.uploads import CheckedVolume, UploadError, UploadLimits, check_upload, resolve_data_file
 
 if TYPE_CHECKING:  # the Logic imports slicer.ScriptedLoadableModule, which slicer_app_glue.attach provides
@@ -80,12 +81,16 @@ class Workflow:
         self._poller: asyncio.Task | None = None
         self._segment_job = None
         self._before: set[str] = set()
+        self._volume_folder: Path | None = None  # the temporary folder of a DICOM series' files
+        self._dicom_folder: Path | None = None
         if settings.remote_url:
             logic.setRemoteServer(None)
         state.update({"tevia_status": "Open a volume to start.", "tevia_running": False, "tevia_progress": 0,
                       "tevia_warnings": [], "tevia_prompts": "", "tevia_convention": "patient",
                       "tevia_model": "default", "tevia_models": self.model_items(), "tevia_click_mode": "",
-                      "tevia_volume_name": "", "tevia_segments": []})
+                      "tevia_volume_name": "", "tevia_segments": [],
+                      "tevia_logic_seconds": None, "tevia_dicom": False,
+                      "tevia_progress_text": ""})
 
     # ---- models -------------------------------------------------------------------------
     def model_items(self) -> list[dict]:
@@ -112,29 +117,38 @@ class Workflow:
         if not files:
             return
         upload = files[0]
-        name = str(upload.get("name") or "upload")
-        work = Path(tempfile.mkdtemp(prefix="tevia-web-"))
-        try:
-            path = work / "upload.bin"
-            content = upload.get("content") or b""
-            path.write_bytes(content if isinstance(content, bytes) else bytes(content))
-            self._open(check_upload(path, name, self.settings.limits, work))
-        except UploadError as error:
-            self._status(f"Error: {error}")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        content = upload.get("content") or b""
+        self._open_bytes(str(upload.get("name") or "upload"),
+                         lambda path: path.write_bytes(content if isinstance(content, bytes) else bytes(content)))
 
     def open_file(self, path: Path) -> None:
         """Open a server-side file (a sample or a file of the data folder), with the upload checks."""
+        self._open_bytes(path.name, lambda copy: shutil.copyfile(path, copy))
+
+    def _open_bytes(self, name: str, write: Callable[[Path], object]) -> None:
         work = Path(tempfile.mkdtemp(prefix="tevia-web-"))
         try:
-            copy = work / "upload.bin"
-            shutil.copyfile(path, copy)
-            self._open(check_upload(copy, path.name, self.settings.limits, work))
+            path = work / "upload.bin"
+            write(path)
+            checked = check_upload(path, name, self.settings.limits, work)
+            self._open(checked)
         except UploadError as error:
             self._status(f"Error: {error}")
-        finally:
             shutil.rmtree(work, ignore_errors=True)
+            return
+        # a DICOM series stays while its volume is open (a DICOM SEG references its files)
+        self._forget_volume_folder()
+        if checked.dicom_folder is None:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            self._volume_folder = work
+        self.state.tevia_dicom = checked.dicom_folder is not None
+        self._dicom_folder = checked.dicom_folder
+
+    def _forget_volume_folder(self) -> None:
+        if self._volume_folder is not None:
+            shutil.rmtree(self._volume_folder, ignore_errors=True)
+        self._volume_folder = self._dicom_folder = None
 
     def open_data_file(self, relative: str) -> None:
         try:
@@ -175,16 +189,18 @@ class Workflow:
             self._status("Error: open a volume first (upload a file or pick a sample)")
             return
         self._before = set(scene.segment_ids(self.segmentation_node))
+        started = time.monotonic()
         try:
             model = self._use_model()
             self._segment_job = self.logic.segmentAsync(
                 self.volume_node, self.state.tevia_prompts or "", self.segmentation_node, model=model,
                 device=self.settings.device, options={"convention": self.state.tevia_convention},
-                onProgress=self._progress, onWarning=self._warning, onDone=self._segment_done)
+                onProgress=self._progress, onWarning=self._warning,
+                onDone=lambda job: self._segment_done(job, time.monotonic() - started))
         except (ValueError, RuntimeError, PermissionError) as error:
             self._status(f"Error: {error}")
             return
-        self.state.update({"tevia_running": True, "tevia_progress": 0, "tevia_warnings": []})
+        self.state.update({"tevia_running": True, "tevia_progress": 0, "tevia_progress_text": "", "tevia_warnings": []})
         self._status("Segmenting...")
         self._start_polling()
 
@@ -192,14 +208,17 @@ class Workflow:
         self.logic.cancel()
 
     def _progress(self, stage: str, done: int, total: int) -> None:
-        self.state.tevia_progress = round(100 * done / total) if total else 0
-        self._status(f"Segmenting: {stage} {done}/{total}")
+        """Progress goes to the bar and its caption; the status keeps the last message."""
+        self.state.update({"tevia_progress": round(100 * done / total) if total else 0,
+                           "tevia_progress_text": f"{stage} {done}/{total}"})
 
     def _warning(self, message: str) -> None:
         self.state.tevia_warnings = [*self.state.tevia_warnings, message]
 
-    def _segment_done(self, job) -> None:
-        self.state.tevia_running = False
+    def _segment_done(self, job, seconds: float) -> None:
+        """The job ended (inside its poll, on the event loop); `seconds`: from the Logic's
+        segmentAsync call until its result was in the scene (the page shows it, benchmarks read it)."""
+        self.state.update({"tevia_running": False, "tevia_logic_seconds": round(seconds, 3)})
         if job.state != "done":
             self._status(self.logic.statusLine(job))
             return
@@ -211,7 +230,7 @@ class Workflow:
         self._refresh_segments()
         unlike = " (the image is unlike the model's training images: see the notice)" \
             if self.logic.statusLine(job) != "Done." else ""
-        self._status(f"{len(added)} segment(s) added{unlike}. done")
+        self._status(f"{len(added)} segment(s) added in {seconds:.1f} s{unlike}. done")
 
     def _refresh_segments(self) -> None:
         if self.segmentation_node is None:
@@ -230,6 +249,7 @@ class Workflow:
         if not mode:
             self.clicks.stop_placement()
             self.state.tevia_click_mode = ""
+            self._status("Point placement stopped.")
             return
         editor = self.slicer_app.segmentation_editor
         editor.deactivate_effect()  # the mouse places points now, not paint
@@ -254,7 +274,8 @@ class Workflow:
 
     # ---- keeping the work ---------------------------------------------------------------
     def segmentation_file(self, folder: Path, kind: str) -> Path:
-        """Write the segmentation as `kind` ("seg.nrrd" or "nii.gz": a labelmap on the volume's grid).
+        """Write the segmentation as `kind`: "seg.nrrd", "nii.gz" (a labelmap on the volume's grid)
+        or "seg.dcm" (a DICOM SEG of the DICOM series the volume was opened from).
 
         Raises:
             ValueError: nothing to save, or an unknown kind.
@@ -267,8 +288,15 @@ class Workflow:
             write_seg_nrrd(self.segmentation_node, path)
         elif kind == "nii.gz":
             write_labelmap(self.segmentation_node, self.volume_node, path)
+        elif kind == "seg.dcm":
+            if self._dicom_folder is None:
+                raise ValueError("a DICOM SEG references DICOM images: open a zipped DICOM series, or save "
+                                 ".seg.nrrd or NIfTI")
+            model = "" if self.state.tevia_model == REMOTE_CHOICE else str(self.state.tevia_model)
+            write_dicom_seg_file(self.segmentation_node, self.volume_node, self._dicom_folder, path,
+                                 self.state.tevia_convention, model)
         else:
-            raise ValueError(f"kind must be 'seg.nrrd' or 'nii.gz', got {kind!r}")
+            raise ValueError(f"kind must be 'seg.nrrd', 'nii.gz' or 'seg.dcm', got {kind!r}")
         return path
 
     def add_to_training_set(self) -> None:
@@ -303,6 +331,7 @@ class Workflow:
         logger.info("status: %s", text)
 
     def shutdown(self) -> None:
+        self._forget_volume_folder()
         self.clicks.clear()
         self.logic.shutdown()
 
