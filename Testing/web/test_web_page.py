@@ -99,6 +99,18 @@ def test_bad_uploads_each_get_their_message_and_the_next_upload_works(page):
     assert message.startswith("Opened totalseg-ct (122 x 101 x 30 voxels)"), message
 
 
+def test_cancel_stops_a_run_and_leaves_the_scene_unchanged(page):
+    page.fill("#tevia-prompts", PROMPT)
+    page.click("#tevia-segment")
+    page.wait_for_selector("#tevia-cancel:enabled", timeout=30_000)  # the worker is starting: a long first run
+    page.click("#tevia-cancel")
+    message = wait_status(page, "document.querySelector('#tevia-status').textContent.startsWith('Cancelled')",
+                          timeout_s=120)
+    assert message == "Cancelled; the scene is unchanged.", message
+    assert page.evaluate("() => window.trame.state.get('tevia_segments').length") == 0
+    assert page.is_disabled("#tevia-save-seg") and page.is_enabled("#tevia-segment")
+
+
 def test_segment_gives_the_voxels_of_tevia_predict_and_redraws_the_slice_view(page, folder, predicted):
     before = _view_pixels(page)
     page.fill("#tevia-prompts", PROMPT)
