@@ -122,6 +122,23 @@ def test_two_replicas_answer_like_the_local_engine_and_check_the_token(cluster, 
     assert pids == _replica_pids() and len(pids) == REPLICAS
 
 
+def test_the_slicer_client_segments_and_clicks_on_the_replicas_as_on_one_server(cluster, session):
+    from TeViASegmentLib.remote_client import RemoteClient
+    from tevia.volume.geometry import ijk_to_ras
+
+    url, _ = cluster
+    image = _crop(sitk.ReadImage(str(real_volume("totalseg-ct.nii.gz"))), 30)
+    volume, matrix = sitk.GetArrayFromImage(image), ijk_to_ras(image)
+    client = RemoteClient(url, TOKEN, timeout=120)
+    assert client.info()["replicas"] == REPLICAS  # the API version check passes
+    first = client.segment_answer(volume, matrix, ["liver"], {})
+    assert np.array_equal(first.labelmap, sitk.GetArrayFromImage(session.segment(image, ["liver"]).labelmap))
+    time.sleep(1.0)
+    centre = (matrix @ [30, 30, 4, 1])[:3].tolist()  # a voxel of slice K=4, in RAS
+    click = client.segment_answer(volume, matrix, ["liver"], {}, clicks=[[{"ras": centre, "positive": True}]])
+    assert click.fields["refined_slices"] == [4] and click.fields["timings"]["cache_hit"] == 1.0
+
+
 def test_a_volume_prompted_again_lands_on_the_replica_holding_its_features(cluster, tmp_path):
     url, _ = cluster
     ct = sitk.ReadImage(str(real_volume("totalseg-ct.nii.gz")))
