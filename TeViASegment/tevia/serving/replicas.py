@@ -97,7 +97,6 @@ class ModelReplica:
         self.service = SegmentationService(segmenter, settings.feature_cache_bytes)
         self.queue = InferenceQueue(1)
         self.temp_root, self._owns_temp_root = open_temp_root(settings.temp_dir)
-        self.served = 0
         logger.info("replica %d loaded model %s on %s", os.getpid(), segmenter.spec.name, segmenter.device)
 
     @serve.multiplexed(max_num_models_per_replica=MAX_VOLUMES_PER_REPLICA)
@@ -136,7 +135,6 @@ class ModelReplica:
             raise
         except Exception as error:  # answered as the single-process server answers it
             return _error_answer(error, self.queue.retry_after())
-        self.served += 1
         return ReplicaAnswer(200, summary, labelmap)
 
     def __del__(self) -> None:
