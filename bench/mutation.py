@@ -1,17 +1,20 @@
 """Mutation testing of the method's core and its risky plumbing (a bench job, not in CI).
 
 Runs mutmut 3 over a scratch copy of the engine (never the working tree: other people commit
-from it), each mutated file against its fast, relevant tests only, and writes
-bench/mutation.json: every mutant (file, line, change) with its outcome, and for each
-survivor the test that now kills it or why it is harmless (bench/mutation_verdicts.json).
+from it), each mutated file against its fast, relevant tests only (TARGETS), and writes
+bench/mutation.json: every mutant that ran (file, line, change) with its outcome, and for each
+survivor the new test that kills it (checked: the test passes on the engine and fails with the
+mutant applied) or why it is harmless (bench/mutation_verdicts.json, written by hand).
 
     python -m venv /tmp/mutmut-venv
     echo "$PWD/.venv/lib/python3.11/site-packages" > /tmp/mutmut-venv/lib/python3.11/site-packages/main.pth
     /tmp/mutmut-venv/bin/pip install mutmut==3.8.1
-    nice -n 10 /tmp/mutmut-venv/bin/python bench/mutation.py --work /tmp/tevia-mutation
+    nice -n 5 /tmp/mutmut-venv/bin/python bench/mutation.py --work /tmp/tevia-mutation
 
-Steps (each can be run alone): ``--stage setup`` builds the scratch folder, ``--stage run``
-runs mutmut there (one child: the CPUs are shared), ``--stage report`` writes the JSON.
+Stages (each can be run alone): ``--stage setup`` builds the scratch folder (and forgets earlier
+results), ``--stage run`` runs a seeded per-file sample of the mutants not yet run (SAMPLE_SIZES,
+``--sizes``, ``--all-mutants``), ``--stage report`` checks the verdicts' tests and writes the JSON.
+Error messages and log lines are not mutated (their mutants change text, not the method).
 """
 
 from __future__ import annotations
@@ -99,14 +102,15 @@ def _environment() -> dict[str, str]:
     return env
 
 
-def sample(mutants: list[dict], sizes: dict[str, int], seed: int = 29) -> list[str]:
-    """The mutants to run: per file, up to ``sizes[file]`` of the selected ones not yet run
-    (all with a size of 0), drawn with a fixed seed, always with the mutants named in ALWAYS."""
+def sample(mutants: list[dict], sizes: dict[str, int] | None, seed: int = 29) -> list[str]:
+    """The mutants to run: per file, up to ``sizes[file]`` (none for a file not named) of the
+    selected ones not yet run, drawn with a fixed seed, plus the mutants named in ALWAYS; with
+    ``sizes`` None, every selected mutant not yet run."""
     chosen = []
     for file in TARGETS:
         pending = [m["name"] for m in mutants if m["file"] == file and selected(m) and m["status"] is None]
-        size = sizes.get(file, 0)
-        chosen += pending if size <= 0 or size >= len(pending) else random.Random(seed).sample(pending, size)
+        size = len(pending) if sizes is None else sizes.get(file, 0)
+        chosen += pending if size >= len(pending) else random.Random(seed).sample(pending, size)
     return sorted(set(chosen) | {m["name"] for m in mutants if m["name"] in ALWAYS and m["status"] is None})
 
 
@@ -264,7 +268,7 @@ def verify(work: Path, verdicts: dict[str, dict]) -> dict[str, bool]:
     return outcome
 
 
-def report(work: Path, verdicts_path: Path, out: Path, seconds: float | None = None) -> dict:
+def report(work: Path, verdicts_path: Path, out: Path, note: str = "") -> dict:
     """bench/mutation.json from mutmut's results and the verdicts on the survivors."""
     mutants = describe(work)
     verdicts = json.loads(verdicts_path.read_text()) if verdicts_path.is_file() else {}
@@ -297,7 +301,7 @@ def report(work: Path, verdicts_path: Path, out: Path, seconds: float | None = N
         "command": "nice -n 5 /tmp/mutmut-venv/bin/python bench/mutation.py (see its docstring for the venv)",
         "tool": "mutmut 3.8.1", "machine": f"{platform.node()} ({os.cpu_count()} shared CPUs)",
         "date": time.strftime("%Y-%m-%d"), "targets": TARGETS, "sample_sizes": SAMPLE_SIZES,
-        "summary": summary, "mutants": rows,
+        "note": note, "summary": summary, "mutants": rows,
     }
     out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     log.info("%s", summary)
@@ -310,15 +314,19 @@ def main() -> None:
     parser.add_argument("--stage", choices=("all", "setup", "run", "report"), default="all")
     parser.add_argument("--all-mutants", dest="sample", action="store_false",
                         help="run every selected mutant instead of the per-file sample (hours on 2 cores)")
+    parser.add_argument("--sizes", help='per-file sample sizes as JSON, e.g. {"tevia/model/decoder.py": 15} '
+                                        "(default: SAMPLE_SIZES); mutants already run are not run again")
+    parser.add_argument("--note", default="", help="how this run was made, for the JSON (passes, cut-offs)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.stage in ("all", "setup"):
         setup(args.work)
     if args.stage in ("all", "run"):
-        names = sample(describe(args.work), SAMPLE_SIZES if args.sample else {})
+        sizes = json.loads(args.sizes) if args.sizes else SAMPLE_SIZES
+        names = sample(describe(args.work), sizes if args.sample else None)
         run(args.work, names)
     if args.stage in ("all", "report"):
-        report(args.work, REPO / "bench" / "mutation_verdicts.json", REPO / "bench" / "mutation.json")
+        report(args.work, REPO / "bench" / "mutation_verdicts.json", REPO / "bench" / "mutation.json", args.note)
 
 
 if __name__ == "__main__":

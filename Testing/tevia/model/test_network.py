@@ -95,6 +95,12 @@ def test_prototype_buffers_keep_their_dtypes_through_casts():
     assert proto.state.dtype == torch.long and proto.vector(1).dtype == torch.float32
 
 
+@pytest.mark.parametrize("momentum", [1.0, -0.1, 1.5])
+def test_a_momentum_that_would_freeze_or_diverge_the_prototype_is_refused(momentum):
+    with pytest.raises(ValueError, match=rf"momentum must be in \[0, 1\), got {momentum}"):
+        HistoricPrototype([2], momentum=momentum)
+
+
 def test_prototype_warmup_mean_then_momentum():
     proto = HistoricPrototype([2, 3], momentum=0.9)
     proto.observe([torch.ones(1, 2), torch.ones(1, 3)])  # off: ignored
