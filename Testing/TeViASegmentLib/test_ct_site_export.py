@@ -33,7 +33,7 @@ def test_the_val_scans_are_cut_where_neighbouring_slices_jump(scans):
 
 def test_corrected_slices_are_added_as_stored_one_row_per_slice(scans, tmp_path):
     dataset = tmp_path / "site"
-    added = ct_site_export.export_site(dataset, "ct-lung-infection", limit=SLICES)
+    added = ct_site_export.export_site(dataset, "ct-lung-infection", shared_path("covid-ct-slices"), limit=SLICES)
     with open(dataset / "train.csv", newline="", encoding="utf-8") as handle:
         rows = {row["Image"]: row for row in csv.DictReader(handle)}
     assert sorted(rows) == sorted(name for names in added.values() for name in names)
@@ -64,5 +64,6 @@ def test_mismatched_slices_are_refused_before_anything_is_written(tmp_path):
                                                 "ct-lung-infection", tmp_path)
     assert not (tmp_path / "ds").exists()
     with pytest.raises(ValueError, match="is not a scan of"):
-        ct_site_export.export_site(tmp_path / "ds", "ct-lung-infection", scans={"x": ("ct_1247", "ct_1250")})
+        ct_site_export.export_site(tmp_path / "ds", "ct-lung-infection", shared_path("covid-ct-slices"),
+                                   scans={"x": ("ct_1247", "ct_1250")})
     assert not (tmp_path / "ds").exists()
