@@ -167,11 +167,13 @@ def domain_flags(model: str, groups: list[str], data: Path, threads: int,
     return flags
 
 
-def _train(case: str, subset: Path, repeat: int, init: str, out: Path, threads: int) -> dict[str, float]:
+def _train(case: str, subset: Path, repeat: int, init: str, out: Path, threads: int,
+           epochs: int | None = None) -> dict[str, float]:
+    schedule = [f"train.max_epochs={epochs}", f"train.val_every_n_epochs={epochs}"] if epochs else []
     return _run([sys.executable, "-m", "tevia", "train", "--config", CONFIG, "--init", init,
                  f"data.extra_train=[{{root: {subset}, split: train, repeat: {repeat}}}]", f"train.threads={threads}",
                  f"train.out_dir={out}", f"train.model_name=ct-site-{case}", "train.install=false",
-                 "data.val_fraction=0.1"], threads)  # val only reports: the bench measures the held-out scan
+                 "data.val_fraction=0.1", *schedule], threads)  # val only reports: the bench measures the held-out scan
 
 
 def pooled_dice(per_case_files: list[Path], names: set[str] | None = None) -> dict[str, float]:
@@ -210,6 +212,8 @@ def main() -> int:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/ct-site"))
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=int, help="a recipe variant: this many epochs instead of the config's; "
+                        "recorded as <case>-e<epochs>, outside the curve")
     parser.add_argument("--final", action="store_true",
                         help="also build the adapted model as the config says (all corrected slices of both scans, "
                              "installed into the per-user models folder) and measure it")
@@ -241,17 +245,18 @@ def main() -> int:
             "domain_check": domain_flags(args.init, everything, runs / "before" / "eval" / "data", args.threads,
                                          add_intensity_test=True)}
         save()
-    for case in args.cases:
+    for name in args.cases:
+        case = f"{name}-e{args.epochs}" if args.epochs else name
         if case in results["cases"]:
             continue
-        scan, count, held_out = CASES[case]
-        subset = runs / "sets" / case
+        scan, count, held_out = CASES[name]
+        subset = runs / "sets" / name
         chosen = corrected_subset(dataset, scan, count, subset)
         repeat = max(1, round(REPEAT_TARGET / count))
-        cost = _train(case, subset, repeat, args.init, runs / case, args.threads)
+        cost = _train(case, subset, repeat, args.init, runs / case, args.threads, args.epochs)
         model = str(runs / case / "model")
         measured = evaluate(model, [held_out, "other"], runs / case / "eval", args.threads)
-        results["cases"][case] = {
+        results["cases"][case] = {**({"epochs": args.epochs} if args.epochs else {}),
             "trained_on": scan, "corrected_slices": count, "slices": chosen, "repeat": repeat, "held_out": held_out,
             "train": cost | {"threads": args.threads}, **measured,
             "domain_check": domain_flags(model, [held_out, "other"], runs / case / "eval" / "data", args.threads)}
