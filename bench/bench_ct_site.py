@@ -224,6 +224,10 @@ def main() -> int:
         "what": __doc__.split("\n\n")[1].replace("\n", " "), "config": CONFIG, "init": args.init,
         "command": "python bench/bench_ct_site.py " + " ".join(sys.argv[1:]), "cases": {}}
 
+    command = "python bench/bench_ct_site.py " + " ".join(sys.argv[1:])
+    if command not in results.setdefault("commands", []):
+        results["commands"].append(command)
+
     def save() -> None:
         result_path.write_text(json.dumps(results, indent=2) + "\n")
 
